@@ -1,0 +1,1 @@
+"""Data side of ddpm-pipeline: image folders -> verified shards -> augmented, class-balanced batches."""

@@ -1,0 +1,41 @@
+"""Every console script and sub-command answers --help without error."""
+from __future__ import annotations
+
+import pytest
+import typer
+from typer.main import get_command
+from typer.testing import CliRunner
+
+import cli
+
+APPS = {"ddpm-data": cli.data_app, "ddpm-train": cli.train_app, "ddpm-sample": cli.sample_app, "ddpm-eval": cli.eval_app}
+
+
+def command_paths() -> list[tuple[str, list[str]]]:
+    paths = []
+    for script, app in APPS.items():
+        if not app.registered_commands and not app.registered_groups:
+            continue
+        command = get_command(app)
+        paths.append((script, []))
+        for name in getattr(command, "commands", {}):
+            paths.append((script, [name]))
+    return paths
+
+
+@pytest.mark.parametrize(("script", "path"), command_paths(), ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+def test_help(script, path):
+    result = CliRunner().invoke(APPS[script], [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_every_console_script_is_wired():
+    import tomllib
+    from pathlib import Path
+
+    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {name: target.split(":")[1] for name, target in scripts.items()} == {
+        "ddpm-data": "data_app", "ddpm-train": "train_app", "ddpm-sample": "sample_app", "ddpm-eval": "eval_app"
+    }
+    assert all(isinstance(app, typer.Typer) for app in APPS.values())
