@@ -63,6 +63,85 @@ def synth(
 # ---------------------------------------------------------------- ddpm-data build/stats/verify (issue 3)
 
 
+@data_app.command()
+def build(
+    src: Annotated[Path, typer.Option(help="ImageFolder source: one subfolder per class, images at any depth.")] = Path("data"),
+    size: Annotated[str, typer.Option(help="Training resolution(s) in px; '40,96,128' builds all in one pass.")] = "96",
+    out: Annotated[str, typer.Option(help="Output folder; '{size}' is replaced by each size.")] = "shards/{size}",
+    margin: Annotated[int, typer.Option(help="Crop margin in px per 128 px: stored = round(size*(128+margin)/128); 0 = none.")] = 12,
+    fit: Annotated[str, typer.Option(help="Non-square images: crop (centre), squash, or pad (black borders).")] = "crop",
+    channels: Annotated[int, typer.Option(help="3 = RGB, 1 = greyscale.")] = 3,
+    val_fraction: Annotated[float, typer.Option(help="Share of each class held out for validation (by content hash).")] = 0.1,
+    shard_size: Annotated[int, typer.Option(help="Samples per tar shard (64: several shards per class for multi-worker readers).")] = 64,
+    workers: Annotated[Optional[int], typer.Option(help="Decode processes (default: all cores; 0 = in-process).")] = None,
+    max_pixels: Annotated[int, typer.Option(help="Skip images with more pixels than this (decompression bombs).")] = 100_000_000,
+    strict: Annotated[bool, typer.Option(help="Fail instead of skipping bad, duplicate or conflicting files.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder (atomically).")] = False,
+) -> None:
+    """Build resolution-specific WebDataset tar shards, data.h5 and manifest.json from an image folder."""
+    from ddpm_data.images import Fit
+    from ddpm_data.shards import BuildConfig, BuildError, build as build_shards, parse_sizes
+    from ddpm_data.split import SourceError
+
+    try:
+        fit_mode = Fit(fit)
+    except ValueError:
+        fail(f"--fit {fit!r}: unknown; valid: {', '.join(f.value for f in Fit)}")
+    try:
+        config = BuildConfig(src=src, size=parse_sizes(size), out=out, margin=margin, fit=fit_mode,
+                             channels=channels, val_fraction=val_fraction, shard_size=shard_size,
+                             workers=workers, max_pixels=max_pixels, strict=strict, overwrite=overwrite)
+        manifests = build_shards(config, progress=True)
+    except (BuildError, SourceError) as error:
+        fail(str(error))
+    except KeyboardInterrupt:
+        fail("interrupted; nothing was written (any previous output is unchanged)", code=130)
+    for manifest in manifests:
+        counts = ", ".join(f"{split} {manifest.num_samples(split)}" for split in ("train", "val"))
+        typer.echo(f"{manifest.root}: size {manifest.size} (stored {manifest.stored_size} px), {counts}, "
+                   f"{len(manifest.shards)} shards, {len(manifest.skipped)} skipped, {manifest.ignored} ignored")
+    for entry in manifests[0].skipped:
+        typer.echo(f"  skipped {entry['path']}: {entry['reason']}")
+
+
+@data_app.command()
+def stats(
+    folder: Annotated[Path, typer.Argument(help="Shard folder written by 'ddpm-data build' (e.g. shards/96).")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    grid: Annotated[Optional[Path], typer.Option(help="Also write a contact sheet of samples per class to this PNG.")] = None,
+    per_class: Annotated[int, typer.Option(help="Samples per class in the --grid contact sheet.")] = 8,
+) -> None:
+    """Summarise a shard folder: counts, shards, mean/std, source sizes, skipped files."""
+    import json
+
+    from ddpm_data.manifest import ManifestError
+    from ddpm_data.stats import collect_stats, format_stats, write_grid
+
+    try:
+        summary = collect_stats(folder)
+        typer.echo(json.dumps(summary, indent=2, sort_keys=True) if json_output else format_stats(summary))
+        if grid is not None:
+            written = write_grid(folder, grid, per_class)
+            typer.echo(f"contact sheet: {written}", err=json_output)
+    except ManifestError as error:
+        fail(str(error))
+
+
+@data_app.command()
+def verify(
+    folder: Annotated[Path, typer.Argument(help="Shard folder written by 'ddpm-data build' (e.g. shards/96).")],
+) -> None:
+    """Recompute every checksum and decode every sample of the tar shards and data.h5."""
+    from ddpm_data.verify import verify as verify_folder
+
+    report = verify_folder(folder)
+    for problem in report.problems:
+        typer.echo(f"{folder / problem.path}: {problem.message}", err=True)
+    if not report.ok:
+        fail(f"{folder}: {len(report.bad_files)} bad file(s): {', '.join(report.bad_files)}", code=1)
+    typer.echo(f"{folder}: ok ({report.files_checked} files, {report.samples_checked} samples decoded)")
+
+
 # ---------------------------------------------------------------- ddpm-data preview (issue 4)
 
 

@@ -1,0 +1,156 @@
+"""The shard folder's `manifest.json`: what a build wrote, read back and checked.
+
+Schema (format_version 1, fully specified in docs/data-format.md): `size`, `stored_size`,
+`channels`, `classes` (sorted names; label = index), `counts` ({split: {class: n}}), `shards`
+(list of {"path", "split", "class", "count", "sha256"}, paths relative to the folder), `hdf5`
+({"path", "sha256"}), `skipped` (list of {"path", "reason"}), `mean`/`std` (per channel, [0, 1]
+units, train split at stored size), `source_sizes` ({"WxH": n}), `ignored` (int), `options`
+(the build config), `format_version`, `tool_version`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SPLITS = ("train", "val")
+
+
+class ManifestError(ValueError):
+    """The manifest is missing or invalid; the message names the file and how to rebuild."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A loaded `manifest.json`; nested fields keep their JSON shapes (dicts and lists)."""
+
+    root: Path                      # the shard folder (absolute)
+    format_version: int
+    tool_version: str
+    size: int                       # training resolution (px)
+    stored_size: int                # side of every stored image (px), >= size
+    channels: int                   # 1 (L) or 3 (RGB)
+    classes: list[str]              # sorted class names; label = position
+    counts: dict[str, dict[str, int]]   # {"train": {class: n}, "val": {class: n}}
+    shards: list[dict[str, Any]]    # [{"path", "split", "class", "count", "sha256"}]
+    hdf5: dict[str, str]            # {"path": "data.h5", "sha256": ...}
+    skipped: list[dict[str, str]] = field(default_factory=list)   # [{"path", "reason"}]
+    mean: list[float] = field(default_factory=list)   # per channel, [0, 1] units
+    std: list[float] = field(default_factory=list)
+    source_sizes: dict[str, int] = field(default_factory=dict)    # {"WxH": n}
+    ignored: int = 0                # non-image and hidden files seen in the source
+    options: dict[str, Any] = field(default_factory=dict)         # the build config
+
+    def shard_paths(self, split: str, class_name: str | None = None) -> list[Path]:
+        """Absolute paths of the tar shards of `split` (and `class_name`), in manifest order."""
+        if split not in SPLITS:
+            raise ValueError(f"split {split!r}: unknown; valid: {', '.join(SPLITS)}")
+        if class_name is not None and class_name not in self.classes:
+            raise ValueError(f"class {class_name!r}: unknown; valid: {', '.join(self.classes)}")
+        return [
+            self.root / shard["path"]
+            for shard in self.shards
+            if shard["split"] == split and (class_name is None or shard["class"] == class_name)
+        ]
+
+    @property
+    def hdf5_path(self) -> Path:
+        """Absolute path of the HDF5 file."""
+        return self.root / self.hdf5["path"]
+
+    def label(self, class_name: str) -> int:
+        """The integer label of `class_name`."""
+        if class_name not in self.classes:
+            raise ValueError(f"class {class_name!r}: unknown; valid: {', '.join(self.classes)}")
+        return self.classes.index(class_name)
+
+    def num_samples(self, split: str) -> int:
+        """Number of samples stored for `split` (all classes)."""
+        return sum(self.counts.get(split, {}).values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document (without `root`), as written to `manifest.json`."""
+        document = asdict(self)
+        del document["root"]
+        return document
+
+
+def manifest_to_json(document: dict[str, Any]) -> str:
+    """Serialise a manifest document: UTF-8 text, sorted keys, indent 2, trailing newline."""
+    return json.dumps(document, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_manifest(folder: str | Path, document: dict[str, Any]) -> Path:
+    """Write `document` to `folder/manifest.json`; returns the path."""
+    path = Path(folder) / MANIFEST_NAME
+    path.write_text(manifest_to_json(document), encoding="utf-8")
+    return path
+
+
+# field name -> (JSON type(s), description for the error message)
+_REQUIRED: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "format_version": (int, "an integer"),
+    "tool_version": (str, "a string"),
+    "size": (int, "a positive integer"),
+    "stored_size": (int, "a positive integer"),
+    "channels": (int, "1 or 3"),
+    "classes": (list, "a list of class names"),
+    "counts": (dict, "an object {split: {class: n}}"),
+    "shards": (list, "a list of shard entries"),
+    "hdf5": (dict, "an object {path, sha256}"),
+}
+
+
+def _rebuild_hint(folder: Path) -> str:
+    size = folder.name if folder.name.isdigit() else "N"
+    return f"run 'ddpm-data build --size {size}'"
+
+
+def load_manifest(folder: str | Path) -> Manifest:
+    """Read and validate `folder/manifest.json`.
+
+    Raises ManifestError naming the path and the rebuild command when the file is missing,
+    not JSON, of another format version, or lacks / mistypes a required field.
+    """
+    root = Path(folder).resolve()
+    path = Path(folder) / MANIFEST_NAME
+    hint = _rebuild_hint(root)
+    if not path.is_file():
+        what = "folder missing" if not Path(folder).exists() else "missing"
+        raise ManifestError(f"{path}: {what}; {hint} first")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ManifestError(f"{path}: unreadable ({error}); {hint} to rebuild it") from error
+    if not isinstance(document, dict):
+        raise ManifestError(f"{path}: not a JSON object; {hint} to rebuild it")
+    for name, (kind, description) in _REQUIRED.items():
+        value = document.get(name)
+        if value is None:
+            raise ManifestError(f"{path}: field {name!r} missing; {hint} to rebuild it")
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ManifestError(f"{path}: field {name!r} must be {description}, got {value!r}; {hint} to rebuild it")
+    if document["format_version"] != FORMAT_VERSION:
+        raise ManifestError(
+            f"{path}: format_version {document['format_version']} is not supported (this tool reads "
+            f"{FORMAT_VERSION}); {hint} with this version"
+        )
+    if document["channels"] not in (1, 3):
+        raise ManifestError(f"{path}: field 'channels' must be 1 or 3, got {document['channels']!r}; {hint} to rebuild it")
+    if document["size"] <= 0 or document["stored_size"] < document["size"]:
+        raise ManifestError(
+            f"{path}: need 0 < size <= stored_size, got size {document['size']} and stored_size "
+            f"{document['stored_size']}; {hint} to rebuild it"
+        )
+    for shard in document["shards"]:
+        if not isinstance(shard, dict) or not {"path", "split", "class", "count", "sha256"} <= shard.keys():
+            raise ManifestError(f"{path}: shard entry {shard!r} lacks path/split/class/count/sha256; {hint} to rebuild it")
+        if shard["split"] not in SPLITS or shard["class"] not in document["classes"]:
+            raise ManifestError(f"{path}: shard entry {shard!r} has an unknown split or class; {hint} to rebuild it")
+    if "path" not in document["hdf5"]:
+        raise ManifestError(f"{path}: field 'hdf5' lacks 'path'; {hint} to rebuild it")
+    known = {f.name for f in fields(Manifest)} - {"root"}
+    return Manifest(root=root, **{key: value for key, value in document.items() if key in known})

@@ -1,0 +1,75 @@
+"""An ordered, memory-bounded parallel map over a process pool (the build's decode stage).
+
+`multiprocessing.Pool.imap` alone reads its whole input eagerly and lets results pile up when
+the consumer is slower than the workers; a semaphore on the input side bounds that.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import threading
+from typing import Any, Callable, Iterable, Iterator
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C is handled by the main process, which terminates the pool and removes temp folders.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class _Gate:
+    """Lets a generator feeding Pool.imap run at most `limit` items ahead of the consumer."""
+
+    def __init__(self, limit: int) -> None:
+        self._slots = threading.Semaphore(limit)
+        self._stopped = threading.Event()
+
+    def feed(self, items: Iterable[Any]) -> Iterator[Any]:
+        for item in items:
+            self._slots.acquire()
+            if self._stopped.is_set():
+                return
+            yield item
+
+    def done_one(self) -> None:
+        self._slots.release()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._slots.release()
+
+
+class OrderedPool:
+    """Ordered maps over a process pool (`workers` processes; 0 = in this process).
+
+    `map` streams: inputs are handed out only `in_flight` ahead of what the caller has consumed,
+    so results never pile up in memory however large the folder is.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self._pool = multiprocessing.Pool(workers, initializer=_ignore_sigint) if workers else None
+        self._gates: list[_Gate] = []
+
+    def map(self, function: Callable[[Any], Any], items: Iterable[Any], chunksize: int = 1,
+            in_flight: int | None = None) -> Iterator[Any]:
+        if self._pool is None:
+            yield from map(function, items)
+            return
+        if in_flight is None:
+            yield from self._pool.imap(function, items, chunksize=chunksize)
+            return
+        gate = _Gate(in_flight)
+        self._gates.append(gate)
+        for result in self._pool.imap(function, gate.feed(items), chunksize=chunksize):
+            yield result
+            gate.done_one()
+
+    def __enter__(self) -> "OrderedPool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._pool is None:
+            return
+        for gate in self._gates:  # unblock the pool's feeder thread, or terminate() would wait on it
+            gate.stop()
+        self._pool.terminate()
+        self._pool.join()

@@ -1,0 +1,454 @@
+"""`ddpm-data build`: an ImageFolder source -> per-resolution tar shards + data.h5 + manifest.json.
+
+One pass over the source serves every requested size: a process pool hashes the files so the
+main process can plan the split (`split.plan_source`), then decodes and resizes each image once
+per stored size (`images`), streaming results back in storage order while the main process
+appends them to the tar shards and the HDF5 file of every size (`parallel.OrderedPool`). At most a few images per worker
+are in flight, so memory does not grow with the folder. Output is written atomically
+(`atomic.atomic_folder`) and is byte-deterministic (fixed tar headers, metadata-free PNG, HDF5
+without timestamps). The on-disk format is specified in docs/data-format.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ddpm_data import images as img
+from ddpm_data.atomic import atomic_folder
+from ddpm_data.images import DEFAULT_MAX_PIXELS, Fit
+from ddpm_data.manifest import FORMAT_VERSION, SPLITS, Manifest, load_manifest, write_manifest
+from ddpm_data.parallel import OrderedPool
+from ddpm_data.split import SourceItem, SourcePlan, find_classes, plan_source
+
+HDF5_NAME = "data.h5"
+DEFAULT_MARGIN = 12       # px per 128 px: the analysis' resize-140 / random-crop-128 recipe
+# 64 samples per shard: at size 96 (stored 105 px) a shard is ~1.5 MB (~3 MB at size 128), big
+# enough that opening it costs nothing next to reading it on local disk, small enough that the
+# sample data (437 normal / 85 abnormal) gives 7 + 2 train shards, so ranks x loader workers can
+# each own whole shards of a class. Use larger shards (e.g. 1000+) for remote/object storage.
+DEFAULT_SHARD_SIZE = 64
+IN_FLIGHT_PER_WORKER = 16  # images a worker may run ahead of the writer (bounds memory: ~1 MB each at most)
+
+
+class BuildError(ValueError):
+    """The build cannot run or failed its checks; the message names the flag or file and the fix."""
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Options of `ddpm-data build`, 1:1 with its CLI flags."""
+
+    src: Path = Path("data")             # ImageFolder root: one subfolder per class
+    size: tuple[int, ...] = (96,)         # training resolutions (px); several = one pass
+    out: str = "shards/{size}"            # output folder; "{size}" is replaced per size
+    margin: int = DEFAULT_MARGIN          # crop margin in px per 128 px (0: store exactly `size`)
+    fit: Fit = Fit.CROP                   # how non-square images become square
+    channels: int = 3                     # 3 = RGB, 1 = grey (L)
+    val_fraction: float = 0.1             # share of each class held out for validation
+    shard_size: int = DEFAULT_SHARD_SIZE  # samples per tar shard
+    workers: int | None = None            # decode processes; None = all cores, 0 = in-process
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped as decompression bombs
+    strict: bool = False                  # any skipped file fails the build
+    overwrite: bool = False               # replace an existing output folder
+
+    def __post_init__(self) -> None:
+        if not self.size or any(not isinstance(s, int) or s < 8 for s in self.size):
+            raise BuildError(f"--size: need one or more integers >= 8 (e.g. 96 or 40,96,128), got {self.size!r}")
+        if len(set(self.size)) != len(self.size):
+            raise BuildError(f"--size: {self.size!r} lists a size twice")
+        if len(self.size) > 1 and "{size}" not in self.out:
+            raise BuildError(f"--out {self.out}: several sizes need a '{{size}}' placeholder, e.g. shards/{{size}}")
+        if self.margin < 0:
+            raise BuildError(f"--margin: must be >= 0, got {self.margin}")
+        if not isinstance(self.fit, Fit):
+            raise BuildError(f"--fit {self.fit!r}: unknown; valid: {', '.join(f.value for f in Fit)}")
+        if self.channels not in (1, 3):
+            raise BuildError(f"--channels: must be 1 or 3, got {self.channels}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise BuildError(f"--val-fraction: must be in [0, 1), got {self.val_fraction}")
+        if self.shard_size < 1:
+            raise BuildError(f"--shard-size: must be >= 1, got {self.shard_size}")
+        if self.workers is not None and self.workers < 0:
+            raise BuildError(f"--workers: must be >= 0, got {self.workers}")
+        if self.max_pixels < 1:
+            raise BuildError(f"--max-pixels: must be >= 1, got {self.max_pixels}")
+
+    def out_for(self, size: int) -> Path:
+        """Output folder of `size`."""
+        return Path(self.out.replace("{size}", str(size)))
+
+    def stored_size(self, size: int) -> int:
+        """Stored image side for training size `size` (see images.stored_size_for)."""
+        return img.stored_size_for(size, self.margin)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready options as recorded in the manifest: those that shape the output.
+
+        `workers` and `overwrite` only change how the build runs, so they are left out and the
+        manifest stays byte-identical however many processes built it.
+        """
+        options = asdict(self)
+        del options["workers"], options["overwrite"]
+        options.update(src=str(self.src), size=list(self.size), fit=self.fit.value)
+        return options
+
+
+def available_cores() -> int:
+    """Cores this process may run on (respects CPU affinity / container limits where visible)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """"40,96,128" -> (40, 96, 128); BuildError naming --size on anything else."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise BuildError(f"--size {text!r}: expected integers separated by commas, e.g. 96 or 40,96,128") from None
+
+
+# ---------------------------------------------------------------- worker side
+
+
+@dataclass(frozen=True)
+class _DecodeSettings:
+    stored_sizes: tuple[int, ...]
+    fit: Fit
+    channels: int
+    max_pixels: int
+
+
+@dataclass
+class _Decoded:
+    """A worker's result for one source file: per stored size, PNG bytes and (C, S, S) uint8."""
+
+    reason: str | None = None                  # skip reason, None when decoded
+    width: int = 0                             # oriented source size
+    height: int = 0
+    outputs: list[_Stored] = field(default_factory=list)  # one per stored size
+
+
+@dataclass
+class _Stored:
+    """One stored image: PNG bytes, (C, S, S) uint8 pixels, and per-channel sums for mean/std.
+
+    Sums are computed in the worker (exact int64) to keep the single writer process light.
+    """
+
+    png: bytes
+    pixels: np.ndarray
+    channel_sum: np.ndarray     # (C,) int64, sum of pixel values
+    channel_sum_sq: np.ndarray  # (C,) int64, sum of squared pixel values
+
+
+_VALUES = np.arange(256, dtype=np.int64)
+
+
+def _decode_one(settings: _DecodeSettings, item: tuple[str, str]) -> _Decoded:
+    path, sha256 = item
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        return _Decoded(reason=f"unreadable: {error.strerror or error}")
+    if hashlib.sha256(data).hexdigest() != sha256:
+        return _Decoded(reason="changed while the build was running; rebuild")
+    try:
+        image = img.to_channels(img.decode(data, settings.max_pixels), settings.channels)
+    except img.BadImage as error:
+        return _Decoded(reason=str(error))
+    result = _Decoded(width=image.width, height=image.height)
+    for stored in settings.stored_sizes:
+        square = img.fit_square(image, stored, settings.fit)
+        pixels = img.to_array(square)
+        # Per-channel histograms give exact sums of v and v**2 without an int64 copy of the image.
+        histograms = np.stack([np.bincount(channel.ravel(), minlength=256) for channel in pixels]).astype(np.int64)
+        result.outputs.append(_Stored(img.encode_png(square), pixels, histograms @ _VALUES, histograms @ _VALUES**2))
+    return result
+
+
+# ---------------------------------------------------------------- writer side
+
+
+def _tar_member(name: str, payload: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
+    # Fixed header fields: byte-identical tars for identical content (webdataset's TarWriter stamps the clock).
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(payload), 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info, io.BytesIO(payload)
+
+
+def _sha256_file(path: Path) -> str:
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+class _SizeWriter:
+    """Writes one output folder: tar shards, data.h5 and the train-split pixel statistics."""
+
+    def __init__(self, folder: Path, size: int, stored_size: int, plan: SourcePlan, config: BuildConfig) -> None:
+        import h5py
+
+        self.folder, self.size, self.stored_size = folder, size, stored_size
+        self.classes, self.channels, self.shard_size = plan.classes, config.channels, config.shard_size
+        self.counts = {split: {name: 0 for name in plan.classes} for split in SPLITS}
+        self.shards: list[dict[str, Any]] = []
+        self.source_sizes: dict[str, int] = {}
+        self._tars: dict[str, tuple[tarfile.TarFile, dict[str, Any]]] = {}  # split -> open shard
+        self._sum = np.zeros(self.channels, dtype=np.int64)      # exact integer sums: order-free
+        self._sum_sq = np.zeros(self.channels, dtype=np.int64)
+        self._h5 = h5py.File(folder / HDF5_NAME, "w", libver="earliest", track_order=False)
+        self._buffers: dict[str, list[tuple[np.ndarray, int, str]]] = {split: [] for split in SPLITS}
+        self._h5_rows = {split: 0 for split in SPLITS}
+        shape = (self.channels, stored_size, stored_size)
+        rows_per_chunk = max(1, (1 << 20) // int(np.prod(shape)))  # ~1 MiB chunks
+        for split in SPLITS:
+            group = self._h5.create_group(split, track_order=False)
+            group.create_dataset("images", shape=(0, *shape), maxshape=(None, *shape), dtype="uint8",
+                                 chunks=(rows_per_chunk, *shape), track_times=False)
+            group.create_dataset("labels", shape=(0,), maxshape=(None,), dtype="int64", chunks=(1024,),
+                                 track_times=False)
+            group.create_dataset("keys", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"),
+                                 chunks=(1024,), track_times=False)
+        self._h5.attrs["size"] = size
+        self._h5.attrs["stored_size"] = stored_size
+        self._h5.attrs["channels"] = self.channels
+        self._h5.attrs["classes"] = json.dumps(plan.classes)
+
+    def add(self, item: SourceItem, width: int, height: int, stored: _Stored) -> None:
+        """Append one sample (its PNG, (C, S, S) uint8 pixels and pixel sums) to its split."""
+        split = item.split
+        tar, entry = self._open_tar(split, item.class_name)
+        sidecar = {"source": item.relpath, "class": item.class_name, "label": item.label,
+                   "width": width, "height": height}
+        for suffix, payload in (("cls", str(item.label).encode("ascii")),
+                                ("json", json.dumps(sidecar, sort_keys=True).encode("utf-8")),
+                                ("png", stored.png)):
+            tar.addfile(*_tar_member(f"{item.key}.{suffix}", payload))
+        entry["count"] += 1
+        self.counts[split][item.class_name] += 1
+        size_key = f"{width}x{height}"
+        self.source_sizes[size_key] = self.source_sizes.get(size_key, 0) + 1
+        if split == "train":
+            self._sum += stored.channel_sum
+            self._sum_sq += stored.channel_sum_sq
+        self._buffers[split].append((stored.pixels, item.label, item.key))
+        if len(self._buffers[split]) >= 256:
+            self._flush(split)
+
+    def _open_tar(self, split: str, class_name: str) -> tuple[tarfile.TarFile, dict[str, Any]]:
+        current = self._tars.get(split)
+        if current is not None and (current[1]["class"] != class_name or current[1]["count"] >= self.shard_size):
+            self._close_tar(split)
+            current = None
+        if current is None:
+            index = sum(1 for s in self.shards if s["split"] == split and s["class"] == class_name)
+            entry = {"path": f"{split}-{class_name}-{index:06d}.tar", "split": split, "class": class_name,
+                     "count": 0, "sha256": ""}
+            self.shards.append(entry)
+            tar = tarfile.open(self.folder / entry["path"], "w", format=tarfile.GNU_FORMAT, encoding="utf-8")
+            current = self._tars[split] = (tar, entry)
+        return current
+
+    def _close_tar(self, split: str) -> None:
+        tar, entry = self._tars.pop(split)
+        tar.close()
+        entry["sha256"] = _sha256_file(self.folder / entry["path"])
+
+    def _flush(self, split: str) -> None:
+        rows = self._buffers[split]
+        if not rows:
+            return
+        start, stop = self._h5_rows[split], self._h5_rows[split] + len(rows)
+        group = self._h5[split]
+        for name in ("images", "labels", "keys"):
+            group[name].resize(stop, axis=0)
+        group["images"][start:stop] = np.stack([row[0] for row in rows])
+        group["labels"][start:stop] = np.array([row[1] for row in rows], dtype=np.int64)
+        group["keys"][start:stop] = [row[2] for row in rows]
+        self._h5_rows[split] = stop
+        rows.clear()
+
+    def abort(self) -> None:
+        for split in list(self._tars):
+            self._tars.pop(split)[0].close()
+        self._h5.close()
+
+    def finish(self, plan: SourcePlan, skipped: list[tuple[str, str]], config: BuildConfig) -> dict[str, Any]:
+        """Close every file and return the manifest document."""
+        for split in list(self._tars):
+            self._close_tar(split)
+        for split in SPLITS:
+            self._flush(split)
+        self._h5.close()
+        n = sum(self.counts["train"].values()) * self.stored_size * self.stored_size
+        mean = (self._sum / (255.0 * n)) if n else np.zeros(self.channels)
+        var = (self._sum_sq / (255.0**2 * n) - mean**2) if n else np.zeros(self.channels)
+        return {
+            "format_version": FORMAT_VERSION,
+            "tool_version": _tool_version(),
+            "size": self.size,
+            "stored_size": self.stored_size,
+            "channels": self.channels,
+            "classes": list(plan.classes),
+            "counts": self.counts,
+            "shards": sorted(self.shards, key=lambda entry: entry["path"]),
+            "hdf5": {"path": HDF5_NAME, "sha256": _sha256_file(self.folder / HDF5_NAME)},
+            "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
+            "mean": [round(float(m), 6) for m in mean],
+            "std": [round(float(np.sqrt(max(v, 0.0))), 6) for v in var],
+            "source_sizes": dict(sorted(self.source_sizes.items())),
+            "ignored": plan.ignored,
+            "options": config.to_dict(),
+        }
+
+
+# ---------------------------------------------------------------- the build
+
+
+def _tool_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ddpm-pipeline")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _check_outputs(config: BuildConfig) -> None:
+    find_classes(config.src)  # fail on a bad source layout before any work or progress bar
+    src = config.src.resolve()
+    for size in config.size:
+        out = config.out_for(size)
+        if out.exists() and not config.overwrite:
+            raise BuildError(f"{out}: exists; pass --overwrite to replace it (or choose another --out)")
+        resolved = out.resolve()
+        if resolved == src or src in resolved.parents:
+            raise BuildError(f"--out {out}: lies inside --src {config.src}; the source folder is never written to")
+
+
+def _strict_error(skipped: list[tuple[str, str]]) -> BuildError:
+    lines = "\n".join(f"  {path}: {reason}" for path, reason in skipped)
+    return BuildError(f"--strict: {len(skipped)} file(s) would be skipped:\n{lines}")
+
+
+def build(config: BuildConfig, progress: bool = False) -> list[Manifest]:
+    """Build every size of `config`; returns the written manifests (one per size, same order).
+
+    `progress` shows a rich progress bar on stderr (the CLI turns it on).
+
+    Raises SourceError (bad source layout) or BuildError (bad options, existing output,
+    `strict` with skipped files, a class left without usable images). Nothing is written to
+    the output paths unless the whole build succeeds.
+    """
+    _check_outputs(config)
+    workers = available_cores() if config.workers is None else config.workers
+    settings = _DecodeSettings(tuple(config.stored_size(s) for s in config.size), config.fit,
+                               config.channels, config.max_pixels)
+    with _Progress(progress) as reporter, OrderedPool(workers) as pool:
+        hashing = reporter.task("hashing source files")
+        plan = plan_source(config.src, config.val_fraction, partial(pool.map, chunksize=8), on_file=hashing)
+        skipped = list(plan.skipped)  # with --strict, all skips are collected first and reported together
+        tasks = [(str(item.path), item.sha256) for item in plan.items]
+        decoded_stream = pool.map(partial(_decode_one, settings), tasks, chunksize=4,
+                                  in_flight=max(1, workers) * IN_FLIGHT_PER_WORKER)
+        with _atomic_folders(config) as folders:
+            writers = [_SizeWriter(folder, size, config.stored_size(size), plan, config)
+                       for folder, size in zip(folders, config.size)]
+            try:
+                advance = reporter.task("decoding and resizing", total=len(plan.items))
+                for item, decoded in zip(plan.items, decoded_stream):
+                    advance()
+                    if decoded.reason is not None:
+                        skipped.append((item.relpath, decoded.reason))
+                        continue
+                    for writer, stored in zip(writers, decoded.outputs):
+                        writer.add(item, decoded.width, decoded.height, stored)
+                skipped.sort()
+                if config.strict and skipped:
+                    raise _strict_error(skipped)
+                _check_classes(writers[0], plan, skipped)
+                for writer, folder in zip(writers, folders):
+                    write_manifest(folder, writer.finish(plan, skipped, config))
+            except BaseException:
+                for writer in writers:
+                    writer.abort()
+                raise
+    return [load_manifest(config.out_for(size)) for size in config.size]
+
+
+def _check_classes(writer: _SizeWriter, plan: SourcePlan, skipped: list[tuple[str, str]]) -> None:
+    for name in plan.classes:
+        if writer.counts["train"][name] + writer.counts["val"][name] == 0:
+            reasons = [f"  {path}: {reason}" for path, reason in skipped if path.split("/", 1)[0] == name]
+            raise BuildError(f"class '{name}': no usable images; every file was skipped:\n" + "\n".join(reasons[:20]))
+
+
+class _atomic_folders:
+    """Enter `atomic_folder` for every output of `config`; all are committed only on success."""
+
+    def __init__(self, config: BuildConfig) -> None:
+        self._managers = [atomic_folder(config.out_for(size), config.overwrite) for size in config.size]
+
+    def __enter__(self) -> list[Path]:
+        entered = []
+        try:
+            for manager in self._managers:
+                entered.append(manager.__enter__())
+        except BaseException:
+            for manager in reversed(self._managers[:len(entered)]):
+                manager.__exit__(None, None, None)
+            raise
+        return entered
+
+    def __exit__(self, *exc: Any) -> bool:
+        error = None
+        for manager in self._managers:
+            try:
+                manager.__exit__(*exc)
+            except BaseException as raised:  # keep going so no temp folder is left behind
+                error = error or raised
+        if error is not None and exc[0] is None:
+            raise error
+        return False
+
+
+class _Progress:
+    """A rich progress bar on stderr, or nothing (tests, library use)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._progress = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TimeRemainingColumn(), console=Console(stderr=True))
+
+    def __enter__(self) -> "_Progress":
+        if self._progress is not None:
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def task(self, description: str, total: int | None = None) -> Callable[[int | None], None]:
+        """Register a task; returns `advance(total=None)`, which moves it on by one (and sets its total)."""
+        if self._progress is None:
+            return lambda total=None: None
+        task_id = self._progress.add_task(description, total=total)
+
+        def advance(total: int | None = None) -> None:
+            self._progress.update(task_id, advance=1, **({"total": total} if total is not None else {}))
+
+        return advance

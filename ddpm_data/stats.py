@@ -1,0 +1,114 @@
+"""`ddpm-data stats`: summarise a shard folder from its manifest, and draw a contact sheet."""
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from PIL import Image
+
+from ddpm_data.grid import save_grid
+from ddpm_data.manifest import SPLITS, Manifest, load_manifest
+
+
+def collect_stats(folder: str | Path) -> dict[str, Any]:
+    """JSON-ready summary of `folder`: counts (as in the manifest), shards with bytes, mean/std,
+    source sizes, skipped files and the ignored count. Raises ManifestError."""
+    manifest = load_manifest(folder)
+    shards = []
+    for entry in manifest.shards:
+        path = manifest.root / entry["path"]
+        shards.append({**entry, "bytes": path.stat().st_size if path.exists() else None})
+    hdf5 = manifest.hdf5_path
+    return {
+        "folder": str(Path(folder)),
+        "size": manifest.size,
+        "stored_size": manifest.stored_size,
+        "channels": manifest.channels,
+        "classes": manifest.classes,
+        "counts": manifest.counts,
+        "totals": {split: manifest.num_samples(split) for split in SPLITS},
+        "shards": shards,
+        "hdf5": {**manifest.hdf5, "bytes": hdf5.stat().st_size if hdf5.exists() else None},
+        "mean": manifest.mean,
+        "std": manifest.std,
+        "source_sizes": manifest.source_sizes,
+        "skipped": manifest.skipped,
+        "ignored": manifest.ignored,
+        "tool_version": manifest.tool_version,
+        "options": manifest.options,
+    }
+
+
+def _megabytes(size: int | None) -> str:
+    return "missing" if size is None else f"{size / 1e6:.2f} MB"
+
+
+def format_stats(stats: dict[str, Any], max_sizes: int = 10) -> str:
+    """Human-readable text of `collect_stats` output."""
+    channel_names = ["R", "G", "B"] if stats["channels"] == 3 else ["L"]
+    lines = [
+        f"{stats['folder']}: size {stats['size']} (stored {stats['stored_size']} px), "
+        f"{stats['channels']} channel(s), {len(stats['classes'])} classes",
+        "",
+        f"  {'class':<20} {'label':>5} {'train':>7} {'val':>7}",
+    ]
+    for label, name in enumerate(stats["classes"]):
+        lines.append(f"  {name:<20} {label:>5} {stats['counts']['train'].get(name, 0):>7} "
+                     f"{stats['counts']['val'].get(name, 0):>7}")
+    lines.append(f"  {'total':<20} {'':>5} {stats['totals']['train']:>7} {stats['totals']['val']:>7}")
+    lines += ["", f"shards ({len(stats['shards'])}):"]
+    lines += [f"  {s['path']:<40} {s['count']:>6} samples  {_megabytes(s['bytes'])}" for s in stats["shards"]]
+    lines.append(f"  {stats['hdf5']['path']:<40} {stats['totals']['train'] + stats['totals']['val']:>6} samples  "
+                 f"{_megabytes(stats['hdf5']['bytes'])}")
+    lines += ["", "per-channel mean / std (train split, [0, 1] units):"]
+    lines += [f"  {c}: {m:.4f} / {s:.4f}" for c, m, s in zip(channel_names, stats["mean"], stats["std"])]
+    sizes = sorted(stats["source_sizes"].items(), key=lambda kv: (-kv[1], kv[0]))
+    lines += ["", f"source image sizes ({len(sizes)} distinct):"]
+    lines += [f"  {wh:<14} {n:>6}" for wh, n in sizes[:max_sizes]]
+    if len(sizes) > max_sizes:
+        lines.append(f"  ... {len(sizes) - max_sizes} more (see --json)")
+    lines += ["", f"skipped: {len(stats['skipped'])}"]
+    lines += [f"  {s['path']}: {s['reason']}" for s in stats["skipped"]]
+    lines.append(f"ignored (hidden or non-image files): {stats['ignored']}")
+    return "\n".join(lines)
+
+
+def iter_tar_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Yield (key, {extension: payload}) per sample of one tar shard, in file order."""
+    current_key, parts = None, {}
+    with tarfile.open(path, "r") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, extension = member.name.partition(".")
+            if key != current_key and current_key is not None:
+                yield current_key, parts
+                parts = {}
+            current_key = key
+            parts[extension] = tar.extractfile(member).read()
+    if current_key is not None:
+        yield current_key, parts
+
+
+def sample_images(manifest: Manifest, per_class: int) -> dict[str, list[np.ndarray]]:
+    """Up to `per_class` stored images per class (train shards first, then val), (H, W[, C]) uint8."""
+    rows: dict[str, list[np.ndarray]] = {}
+    for name in manifest.classes:
+        images: list[np.ndarray] = []
+        for path in manifest.shard_paths("train", name) + manifest.shard_paths("val", name):
+            for _, parts in iter_tar_samples(path):
+                images.append(np.asarray(Image.open(io.BytesIO(parts["png"]))))
+                if len(images) == per_class:
+                    break
+            if len(images) == per_class:
+                break
+        rows[name] = images
+    return {name: images for name, images in rows.items() if images}
+
+
+def write_grid(folder: str | Path, path: str | Path, per_class: int = 8) -> Path:
+    """Write a contact sheet of `per_class` samples per class of `folder` to `path` (PNG)."""
+    return save_grid(sample_images(load_manifest(folder), per_class), path)

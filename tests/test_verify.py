@@ -1,0 +1,101 @@
+"""ddpm_data.verify: a clean build passes; each kind of damage is caught and names the file."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import h5py
+import pytest
+
+from ddpm_data.manifest import manifest_to_json
+from ddpm_data.shards import BuildConfig, _sha256_file, build
+from ddpm_data.verify import verify
+from helpers_data import flip_byte, make_folder
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    root = tmp_path_factory.mktemp("verify")
+    src = make_folder(root / "src", {"normal": 7, "abnormal": 4})
+    (manifest,) = build(BuildConfig(src=src, size=(24,), out=str(root / "s"), workers=0, shard_size=3,
+                                    val_fraction=0.3))
+    return manifest.root
+
+
+@pytest.fixture
+def folder(pristine, tmp_path):
+    copy = tmp_path / "s"
+    shutil.copytree(pristine, copy)
+    return copy
+
+
+def _first_shard(folder):
+    return json.loads((folder / "manifest.json").read_text())["shards"][0]["path"]
+
+
+def test_clean_build_verifies(folder):
+    report = verify(folder)
+    assert report.ok, report.problems
+    assert report.files_checked == 1 + len(json.loads((folder / "manifest.json").read_text())["shards"])
+    assert report.samples_checked == 2 * 11  # every sample once in tar, once in HDF5
+
+
+@pytest.mark.parametrize("offset", [100, 700, 3000, -2000])  # header, padding, PNG payload, end blocks
+def test_flipped_byte_in_a_shard_is_named(folder, offset):
+    shard = _first_shard(folder)
+    flip_byte(folder / shard, offset)
+    report = verify(folder)
+    assert not report.ok and report.bad_files == [shard]  # data.h5 is not blamed for the shard's damage
+    assert any("sha256" in p.message for p in report.problems)
+    if offset == 3000:  # inside the first sample's PNG payload
+        assert any(".png does not decode" in p.message or "unreadable tar" in p.message for p in report.problems)
+
+
+def test_flipped_byte_in_hdf5_is_named(folder):
+    flip_byte(folder / "data.h5", -100)
+    report = verify(folder)
+    assert report.bad_files == ["data.h5"]
+
+
+def test_hdf5_pixels_differing_from_tar_are_caught_even_with_a_fresh_checksum(folder):
+    with h5py.File(folder / "data.h5", "r+") as h5:
+        h5["train/images"][0, 0, 0, 0] ^= 0xFF
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["hdf5"]["sha256"] = _sha256_file(folder / "data.h5")
+    (folder / "manifest.json").write_text(manifest_to_json(manifest))
+    report = verify(folder)
+    assert report.bad_files == ["data.h5"]
+    assert "pixels differ from the tar sample" in report.problems[0].message
+
+
+def test_missing_shard_is_named_alone(folder):
+    shard = _first_shard(folder)
+    (folder / shard).unlink()
+    report = verify(folder)
+    assert report.bad_files == [shard] and report.problems[0].message == "missing"
+
+
+def test_counts_disagreeing_with_the_shards(folder):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["shards"][0]["count"] += 1
+    manifest["counts"]["train"]["normal"] += 1
+    (folder / "manifest.json").write_text(manifest_to_json(manifest))
+    report = verify(folder)
+    assert manifest["shards"][0]["path"] in report.bad_files and "manifest.json" in report.bad_files
+    assert any("manifest says" in p.message for p in report.problems)
+
+
+def test_broken_manifest_is_reported_not_raised(folder):
+    (folder / "manifest.json").write_text("{")
+    report = verify(folder)
+    assert report.bad_files == ["manifest.json"] and "unreadable" in report.problems[0].message
+
+
+def test_damaged_hdf5_is_still_decoded(folder):
+    """A checksum mismatch does not stop the row-by-row check: the damaged row is named too."""
+    with h5py.File(folder / "data.h5", "r+") as h5:
+        h5["train/images"][1, 0, 0, 0] ^= 0xFF
+    report = verify(folder)
+    messages = [p.message for p in report.problems]
+    assert report.bad_files == ["data.h5"] and "sha256" in messages[0]
+    assert any("pixels differ from the tar sample" in m for m in messages)
