@@ -149,6 +149,41 @@ def verify(
 
 
 # ---------------------------------------------------------------- ddpm-eval (issue 7)
+from ddpm_eval.evaluate import EvalConfig as _Eval  # stdlib-only module: defaults without importing torch
+
+
+@eval_app.command(help="Measure generated samples against real shards: SWD, smoothness, class fidelity, copies.")
+def eval_samples(
+    real: Annotated[Path, typer.Option("--real", help="Shard folder from 'ddpm-data build' (manifest.json + data.h5).")],
+    samples: Annotated[Path, typer.Option("--samples", help="Generated images: SAMPLES/<class>/*.png at the shards' size.")],
+    class_name: Annotated[Optional[str], typer.Option("--class", help="Evaluate only this class.")] = _Eval.class_name,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON (metrics at the top level).")] = False,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write a Markdown report with grids and plots here.")] = _Eval.report,
+    seed: Annotated[int, typer.Option(help="Seed of patch draws, projections and classifier training.")] = _Eval.seed,
+    device: Annotated[str, typer.Option(help="Torch device for the classifier and nearest-neighbour search.")] = _Eval.device,
+    swd_descriptors: Annotated[int, typer.Option(help="7x7 patches drawn per pyramid level and image set.")] = _Eval.swd_descriptors,
+    swd_directions: Annotated[int, typer.Option(help="Random projections per SWD repeat (4 repeats).")] = _Eval.swd_directions,
+    swd_min_level: Annotated[int, typer.Option(help="Coarsest pyramid level in px.")] = _Eval.swd_min_level,
+    classifier_epochs: Annotated[int, typer.Option(help="Training epochs of the eval classifier (cached next to the shards).")] = _Eval.classifier_epochs,
+    classifier_width: Annotated[int, typer.Option(help="First-layer channels of the eval classifier.")] = _Eval.classifier_width,
+    classifier_batch_size: Annotated[int, typer.Option(help="Batch size of the eval classifier's training.")] = _Eval.classifier_batch_size,
+    copy_ratio: Annotated[float, typer.Option(help="Near-copy: nearest training image closer than this times the 2nd nearest.")] = _Eval.copy_ratio,
+    blur_sigma: Annotated[float, typer.Option(help="Gaussian sigma (px) of the blurred smoothness-ceiling reference.")] = _Eval.blur_sigma,
+) -> None:
+    import json
+
+    from ddpm_eval.evaluate import evaluate
+    from ddpm_eval.summary import format_text
+
+    try:
+        config = _Eval(real=real, samples=samples, class_name=class_name, report=report, seed=seed, device=device,
+                       swd_descriptors=swd_descriptors, swd_directions=swd_directions, swd_min_level=swd_min_level,
+                       classifier_epochs=classifier_epochs, classifier_width=classifier_width,
+                       classifier_batch_size=classifier_batch_size, copy_ratio=copy_ratio, blur_sigma=blur_sigma)
+        result = evaluate(config, log=lambda message: typer.echo(message, err=True))
+    except ValueError as error:
+        fail(str(error))
+    typer.echo(json.dumps(result, indent=2, sort_keys=True) if json_output else format_text(result))
 
 
 if __name__ == "__main__":  # pragma: no cover

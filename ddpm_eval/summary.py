@@ -1,0 +1,77 @@
+"""The evaluation result as a plain-text table (terminal) or Markdown table (report).
+
+Each row shows the samples beside the two references, and which direction is better.
+"""
+from __future__ import annotations
+
+# (key, label, which direction is better)
+ROWS = (
+    ("swd", "SWD, mean over pyramid levels", "lower; val floor is the best reachable"),
+    ("spectrum_hf_ratio", "spectrum high-frequency ratio", "closer to 1; >1 jaggy/aliased/noisy, <1 blurred"),
+    ("spectrum_distance", "spectrum log distance (decades)", "lower"),
+    ("edge_roughness", "edge roughness (degrees)", "close to real train; higher = jaggier"),
+    ("edge_orientation_distance", "edge orientation distance", "lower"),
+    ("class_accuracy", "class accuracy (eval classifier)", "higher; trust it only if val accuracy is high"),
+    ("frechet_classifier_distance", "Frechet dist., classifier features", "lower; NOT Inception FID"),
+    ("copy_fraction", "near-copies of training images", "lower; 0 is healthy"),
+    ("nn_ratio", "nearest-train distance / val's", "about 1; well below 1 = memorising"),
+)
+PER_CLASS = ("swd", "spectrum_hf_ratio", "edge_roughness", "class_accuracy", "frechet_classifier_distance", "copies")
+
+
+def _number(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def _rows(result: dict) -> list[list[str]]:
+    floor, ceiling = result["reference"]["val_vs_train"], result["reference"]["blurred_vs_train"]
+    rows = []
+    for key, label, better in ROWS:
+        rows.append([label, _number(result[key]), _number(floor[key]), _number(ceiling[key]), better])
+        if key == "swd":
+            for index, size in enumerate(result["swd_level_sizes"]):
+                name = f"  SWD level {size} px" + (" (finest: edges)" if index == 0 else "")
+                rows.append([name, _number(result["swd_levels"][index]), _number(floor["swd_levels"][index]),
+                             _number(ceiling["swd_levels"][index]), "lower"])
+        if key == "edge_roughness":
+            rows[-1][4] = f"close to real train ({_number(result['edge_roughness_real'])}); higher = jaggier"
+    return rows
+
+
+def _counts(result: dict) -> str:
+    counts = result["counts"]
+    per = ", ".join(f"{name} {counts['samples'][name]}" for name in result["classes"])
+    return (f"{result['n']} samples ({per}) vs the real train split ({sum(counts['train'].values())} images); "
+            f"copies flagged: {result['copies']}")
+
+
+def format_text(result: dict) -> str:
+    """Aligned plain-text summary for the terminal."""
+    header = ["metric", "samples", "val (floor)", "blurred (ceiling)", "better"]
+    rows = [header] + _rows(result)
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = [_counts(result)]
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4] for row in rows]
+    lines.append("")
+    lines.append("per class: " + "  ".join(PER_CLASS))
+    for name, metrics in result["per_class"].items():
+        lines.append(f"  {name}: " + "  ".join(_number(metrics[key]) for key in PER_CLASS))
+    lines.append(f"eval classifier val accuracy {_number(result['classifier_val_accuracy'])} ({result['classifier']['cache']})")
+    lines.append(f"note: {result['frechet_note']}")
+    lines += [f"warning: {message}" for message in result["warnings"]]
+    return "\n".join(lines)
+
+
+def format_markdown(result: dict) -> str:
+    """The same numbers as Markdown tables."""
+    header = ["metric", "samples", "val (floor)", "blurred (ceiling)", "better"]
+    lines = [_counts(result), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.strip() for cell in row) + " |" for row in _rows(result)]
+    lines += ["", "| class | " + " | ".join(PER_CLASS) + " |", "|" + "---|" * (len(PER_CLASS) + 1)]
+    for name, metrics in result["per_class"].items():
+        lines.append(f"| {name} | " + " | ".join(_number(metrics[key]) for key in PER_CLASS) + " |")
+    return "\n".join(lines)
