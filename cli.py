@@ -145,6 +145,48 @@ def verify(
 # ---------------------------------------------------------------- ddpm-data preview (issue 4)
 
 
+@data_app.command()
+def preview(
+    folder: Annotated[Path, typer.Argument(help="Shard folder written by 'ddpm-data build' (e.g. shards/96).")],
+    n: Annotated[int, typer.Option("--n", help="Samples to draw for the class shares.")] = 1000,
+    balance: Annotated[str, typer.Option(help="natural | balanced | sqrt | class weights, e.g. normal=1,abnormal=3.")] = "natural",
+    mode: Annotated[str, typer.Option(help="auto | stream | memory (auto: memory when the split fits --memory-budget-mb).")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the sampling order and the augmentation.")] = 0,
+    workers: Annotated[int, typer.Option(help="Stream mode: DataLoader worker processes (0 = in-process).")] = 0,
+    memory_budget_mb: Annotated[float, typer.Option(help="Auto mode: largest split (pixels, MiB) held in memory.")] = 2048.0,
+    skip_bad_shards: Annotated[bool, typer.Option(help="Leave out (and list) shards failing their checksum instead of stopping.")] = False,
+    augment: Annotated[str, typer.Option(help="Augmentation preset: default (analysis recipe) | none (centre crop).")] = "default",
+    crop: Annotated[Optional[bool], typer.Option("--crop/--no-crop", help="Random crop out of the stored margin (else centre).")] = None,
+    hflip: Annotated[Optional[float], typer.Option(help="Probability of a horizontal flip.")] = None,
+    vflip: Annotated[Optional[float], typer.Option(help="Probability of a vertical flip.")] = None,
+    degrees: Annotated[Optional[float], typer.Option(help="Rotation range +-degrees (0 = off).")] = None,
+    zoom: Annotated[Optional[float], typer.Option(help="Zoom factor range [1/(1+z), 1+z] (0 = off).")] = None,
+    brightness: Annotated[Optional[float], typer.Option(help="Brightness factor range [1-b, 1+b] (0 = off).")] = None,
+    contrast: Annotated[Optional[float], typer.Option(help="Contrast factor range [1-c, 1+c] (0 = off).")] = None,
+    interpolation: Annotated[Optional[str], typer.Option(help="bilinear | bicubic resampling for rotated samples.")] = None,
+    grid: Annotated[Optional[Path], typer.Option(help="Write a PNG of augmented samples per class (plain crops beneath).")] = None,
+    per_class: Annotated[int, typer.Option(help="Samples per class in the --grid picture.")] = 8,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Show what training would receive: class shares of N drawn samples, epoch length, augmented samples."""
+    import json
+
+    from ddpm_data.augment import augment_config
+    from ddpm_data.preview import PreviewConfig, format_report, preview as run_preview
+    from ddpm_data.stream import ReaderConfig
+
+    try:
+        reader = ReaderConfig(batch_size=batch_size, balance=balance, mode=mode, memory_budget_mb=memory_budget_mb,
+                              seed=seed, workers=workers, on_error="skip" if skip_bad_shards else "raise")
+        augmentation = augment_config(augment, crop=crop, hflip=hflip, vflip=vflip, degrees=degrees, zoom=zoom,
+                                      brightness=brightness, contrast=contrast, interpolation=interpolation)
+        report = run_preview(folder, PreviewConfig(n=n, grid=grid, per_class=per_class, reader=reader, augment=augmentation))
+    except ValueError as error:  # ManifestError, ShardError and option errors all name the file or flag
+        fail(str(error))
+    typer.echo(json.dumps(report, indent=2, sort_keys=True) if json_output else format_report(report, folder))
+
+
 # ---------------------------------------------------------------- ddpm-train / ddpm-sample (issue 6)
 
 

@@ -1,0 +1,292 @@
+"""Batched, per-sample random augmentation on the batch's device, with the parameters reported.
+
+One call turns a reader batch, uint8 (N, C, S, S) at the stored size, into float (N, C, size, size)
+in [-1, 1]. Per sample: an integer `size` crop out of the stored margin, horizontal/vertical flip,
+rotation about the crop centre, optional zoom, then brightness and contrast jitter (torchvision
+`ColorJitter`'s factors and order, as one affine map per sample). The geometric part is one 2x3
+matrix per sample and the image is resampled once (`F.grid_sample`) with reflection padding, so
+rotated corners show mirrored content instead of a constant colour. Samples whose transform is
+only an integer crop plus flips are copied by slicing, bit-exact, without resampling. Where a zoom
+shrinks the content (more than one stored pixel per output pixel) the source is first blurred with
+a Gaussian of sigma 0.5 sqrt(z^2 - 1) so it does not alias; crop, flips and rotation keep the pixel
+scale at 1 and need no blur.
+
+The per-sample parameters (zeros = identity) let the model be conditioned on the augmentation and
+asked for un-augmented images at sampling time (non-leaking augmentation, Karras et al. 2022,
+"Elucidating the Design Space of Diffusion-Based Generative Models", arXiv 2206.00364, sec. 5).
+Written here rather than with torchvision.transforms.v2 because v2 draws one set of parameters per
+call (per batch), not per sample, and does not report them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from enum import Enum
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PARAM_NAMES = (
+    "hflip",       # 1 if flipped left-right
+    "vflip",       # 1 if flipped up-down
+    "rot_sin",     # sin(angle)
+    "rot_cos_m1",  # cos(angle) - 1
+    "crop_dx",     # crop offset from the centre crop, in units of half the margin: [-1, 1]
+    "crop_dy",
+    "log_zoom",    # log of the zoom factor (> 0: content shrunk)
+    "brightness",  # brightness factor - 1
+    "contrast",    # contrast factor - 1
+)
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
+
+
+class Interpolation(str, Enum):
+    """Resampling kernel for rotated/zoomed samples (`F.grid_sample` mode)."""
+
+    bilinear = "bilinear"
+    bicubic = "bicubic"  # sharper, ~3x slower on the CPU; overshoot is clamped
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random augmentation per sample; each transform is off at 0 (or crop=False)."""
+
+    crop: bool = True  # random integer crop out of the stored margin; False: centre crop
+    hflip: float = 0.5  # probability of a horizontal flip
+    vflip: float = 0.0  # probability of a vertical flip (off: anatomy has an up and a down)
+    degrees: float = 10.0  # rotation angle uniform in [-degrees, degrees] about the crop centre
+    zoom: float = 0.0  # zoom factor log-uniform in [1/(1+zoom), 1+zoom]; 0 = off
+    brightness: float = 0.1  # brightness factor uniform in [1-b, 1+b]
+    contrast: float = 0.1  # contrast factor uniform in [1-c, 1+c], around the mean grey level
+    interpolation: Interpolation = Interpolation.bilinear
+
+    def __post_init__(self) -> None:
+        for name in ("hflip", "vflip"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"--{name}: {getattr(self, name)} is not a probability in [0, 1]")
+        if not 0.0 <= self.degrees <= 180.0:
+            raise ValueError(f"--degrees: {self.degrees} is outside [0, 180]")
+        for name in ("brightness", "contrast"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"--{name}: {getattr(self, name)} is outside [0, 1)")
+        if not 0.0 <= self.zoom <= 1.0:
+            raise ValueError(f"--zoom: {self.zoom} is outside [0, 1]")
+        if self.interpolation not in list(Interpolation):
+            valid = ", ".join(item.value for item in Interpolation)
+            raise ValueError(f"--interpolation {self.interpolation!r}: unknown; valid: {valid}")
+        object.__setattr__(self, "interpolation", Interpolation(self.interpolation))
+
+    @classmethod
+    def none(cls) -> "AugmentConfig":
+        """Every transform off: the augmenter becomes a centre crop."""
+        return cls(crop=False, hflip=0.0, vflip=0.0, degrees=0.0, zoom=0.0, brightness=0.0, contrast=0.0)
+
+    @property
+    def is_identity(self) -> bool:
+        return self == AugmentConfig.none().replace(interpolation=self.interpolation)
+
+    def replace(self, **changes) -> "AugmentConfig":
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return AugmentConfig(**values)
+
+
+AUGMENT_PRESETS = {"default": AugmentConfig(), "none": AugmentConfig.none()}
+
+
+def augment_config(preset: str = "default", **overrides) -> AugmentConfig:
+    """`--augment PRESET` plus per-field flags; overrides that are None keep the preset's value."""
+    if preset not in AUGMENT_PRESETS:
+        raise ValueError(f"--augment {preset!r}: unknown; valid: {', '.join(AUGMENT_PRESETS)}")
+    return AUGMENT_PRESETS[preset].replace(**{key: value for key, value in overrides.items() if value is not None})
+
+
+def to_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """In place: float in [0, 255] -> [-1, 1]."""
+    return x.mul_(2.0 / 255.0).sub_(1.0)
+
+
+def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (N, C, S, S) -> float (N, C, size, size) in [-1, 1], the centre `size` crop."""
+    offset = _margin(images, size) // 2
+    crop = images[..., offset : offset + size, offset : offset + size]
+    return to_unit_range(crop.float())
+
+
+def _margin(images: torch.Tensor, size: int) -> int:
+    if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"expected square images (N, C, S, S), got shape {tuple(images.shape)}")
+    margin = images.shape[-1] - size
+    if margin < 0:
+        raise ValueError(f"stored size {images.shape[-1]} is smaller than the crop size {size}")
+    return margin
+
+
+class Augmenter:
+    """`augmenter(images_u8, generator) -> (x, params)`; see the module docstring."""
+
+    num_params = len(PARAM_NAMES)
+
+    def __init__(self, config: AugmentConfig, size: int):
+        self.config = config
+        self.size = size
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 (N, C, S, S) on any device -> (float (N, C, size, size) in [-1, 1], float (N, 9)).
+
+        Random numbers come from `generator` (on its own device), a fixed 9 per sample whatever is
+        enabled, so the same generator state gives the same batch on every device.
+        """
+        if images.dtype != torch.uint8:
+            raise ValueError(f"augment expects uint8 images, got {images.dtype}")
+        margin = _margin(images, self.size)
+        draw = self._draw(images.shape[0], margin, generator)
+        out = self._geometry(images, draw)
+        self._colour_to_unit_range(out, draw)
+        params = torch.from_numpy(self._params(draw, margin)).to(images.device)
+        return out, params
+
+    # -- random parameters (per-sample scalars: numpy, ~10x less overhead than tiny tensors) ----
+    def _draw(self, n: int, margin: int, generator: torch.Generator) -> dict[str, np.ndarray]:
+        c = self.config
+        u = torch.rand((n, 9), generator=generator, device=generator.device, dtype=torch.float64).cpu().numpy()
+        if c.crop:
+            offset = np.minimum(np.floor(u[:, 3:5] * (margin + 1)), margin)
+        else:
+            offset = np.full((n, 2), float(margin // 2))
+        return {
+            "hflip": (u[:, 0] < c.hflip).astype(np.float64),
+            "vflip": (u[:, 1] < c.vflip).astype(np.float64),
+            "angle": (2 * u[:, 2] - 1) * math.radians(c.degrees),
+            "offset": offset,  # (n, 2) integer-valued x, y of the crop's top-left corner
+            "log_zoom": (2 * u[:, 7] - 1) * math.log1p(c.zoom),
+            "brightness": 1 + (2 * u[:, 5] - 1) * c.brightness,
+            "contrast": 1 + (2 * u[:, 6] - 1) * c.contrast,
+            # u[:, 8] is reserved, so adding a transform keeps the random stream's layout
+        }
+
+    def _params(self, draw: dict[str, np.ndarray], margin: int) -> np.ndarray:
+        half = max(margin - margin // 2, 1)  # so the shift lies in [-1, 1]
+        shift = (draw["offset"] - margin // 2) / half
+        columns = [
+            draw["hflip"],
+            draw["vflip"],
+            np.sin(draw["angle"]),
+            np.cos(draw["angle"]) - 1,
+            shift[:, 0],
+            shift[:, 1],
+            draw["log_zoom"],
+            draw["brightness"] - 1,
+            draw["contrast"] - 1,
+        ]
+        return np.stack(columns, axis=1).astype(np.float32)
+
+    # -- geometry ----------------------------------------------------------------------------
+    def _geometry(self, images: torch.Tensor, draw: dict[str, np.ndarray]) -> torch.Tensor:
+        """Exact copies for integer crop + flips, one resampling for the rest; float in [0, 255]."""
+        exact = (draw["angle"] == 0) & (draw["log_zoom"] == 0)
+        if exact.all():
+            return self._slice(images, draw).float()
+        if not exact.any():
+            return self._resample(images, draw)
+        n, channels = images.shape[:2]
+        out = torch.empty((n, channels, self.size, self.size), dtype=torch.float32, device=images.device)
+        for mask, method in ((exact, self._slice), (~exact, self._resample)):
+            rows = np.flatnonzero(mask)
+            index = torch.from_numpy(rows).to(images.device)
+            part = method(images.index_select(0, index), {key: value[rows] for key, value in draw.items()})
+            out.index_copy_(0, index, part.float())
+        return out
+
+    def _slice(self, images: torch.Tensor, draw: dict[str, np.ndarray]) -> torch.Tensor:
+        """Integer crop and flips by slicing: uint8 (N, C, size, size), bit-exact.
+
+        A loop of views: on the CPU a batched gather of the same pixels is ~10x slower."""
+        size = self.size
+        crops = []
+        offsets = draw["offset"].astype(int).tolist()
+        for i, ((x, y), flip_y, flip_x) in enumerate(zip(offsets, draw["vflip"], draw["hflip"])):
+            crop = images[i, :, y : y + size, x : x + size]
+            dims = [d for d, flip in ((-2, flip_y), (-1, flip_x)) if flip]
+            crops.append(crop.flip(dims) if dims else crop)
+        return torch.stack(crops)
+
+    def _resample(self, images: torch.Tensor, draw: dict[str, np.ndarray]) -> torch.Tensor:
+        zoom = np.exp(draw["log_zoom"])
+        source = images.float()
+        shrink = np.flatnonzero(zoom > 1)
+        if len(shrink):
+            # The bilinear kernel already smooths with sigma ~0.5 px; add what the scale z needs.
+            index = torch.from_numpy(shrink).to(images.device)
+            sigma = torch.from_numpy(0.5 * np.sqrt(zoom[shrink] ** 2 - 1)).to(images.device)
+            source.index_copy_(0, index, _gaussian_blur(source.index_select(0, index), sigma))
+        theta = torch.from_numpy(self._theta(draw, zoom, images.shape[-1])).to(images.device)
+        mode = self.config.interpolation.value
+        return F.grid_sample(source, self._grid(theta), mode=mode, padding_mode="reflection", align_corners=False)
+
+    def _theta(self, draw: dict[str, np.ndarray], zoom: np.ndarray, stored: int) -> np.ndarray:
+        """(N, 2, 3) float32 affine maps from output to source positions, grid_sample's units.
+
+        Output pixel j maps to source pixel offset + c + M (j - c), c = (size - 1)/2, M = zoom R F
+        (R rotation, F flips); normalised (align_corners=False) this is
+        theta = [size/S M | 2/S (offset - (S - size)/2)].
+        """
+        cos, sin = np.cos(draw["angle"]), np.sin(draw["angle"])
+        fx, fy = 1 - 2 * draw["hflip"], 1 - 2 * draw["vflip"]
+        scale = zoom * self.size / stored
+        shift = (draw["offset"] - (stored - self.size) / 2) * (2 / stored)
+        rows = [scale * cos * fx, -scale * sin * fy, shift[:, 0], scale * sin * fx, scale * cos * fy, shift[:, 1]]
+        return np.stack(rows, axis=1).reshape(-1, 2, 3).astype(np.float32)
+
+    def _grid(self, theta: torch.Tensor) -> torch.Tensor:
+        """(N, size, size, 2) sampling positions for `theta` (N, 2, 3), as F.affine_grid."""
+        steps = (torch.arange(self.size, device=theta.device, dtype=torch.float32) * 2 + 1) / self.size - 1
+        # Per coordinate k, a broadcast add (N, 1, W) + (N, H, 1) written into the interleaved grid:
+        # ~3x cheaper than F.affine_grid's batched matmul or tiling tricks on the CPU, same numbers.
+        # The grid must be contiguous: grid_sample is ~3x slower on a strided one.
+        grid = torch.empty((theta.shape[0], self.size, self.size, 2), device=theta.device)
+        for k in range(2):
+            rows = theta[:, k, 1, None] * steps + theta[:, k, 2, None]  # (N, H)
+            torch.add(theta[:, k, 0, None, None] * steps, rows[:, :, None], out=grid[..., k])
+        return grid
+
+    # -- colour ------------------------------------------------------------------------------
+    def _colour_to_unit_range(self, x: torch.Tensor, draw: dict[str, np.ndarray]) -> None:
+        """In place: float [0, 255] -> brightness b, contrast c -> [-1, 1], as one affine map per sample.
+
+        y = c b x + (1 - c) b m, m the mean grey level of x (torchvision ColorJitter's order), folded
+        with the mapping to [-1, 1] into one multiply, one add and one clamp. ColorJitter also clamps
+        between the two; that differs only where brightness pushed a pixel past white.
+        """
+        if self.config.brightness == 0 and self.config.contrast == 0:
+            to_unit_range(x).clamp_(-1.0, 1.0)  # the same arithmetic as center_crop: bit-equal crops
+            return
+        scale = torch.from_numpy(draw["brightness"] * (2.0 / 255.0)).to(x.device, torch.float32)
+        shift = torch.full_like(scale, -1.0)
+        if self.config.contrast > 0:
+            contrast = torch.from_numpy(draw["contrast"]).to(x.device, torch.float32)
+            channel_means = x.mean(dim=(2, 3))  # (N, C)
+            if x.shape[1] == 3:
+                grey = channel_means @ torch.tensor(GRAY_WEIGHTS, device=x.device, dtype=x.dtype)
+            else:
+                grey = channel_means[:, 0]
+            shift = shift + (1 - contrast) * grey * scale
+            scale = scale * contrast
+        # mul_ + add_: an in-place addcmul (out=x) takes ~3x as long on the CPU
+        x.mul_(scale[:, None, None, None]).add_(shift[:, None, None, None]).clamp_(-1.0, 1.0)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur with a per-sample sigma (N,), reflect-padded; sigma 0 = identity."""
+    n, channels, height, width = x.shape
+    radius = max(1, int(math.ceil(3 * float(sigma.max()))))
+    taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    safe = sigma.to(x.dtype).clamp(min=1e-6)[:, None]
+    kernel = torch.exp(-0.5 * (taps / safe) ** 2)
+    kernel = torch.where(sigma[:, None] > 0, kernel, (taps == 0).to(x.dtype))
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)  # (N*C, K)
+    flat = x.reshape(1, n * channels, height, width)
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="reflect"), kernel[:, None, None, :], groups=n * channels)
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="reflect"), kernel[:, None, :, None], groups=n * channels)
+    return flat.reshape(n, channels, height, width)

@@ -1,0 +1,515 @@
+"""Training batches from a shard folder: `open_reader` (stream | memory | auto) and `load_split`.
+
+Both modes draw the same way. The sample stream is cut into *parts*, one per (rank, loader
+worker); part p of P owns a disjoint subset of every class: whole shards (shard i goes to part
+i mod P) when the class has at least P shards, otherwise every P-th sample of the class, so no part
+is empty and no sample is read by two parts. A part makes batch j by drawing `batch_size` classes
+from the class probabilities (balance.py) with a generator seeded by (seed, part, j); the t-th
+draw of class c is position t of the part's class-c sequence, which runs through its subset in
+passes, each pass in a fresh seeded order. A position is therefore just the counts
+(batches made, draws per class) per part; `state_dict()` holds them and a restored reader goes on
+with exactly the batches an uninterrupted one would have delivered.
+
+- memory: the split is read once from data.h5 into host or device memory; a part is a rank and
+  batches are index lookups there (fast; no worker processes).
+- stream: tar shards are read (and checked against their sha256) by DataLoader workers, PNGs
+  decoded there. webdataset's tar parsing is used; the shard order and mixing are ours because
+  `ResampledShards`/`RandomMix` cannot restore a position without replaying the whole stream.
+- auto: memory when the split fits `memory_budget_mb`.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import warnings
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from ddpm_data.balance import Balance, class_probabilities, epoch_samples
+from ddpm_data.manifest import Manifest, load_manifest
+
+
+class ReaderMode(str, Enum):
+    auto = "auto"
+    stream = "stream"
+    memory = "memory"
+
+
+class OnError(str, Enum):
+    """What a shard that fails its checksum or does not parse does."""
+
+    raise_ = "raise"  # stop with an error naming the shard
+    skip = "skip"  # leave it out, listed in `reader.skipped`
+
+
+class ShardError(ValueError):
+    """A shard or data.h5 is missing, truncated, or fails its checksum; the message names it."""
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    """How batches are drawn; 1:1 with the reader's CLI options."""
+
+    batch_size: int = 8  # images per batch on each rank
+    balance: Balance = field(default_factory=Balance)  # class probabilities (balance.py)
+    mode: ReaderMode = ReaderMode.auto
+    memory_budget_mb: float = 2048.0  # auto picks memory when the split's pixels fit in this
+    seed: int = 0
+    workers: int = 0  # stream mode: DataLoader worker processes (0: read in this process)
+    device: str = "cpu"  # where batches are delivered; memory mode keeps the split there
+    on_error: OnError = OnError.raise_
+    split: str = "train"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", _enum(ReaderMode, self.mode, "--mode"))
+        object.__setattr__(self, "on_error", _enum(OnError, self.on_error, "on_error"))
+        if isinstance(self.balance, str):
+            object.__setattr__(self, "balance", Balance.parse(self.balance))
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size: must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise ValueError(f"--workers: must be >= 0, got {self.workers}")
+        if self.memory_budget_mb < 0:
+            raise ValueError(f"--memory-budget-mb: must be >= 0, got {self.memory_budget_mb}")
+
+
+def _enum(kind: type[Enum], value: Any, flag: str) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"{flag} {value!r}: unknown; valid: {', '.join(item.value for item in kind)}") from None
+
+
+# ---------------------------------------------------------------- seeded order
+
+
+def _generator(*keys: int) -> torch.Generator:
+    """A CPU generator seeded from integer keys (numpy's SeedSequence mixes them well)."""
+    state = np.random.SeedSequence([k & 0xFFFFFFFF for k in keys]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 31 ^ int(state[1]))
+
+
+_CLASS_DRAWS, _PASS_ORDER, _SHARD_ORDER = 1, 2, 3  # stream tags for the seeds
+
+
+def draw_classes(seed: int, part: int, batch: int, probabilities: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Class labels (batch_size,) int64 of batch `batch` of `part`."""
+    generator = _generator(seed, _CLASS_DRAWS, part, batch)
+    return torch.multinomial(probabilities, batch_size, replacement=True, generator=generator)
+
+
+class ClassSequence:
+    """Positions t = 0, 1, ... of one part's draws of one class: `units` (lists of items) in passes.
+
+    Pass k visits the units in a seeded order and each unit's items in a seeded order, so the
+    item at position t is computed from t alone.
+    """
+
+    def __init__(self, units: list[list[int]], seed: int, part: int, label: int):
+        self.units, self.seed, self.part, self.label = units, seed, part, label
+        self.length = sum(len(unit) for unit in units)
+        if self.length == 0:
+            raise ValueError("internal: empty class sequence")  # callers check sizes first
+        self._pass, self._units, self._items = -1, [], {}
+
+    def unit_order(self, pass_index: int) -> list[int]:
+        if pass_index != self._pass:  # one pass cached: positions only move forward
+            generator = _generator(self.seed, _PASS_ORDER, self.part, self.label, pass_index)
+            self._pass, self._items = pass_index, {}
+            self._units = torch.randperm(len(self.units), generator=generator).tolist()
+        return self._units
+
+    def item_order(self, pass_index: int, unit: int) -> list[int]:
+        self.unit_order(pass_index)
+        if unit not in self._items:
+            items = self.units[unit]
+            generator = _generator(self.seed, _SHARD_ORDER, self.part, self.label, pass_index, unit)
+            self._items[unit] = [items[i] for i in torch.randperm(len(items), generator=generator).tolist()]
+        return self._items[unit]
+
+    def walk(self, start: int) -> Iterator[tuple[int, list[int]]]:
+        """From position `start` on, forever: (unit, items of that unit in draw order)."""
+        pass_index, skip = divmod(start, self.length)
+        while True:
+            for unit in self.unit_order(pass_index):
+                count = len(self.units[unit])
+                if skip >= count:
+                    skip -= count
+                    continue
+                yield unit, self.item_order(pass_index, unit)[skip:]
+                skip = 0
+            pass_index += 1
+
+    def take(self, start: int, count: int) -> list[int]:
+        """Items at positions start .. start + count - 1."""
+        out: list[int] = []
+        for _, items in self.walk(start):
+            out.extend(items[: count - len(out)])
+            if len(out) == count:
+                return out
+        raise AssertionError("unreachable")  # walk() never ends
+
+
+def split_units(unit_sizes: list[int], part: int, parts: int) -> list[list[int]]:
+    """Part `part`'s share of a class stored as units (shards) of `unit_sizes` items.
+
+    Returns per unit the item positions (within the unit) this part owns: whole units i mod
+    parts == part when there are at least `parts` units, else every parts-th item of the class.
+    """
+    if len(unit_sizes) >= parts:
+        return [list(range(n)) if i % parts == part else [] for i, n in enumerate(unit_sizes)]
+    owned, first = [], 0
+    for n in unit_sizes:
+        owned.append([j for j in range(n) if (first + j) % parts == part])
+        first += n
+    return owned
+
+
+# ---------------------------------------------------------------- shared bookkeeping
+
+
+class _Position:
+    """Per part: batches made and draws per class; plain ints so it survives weights_only loads."""
+
+    def __init__(self, parts: int, classes: int):
+        self.batches = [0] * parts
+        self.consumed = [[0] * classes for _ in range(parts)]
+        self.delivered = 0
+
+    def advance(self, part: int, labels: list[int]) -> None:
+        self.batches[part] += 1
+        for label in labels:
+            self.consumed[part][label] += 1
+        self.delivered += 1
+
+
+class _ReaderBase:
+    """Shared API: iteration, `epoch_length`, `state_dict()`, `load_state_dict()`."""
+
+    mode: ReaderMode
+
+    def __init__(self, manifest: Manifest, config: ReaderConfig, counts: dict[str, int], rank: int, world_size: int,
+                 parts: int):
+        self.manifest, self.config, self.rank, self.world_size = manifest, config, rank, world_size
+        self.classes = list(manifest.classes)
+        self.counts = counts  # {class: training images read}
+        self.probabilities = class_probabilities(config.balance, counts)
+        self.epoch_samples = epoch_samples(self.probabilities, counts)
+        self.epoch_length = math.ceil(self.epoch_samples / (config.batch_size * world_size))
+        self._probs = torch.tensor([self.probabilities[c] for c in self.classes], dtype=torch.float64)
+        self.parts = parts
+        self.position = _Position(parts, len(self.classes))
+        self.skipped: list[dict[str, str]] = []
+
+    def __iter__(self) -> "_ReaderBase":
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain ints/lists/strings: fits a torch.load(weights_only=True) checkpoint."""
+        return {
+            "mode": self.mode.value,
+            "seed": self.config.seed,
+            "balance": str(self.config.balance),
+            "batch_size": self.config.batch_size,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "delivered": self.position.delivered,
+            "batches": list(self.position.batches),
+            "consumed": [list(row) for row in self.position.consumed],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state` (from `state_dict()` of a reader with the same settings)."""
+        mine = self.state_dict()
+        for key in ("mode", "seed", "balance", "batch_size", "rank", "world_size"):
+            if state.get(key) != mine[key]:
+                raise ValueError(f"reader state: saved with {key}={state.get(key)!r}, this reader has {key}={mine[key]!r}; "
+                                 f"resume with the same data options")
+        if len(state["batches"]) != self.parts or any(len(row) != len(self.classes) for row in state["consumed"]):
+            raise ValueError(f"reader state: saved for {len(state['batches'])} parts (ranks x workers), this reader "
+                             f"has {self.parts}; resume with the same --workers")
+        self.position.batches = [int(b) for b in state["batches"]]
+        self.position.consumed = [[int(c) for c in row] for row in state["consumed"]]
+        self.position.delivered = int(state["delivered"])
+        self._restart()
+
+    def _restart(self) -> None:
+        """Drop any read-ahead so the next batch follows the restored position."""
+
+    def close(self) -> None:
+        """Stop worker processes, if any."""
+
+
+# ---------------------------------------------------------------- memory mode
+
+
+def _sha256_file(path: Path) -> str:
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def _read_hdf5(manifest: Manifest, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    import h5py
+
+    path = manifest.hdf5_path
+    if not path.is_file():
+        raise ShardError(f"{path}: missing; run 'ddpm-data build --size {manifest.size}' again")
+    expected = manifest.hdf5.get("sha256")
+    if expected and _sha256_file(path) != expected:
+        raise ShardError(f"{path}: fails its sha256 checksum (truncated or modified); run 'ddpm-data build "
+                         f"--size {manifest.size}' again, or read the tar shards with --mode stream")
+    try:
+        with h5py.File(path, "r") as file:
+            images = torch.from_numpy(file[f"{split}/images"][...])
+            labels = torch.from_numpy(file[f"{split}/labels"][...].astype(np.int64))
+    except (OSError, KeyError) as error:
+        raise ShardError(f"{path}: cannot read /{split} ({error}); "
+                         f"run 'ddpm-data build --size {manifest.size}' again") from error
+    shape = (manifest.channels, manifest.stored_size, manifest.stored_size)
+    if tuple(images.shape[1:]) != shape or images.shape[0] != labels.shape[0]:
+        raise ShardError(f"{path}: /{split}/images has shape {tuple(images.shape)}, the manifest says (N, *{shape})")
+    return images, labels
+
+
+def load_split(shard_dir: str | Path, split: str = "val") -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole split from data.h5: (uint8 (N, C, S, S) at stored size, int64 labels (N,))."""
+    return _read_hdf5(load_manifest(shard_dir), split)
+
+
+class MemoryReader(_ReaderBase):
+    mode = ReaderMode.memory
+
+    def __init__(self, manifest: Manifest, config: ReaderConfig, rank: int, world_size: int):
+        images, labels = _read_hdf5(manifest, config.split)
+        counts = {name: int((labels == label).sum()) for label, name in enumerate(manifest.classes)}
+        super().__init__(manifest, config, counts, rank, world_size, parts=1)
+        _check_part_sizes(counts, self.probabilities, world_size, "ranks")
+        self.device = torch.device(config.device)
+        self.images, self.labels = images.to(self.device), labels
+        self.sequences = []
+        for label in range(len(self.classes)):
+            owned = torch.nonzero(labels == label).flatten().tolist()[rank::world_size]
+            self.sequences.append(ClassSequence([owned], config.seed, rank, label) if owned else None)
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        position = self.position
+        labels = draw_classes(self.config.seed, self.rank, position.batches[0], self._probs, self.config.batch_size)
+        drawn = labels.tolist()
+        rows = [0] * len(drawn)
+        for label in set(drawn):
+            slots = [i for i, value in enumerate(drawn) if value == label]
+            for slot, row in zip(slots, self.sequences[label].take(position.consumed[0][label], len(slots))):
+                rows[slot] = row
+        position.advance(0, drawn)
+        # index_select: ~20x faster than advanced indexing for whole rows on the CPU
+        return self.images.index_select(0, torch.tensor(rows, device=self.device)), labels.to(self.device)
+
+
+def _check_part_sizes(counts: dict[str, int], probabilities: dict[str, float], parts: int, what: str) -> None:
+    small = [f"{name} ({n})" for name, n in counts.items() if probabilities[name] > 0 and n < parts]
+    if small:
+        raise ValueError(f"class {', '.join(small)} has fewer training images than {what} ({parts}); "
+                         f"every part needs at least one image of each class: use fewer --workers or ranks")
+
+
+# ---------------------------------------------------------------- stream mode
+
+
+@dataclass(frozen=True)
+class _Shard:
+    path: Path
+    label: int
+    count: int
+    sha256: str
+
+
+def _check_shard(shard: _Shard) -> str | None:
+    """None when the file is present and matches its checksum, else the reason."""
+    if not shard.path.is_file():
+        return "missing"
+    if _sha256_file(shard.path) != shard.sha256:
+        return "fails its sha256 checksum (truncated or modified)"
+    return None
+
+
+def read_shard(shard: _Shard) -> list[dict[str, bytes]]:
+    """The shard's samples in tar order ({"png", "cls", ...} bytes), checksum and count verified."""
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+    data = shard.path.read_bytes() if shard.path.is_file() else b""
+    if hashlib.sha256(data).hexdigest() != shard.sha256:
+        reason = "fails its sha256 checksum (truncated or modified)" if data else "missing"
+        raise ShardError(f"{shard.path}: {reason}; rebuild with 'ddpm-data build', "
+                         f"or pass --skip-bad-shards to leave it out")
+    try:
+        files = ({**f, "__url__": str(shard.path)} for f in tar_file_iterator(io.BytesIO(data)))
+        samples = list(group_by_keys(files))
+    except Exception as error:  # tarfile/webdataset raise several types for a broken archive
+        raise ShardError(f"{shard.path}: unreadable tar ({error}); rebuild with 'ddpm-data build'") from error
+    if len(samples) != shard.count or any("png" not in s or "cls" not in s for s in samples):
+        raise ShardError(f"{shard.path}: holds {len(samples)} samples, the manifest says {shard.count} with png+cls each; "
+                         f"rebuild with 'ddpm-data build'")
+    return samples
+
+
+def decode_sample(sample: dict[str, bytes], shard: _Shard, channels: int, stored_size: int) -> np.ndarray:
+    """PNG -> uint8 (C, S, S); checks the label and the shape against the manifest."""
+    from PIL import Image
+
+    if int(sample["cls"]) != shard.label:
+        raise ShardError(f"{shard.path}: sample {sample['__key__']} has label {int(sample['cls'])}, "
+                         f"expected {shard.label}")
+    with Image.open(io.BytesIO(sample["png"])) as image:
+        pixels = np.asarray(image)
+    pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    if pixels.shape != (channels, stored_size, stored_size):
+        raise ShardError(f"{shard.path}: sample {sample['__key__']} has shape {pixels.shape}, "
+                         f"expected {(channels, stored_size, stored_size)}")
+    return pixels
+
+
+class _PartStream:
+    """Batches of one part (one rank x worker), from its start position on."""
+
+    def __init__(self, shards: list[list[_Shard]], probs: torch.Tensor, config: ReaderConfig, part: int, parts: int,
+                 channels: int, stored_size: int):
+        self.shards, self.probs, self.config, self.part = shards, probs, config, part
+        self.channels, self.stored_size = channels, stored_size
+        self.sequences = [
+            ClassSequence(split_units([s.count for s in class_shards], part, parts), config.seed, part, label)
+            if probs[label] > 0 else None
+            for label, class_shards in enumerate(shards)
+        ]
+
+    def _class_pixels(self, label: int, start: int) -> Iterator[np.ndarray]:
+        for unit, items in self.sequences[label].walk(start):
+            shard = self.shards[label][unit]
+            samples = read_shard(shard)
+            for item in items:
+                yield decode_sample(samples[item], shard, self.channels, self.stored_size)
+
+    def batches(self, batch: int, consumed: list[int]) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """(uint8 (N, C, S, S), int64 labels (N,), part) forever, starting at batch number `batch`."""
+        streams = {label: self._class_pixels(label, consumed[label]) for label, seq in enumerate(self.sequences) if seq}
+        while True:
+            labels = draw_classes(self.config.seed, self.part, batch, self.probs, self.config.batch_size)
+            pixels = np.stack([next(streams[label]) for label in labels.tolist()])
+            yield torch.from_numpy(pixels), labels, self.part
+            batch += 1
+
+
+class _WorkerDataset(torch.utils.data.IterableDataset):
+    """Each DataLoader worker plays one part; `rotation` realigns workers after a resume."""
+
+    def __init__(self, reader: "StreamReader", rotation: int):
+        self.reader, self.rotation = reader, rotation
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        workers = info.num_workers if info else 1
+        local = ((info.id if info else 0) + self.rotation) % workers
+        return self.reader.part_batches(local)
+
+
+class StreamReader(_ReaderBase):
+    mode = ReaderMode.stream
+
+    def __init__(self, manifest: Manifest, config: ReaderConfig, rank: int, world_size: int):
+        workers = max(config.workers, 1)
+        self.shards = self._usable_shards(manifest, config)
+        counts = {name: sum(s.count for s in self.shards[label]) for label, name in enumerate(manifest.classes)}
+        super().__init__(manifest, config, counts, rank, world_size, parts=workers)
+        self.skipped = self._skipped
+        self.total_parts = world_size * workers
+        _check_part_sizes(counts, self.probabilities, self.total_parts, "ranks x workers")
+        self.device = torch.device(config.device)
+        self._loader_iter = None
+
+    def _usable_shards(self, manifest: Manifest, config: ReaderConfig) -> list[list[_Shard]]:
+        self._skipped: list[dict[str, str]] = []
+        shards: list[list[_Shard]] = [[] for _ in manifest.classes]
+        for entry in manifest.shards:
+            if entry["split"] != config.split:
+                continue
+            shard = _Shard(manifest.root / entry["path"], manifest.label(entry["class"]), int(entry["count"]),
+                           entry["sha256"])
+            reason = _check_shard(shard)
+            if reason is None:
+                shards[shard.label].append(shard)
+            elif config.on_error is OnError.skip:
+                self._skipped.append({"path": str(shard.path), "reason": reason})
+                warnings.warn(f"{shard.path}: {reason}; skipped (--skip-bad-shards)", stacklevel=3)
+            else:
+                raise ShardError(f"{shard.path}: {reason}; rebuild with 'ddpm-data build --size {manifest.size}', "
+                                 f"or pass --skip-bad-shards to leave it out")
+        return shards
+
+    def part_batches(self, local: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """Batches of this rank's `local`-th part (a worker), from its saved position."""
+        part = self.rank * self.parts + local
+        stream = _PartStream(self.shards, self._probs, self.config, part, self.total_parts,
+                             self.manifest.channels, self.manifest.stored_size)
+        for images, labels, _ in stream.batches(self.position.batches[local], self.position.consumed[local]):
+            yield images, labels, local
+
+    def _iterator(self):
+        if self.config.workers == 0:
+            return self.part_batches(0)
+        dataset = _WorkerDataset(self, rotation=self.position.delivered % self.parts)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.config.workers,
+                                             pin_memory=self.device.type == "cuda")
+        return iter(loader)
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._loader_iter is None:
+            self._loader_iter = self._iterator()
+        images, labels, local = next(self._loader_iter)
+        expected = self.position.delivered % self.parts
+        if int(local) != expected:
+            raise RuntimeError(f"internal: batch from worker {int(local)}, expected {expected} (DataLoader order changed)")
+        self.position.advance(expected, labels.tolist())
+        return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+    def _restart(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._loader_iter = None  # a DataLoader iterator shuts its workers down when collected
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def split_bytes(manifest: Manifest, split: str = "train") -> int:
+    """Bytes of the split's pixels at stored size (what memory mode holds)."""
+    return manifest.num_samples(split) * manifest.channels * manifest.stored_size**2
+
+
+def choose_mode(manifest: Manifest, config: ReaderConfig) -> ReaderMode:
+    """`config.mode`, with auto resolved: memory when the split fits the memory budget."""
+    if config.mode is not ReaderMode.auto:
+        return config.mode
+    fits = split_bytes(manifest, config.split) <= config.memory_budget_mb * 2**20
+    return ReaderMode.memory if fits else ReaderMode.stream
+
+
+_READERS = {ReaderMode.memory: MemoryReader, ReaderMode.stream: StreamReader}
+
+
+def open_reader(shard_dir: str | Path, config: ReaderConfig, rank: int = 0, world_size: int = 1) -> _ReaderBase:
+    """An endless iterator of (uint8 (N, C, S, S) at stored size, int64 labels (N,)) on config.device.
+
+    `rank` / `world_size` come from the caller (torch.distributed, if used); every rank gets a
+    disjoint part of each class. Has `epoch_length` (batches per rank per epoch, see balance.py),
+    `mode` (resolved), `probabilities`, `counts`, `skipped`, `state_dict()`, `load_state_dict()`.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world_size {world_size}")
+    manifest = load_manifest(shard_dir)
+    return _READERS[choose_mode(manifest, config)](manifest, config, rank, world_size)

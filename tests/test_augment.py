@@ -1,0 +1,173 @@
+"""Batched augmentation: identity, exactness, padding, range, reported parameters, determinism."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ddpm_data.augment import PARAM_NAMES, AugmentConfig, Augmenter, Interpolation, center_crop
+
+SIZE, STORED = 16, 20
+OFF = dict(crop=False, hflip=0.0, vflip=0.0, degrees=0.0, zoom=0.0, brightness=0.0, contrast=0.0)
+
+
+def noise(n: int = 32, channels: int = 3, stored: int = STORED, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, channels, stored, stored), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def run(config: AugmentConfig, images: torch.Tensor, seed: int = 1, size: int = SIZE):
+    return Augmenter(config, size)(images, torch.Generator().manual_seed(seed))
+
+
+def column(params: torch.Tensor, name: str) -> torch.Tensor:
+    return params[:, PARAM_NAMES.index(name)]
+
+
+def test_none_is_the_centre_crop_with_zero_params():
+    images = noise()
+    x, params = run(AugmentConfig.none(), images)
+    offset = (STORED - SIZE) // 2
+    expected = images[..., offset : offset + SIZE, offset : offset + SIZE].float() / 127.5 - 1
+    assert torch.equal(x, center_crop(images, SIZE))
+    assert torch.allclose(x, expected, atol=1e-6)
+    assert params.shape == (32, Augmenter.num_params) and not params.any()
+
+
+def test_flips_are_exact():
+    images = noise()
+    centre = center_crop(images, SIZE)
+    x, params = run(AugmentConfig(**{**OFF, "hflip": 1.0}), images)
+    assert torch.equal(x, centre.flip(-1)) and bool((column(params, "hflip") == 1).all())
+    x, params = run(AugmentConfig(**{**OFF, "vflip": 1.0}), images)
+    assert torch.equal(x, centre.flip(-2)) and bool((column(params, "vflip") == 1).all())
+    x, params = run(AugmentConfig(**{**OFF, "hflip": 0.5}), images)
+    flipped = column(params, "hflip").bool()
+    assert 0 < int(flipped.sum()) < len(images)
+    assert torch.equal(x[flipped], centre[flipped].flip(-1)) and torch.equal(x[~flipped], centre[~flipped])
+
+
+def test_integer_crops_are_exact_and_reported():
+    images = noise()
+    margin = STORED - SIZE
+    x, params = run(AugmentConfig(**{**OFF, "crop": True}), images)
+    half = margin - margin // 2
+    offsets = torch.round(params[:, 4:6] * half + margin // 2).long()
+    assert int(offsets.min()) == 0 and int(offsets.max()) == margin  # 32 draws cover both ends of 0..4
+    assert float(params[:, 4:6].abs().max()) <= 1.0
+    for i, (ox, oy) in enumerate(offsets.tolist()):
+        crop = images[i, :, oy : oy + SIZE, ox : ox + SIZE].float() / 127.5 - 1
+        assert torch.allclose(x[i], crop, atol=1e-6)
+
+
+def test_resampling_agrees_with_the_exact_path():
+    """A negligible rotation takes the grid_sample path; it must land on the same pixels."""
+    images = noise()
+    exact, _ = run(AugmentConfig(**{**OFF, "crop": True, "hflip": 0.5, "vflip": 0.5}), images)
+    resampled, params = run(AugmentConfig(**{**OFF, "crop": True, "hflip": 0.5, "vflip": 0.5, "degrees": 1e-6}), images)
+    assert bool((column(params, "rot_sin") != 0).all())
+    assert (resampled - exact).abs().max() < 1e-3
+
+
+def test_rotation_pads_by_reflection_not_a_constant():
+    flat = torch.full((8, 3, STORED, STORED), 200, dtype=torch.uint8)
+    x, params = run(AugmentConfig(**{**OFF, "degrees": 45.0}), flat)
+    assert bool((column(params, "rot_sin").abs() > 0.1).any())
+    assert torch.allclose(x, torch.full_like(x, 200 / 127.5 - 1), atol=1e-5)  # zeros padding would give -1 corners
+    images = noise(8)
+    x, _ = run(AugmentConfig(**{**OFF, "degrees": 45.0}), images)
+    corners = torch.stack([x[:, :, 0, 0], x[:, :, 0, -1], x[:, :, -1, 0], x[:, :, -1, -1]])
+    assert corners.std() > 0.2  # mirrored content, not one fill value
+
+
+def test_rotation_turns_the_content():
+    """A bright pixel off-centre moves on the circle around the crop centre by the reported angle."""
+    images = torch.zeros((16, 1, 45, 45), dtype=torch.uint8)
+    images[:, :, 22, 30] = 255  # 8 px right of the centre; its mirror images lie outside the window
+    x, params = run(AugmentConfig(**{**OFF, "degrees": 90.0}), images, size=33)
+    angle = torch.atan2(column(params, "rot_sin"), column(params, "rot_cos_m1") + 1)
+    ys, xs = torch.meshgrid(torch.arange(33.0), torch.arange(33.0), indexing="ij")
+    for i in range(16):
+        weights = (x[i, 0] + 1).clamp(min=0)
+        cy, cx = float((weights * ys).sum() / weights.sum()) - 16, float((weights * xs).sum() / weights.sum()) - 16
+        assert math.hypot(cx, cy) == pytest.approx(8, abs=0.3)
+        # output pixel c + R^T v samples the source at c + v: the content turns by -angle
+        assert math.atan2(cy, cx) == pytest.approx(-float(angle[i]), abs=0.05)
+
+
+@pytest.mark.parametrize("interpolation", list(Interpolation))
+def test_output_range_and_params_within_bounds(interpolation):
+    images = noise(64)
+    images[:8] = 255
+    images[8:16] = 0
+    config = AugmentConfig(degrees=30.0, zoom=0.5, brightness=0.5, contrast=0.5, vflip=0.5, interpolation=interpolation)
+    x, params = run(config, images)
+    assert x.dtype == torch.float32 and x.shape == (64, 3, SIZE, SIZE)
+    assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0
+    assert float(x.min()) == -1.0 and float(x.max()) == 1.0
+    angle = torch.atan2(column(params, "rot_sin"), column(params, "rot_cos_m1") + 1)
+    assert float(angle.abs().max()) <= math.radians(30) + 1e-6 and float(angle.std()) > 0.1
+    assert float(column(params, "log_zoom").abs().max()) <= math.log(1.5) + 1e-6
+    for name in ("brightness", "contrast"):
+        assert float(column(params, name).abs().max()) <= 0.5 and float(column(params, name).std()) > 0.05
+    for name in ("hflip", "vflip"):
+        assert set(column(params, name).tolist()) == {0.0, 1.0}
+
+
+def test_brightness_scales_and_contrast_pulls_to_the_mean():
+    images = torch.full((64, 1, STORED, STORED), 100, dtype=torch.uint8)
+    x, params = run(AugmentConfig(**{**OFF, "brightness": 0.2}), images)
+    expected = 100 * (1 + column(params, "brightness")) / 127.5 - 1
+    assert torch.allclose(x[:, 0, 0, 0], expected, atol=1e-5)
+    images = noise(64, channels=1) // 4 + 96  # 96..159: no clipping at +-50 % contrast
+    x, params = run(AugmentConfig(**{**OFF, "contrast": 0.5}), images)
+    base = center_crop(images, SIZE)
+    ratio = (x - x.mean(dim=(1, 2, 3), keepdim=True)).std(dim=(1, 2, 3)) / (base - base.mean(dim=(1, 2, 3), keepdim=True)).std(dim=(1, 2, 3))
+    assert torch.allclose(ratio, 1 + column(params, "contrast"), atol=1e-4)
+    assert torch.allclose(x.mean(dim=(1, 2, 3)), base.mean(dim=(1, 2, 3)), atol=1e-4)
+
+
+def test_zoom_out_is_antialiased():
+    """White noise shrunk ~2x must lose most of its variance (an unfiltered resampling keeps it)."""
+    images = noise(64, channels=1, stored=40)
+    x, params = run(AugmentConfig(**{**OFF, "zoom": 1.0}), images, size=32)
+    shrunk = column(params, "log_zoom") > math.log(1.8)
+    assert int(shrunk.sum()) >= 3
+    source_std = (images.float() / 127.5 - 1).std()
+    assert float(x[shrunk].std(dim=(1, 2, 3)).max()) < 0.45 * float(source_std)
+
+
+def test_deterministic_per_generator_and_device_independent_draws():
+    images = noise()
+    config = AugmentConfig(zoom=0.2, vflip=0.5)
+    a, pa = run(config, images, seed=7)
+    b, pb = run(config, images, seed=7)
+    c, pc = run(config, images, seed=8)
+    assert torch.equal(a, b) and torch.equal(pa, pb)
+    assert not torch.equal(pa, pc)
+
+
+def test_grey_images_and_bad_input():
+    x, _ = run(AugmentConfig(), noise(4, channels=1))
+    assert x.shape == (4, 1, SIZE, SIZE)
+    with pytest.raises(ValueError, match="uint8"):
+        run(AugmentConfig(), noise(4).float())
+    with pytest.raises(ValueError, match="smaller than the crop"):
+        run(AugmentConfig(), noise(4, stored=12))
+    with pytest.raises(ValueError, match="--hflip"):
+        AugmentConfig(hflip=1.5)
+    with pytest.raises(ValueError, match="--degrees"):
+        AugmentConfig(degrees=-1)
+    with pytest.raises(ValueError, match="--interpolation 'nearest-ish': unknown; valid: bilinear, bicubic"):
+        AugmentConfig(interpolation="nearest-ish")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    images = noise()
+    config = AugmentConfig(zoom=0.2)
+    cpu, pcpu = run(config, images)
+    gpu, pgpu = run(config, images.cuda())
+    assert torch.allclose(pcpu, pgpu.cpu(), atol=1e-6)
+    assert (cpu - gpu.cpu()).abs().max() < 1e-3

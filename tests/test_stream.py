@@ -1,0 +1,177 @@
+"""The shard reader: class shares, rank/worker splitting, determinism, resume, bad shards."""
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+
+from ddpm_data.balance import Balance
+from ddpm_data.manifest import ManifestError, load_manifest
+from ddpm_data.stream import OnError, ReaderConfig, ReaderMode, ShardError, load_split, open_reader, split_units
+
+
+def identities(shard_dir) -> dict[bytes, int]:
+    """{pixel bytes: row} of every training image (the noise images are all distinct)."""
+    images, _ = load_split(shard_dir, "train")
+    table = {image.numpy().tobytes(): row for row, image in enumerate(images)}
+    assert len(table) == len(images)
+    return table
+
+
+def take(reader, batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [next(reader) for _ in range(batches)]
+
+
+@pytest.mark.parametrize("mode", ["memory", "stream"])
+@pytest.mark.parametrize("balance", ["natural", "balanced", "sqrt", "normal=1,abnormal=3"])
+def test_class_shares_follow_the_balance(tiny_shards, mode, balance):
+    reader = open_reader(tiny_shards, ReaderConfig(batch_size=16, balance=balance, mode=mode, seed=3))
+    assert reader.mode is ReaderMode(mode)
+    labels = torch.cat([labels for _, labels in take(reader, 200 if mode == "memory" else 100)])
+    n = len(labels)
+    expected = {"natural": 15 / 49, "balanced": 0.5, "sqrt": math.sqrt(15) / (math.sqrt(15) + math.sqrt(34)),
+                "normal=1,abnormal=3": 0.75}[balance]
+    assert reader.probabilities["abnormal"] == pytest.approx(expected)
+    share = float((labels == 0).float().mean())
+    assert share == pytest.approx(expected, abs=4 * math.sqrt(expected * (1 - expected) / n))
+    assert reader.epoch_length == math.ceil(max(15 / expected, 34 / (1 - expected)) / 16 - 1e-9)
+
+
+def test_batches_are_stored_size_uint8_with_matching_labels(tiny_shards):
+    table = identities(tiny_shards)
+    _, all_labels = load_split(tiny_shards, "train")
+    for mode in ("memory", "stream"):
+        images, labels = next(open_reader(tiny_shards, ReaderConfig(batch_size=8, mode=mode)))
+        assert images.shape == (8, 3, 18, 18) and images.dtype == torch.uint8 and labels.dtype == torch.int64
+        rows = [table[image.numpy().tobytes()] for image in images]
+        assert torch.equal(all_labels[rows], labels)
+
+
+def collect_parts(shard_dir, world_size: int, workers: int, mode: str, batches: int) -> dict[int, set[int]]:
+    """{part: rows drawn} where part = rank * workers + worker; batch i comes from worker i % workers."""
+    table, parts = identities(shard_dir), {}
+    for rank in range(world_size):
+        config = ReaderConfig(batch_size=8, balance="balanced", mode=mode, workers=workers, seed=1)
+        reader = open_reader(shard_dir, config, rank=rank, world_size=world_size)
+        for i, (images, _) in enumerate(take(reader, batches)):
+            part = rank * max(workers, 1) + i % max(workers, 1)
+            parts.setdefault(part, set()).update(table[image.numpy().tobytes()] for image in images)
+        reader.close()
+    return parts
+
+
+@pytest.mark.parametrize("world_size, workers, mode", [(2, 2, "stream"), (3, 2, "stream"), (3, 0, "memory")])
+def test_ranks_and_workers_get_disjoint_non_empty_parts(tiny_shards, world_size, workers, mode):
+    """(3, 2): 6 parts but only 4 abnormal shards, so that class is split by sample, not by shard."""
+    parts = collect_parts(tiny_shards, world_size, workers, mode, batches=24 * max(workers, 1))
+    _, labels = load_split(tiny_shards, "train")
+    assert len(parts) == world_size * max(workers, 1)
+    seen: set[int] = set()
+    for rows in parts.values():
+        assert not rows & seen, "a sample was drawn by two parts"
+        seen |= rows
+        assert {int(labels[row]) for row in rows} == {0, 1}, "a part lacks a class"
+    assert seen == set(range(len(labels))), "some samples were never drawn"
+
+
+def test_split_units_by_shard_and_by_sample():
+    assert split_units([4, 4, 3], part=1, parts=2) == [[], [0, 1, 2, 3], []]
+    owned = [split_units([4, 4, 3], part, parts=5) for part in range(5)]
+    assert owned[0] == [[0], [1], [2]] and owned[4] == [[], [0], [1]]
+    flat = sorted((u, i) for part in owned for u, items in enumerate(part) for i in items)
+    assert flat == [(u, i) for u, n in enumerate([4, 4, 3]) for i in range(n)]
+
+
+@pytest.mark.parametrize("mode", ["memory", "stream"])
+def test_seeded_and_reproducible(tiny_shards, mode):
+    def batches(seed):
+        return take(open_reader(tiny_shards, ReaderConfig(batch_size=8, mode=mode, seed=seed)), 12)
+
+    a, b, c = batches(0), batches(0), batches(1)
+    assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))
+    assert not all(torch.equal(x[0], y[0]) for x, y in zip(a, c))
+
+
+@pytest.mark.parametrize("mode, workers", [("memory", 0), ("stream", 0), ("stream", 2)])
+def test_resume_gives_the_batches_of_an_uninterrupted_run(tiny_shards, mode, workers):
+    config = ReaderConfig(batch_size=8, balance="sqrt", mode=mode, workers=workers, seed=5)
+    reader = open_reader(tiny_shards, config)
+    take(reader, 7)  # odd, and long enough to cross a pass of the abnormal class
+    buffer = io.BytesIO()
+    torch.save({"data": reader.state_dict()}, buffer)
+    expected = take(reader, 9)
+    reader.close()
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)["data"]
+    resumed = open_reader(tiny_shards, config)
+    resumed.load_state_dict(state)
+    got = take(resumed, 9)
+    resumed.close()
+    assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(expected, got))
+    other = open_reader(tiny_shards, ReaderConfig(batch_size=8, balance="sqrt", mode=mode, workers=workers, seed=6))
+    with pytest.raises(ValueError, match="seed"):
+        other.load_state_dict(state)
+
+
+def test_auto_picks_memory_when_the_split_fits(tiny_shards):
+    assert open_reader(tiny_shards, ReaderConfig(memory_budget_mb=1)).mode is ReaderMode.memory
+    assert open_reader(tiny_shards, ReaderConfig(memory_budget_mb=0.01)).mode is ReaderMode.stream
+
+
+def test_too_many_parts_for_a_class_is_an_error(tiny_shards):
+    with pytest.raises(ValueError, match="fewer --workers"):
+        open_reader(tiny_shards, ReaderConfig(mode="stream", workers=4), rank=0, world_size=4)
+
+
+def test_missing_manifest_says_to_build(tmp_path):
+    with pytest.raises(ManifestError, match="ddpm-data build"):
+        open_reader(tmp_path, ReaderConfig())
+
+
+def damage(path, how: str) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if how == "truncate" else data[:600] + bytes([data[600] ^ 0xFF]) + data[601:])
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_bad_shard_is_named_or_skipped_and_counted(copy_shards, how):
+    shard_dir = copy_shards()
+    bad = shard_dir / "train-abnormal-000001.tar"
+    damage(bad, how)
+    with pytest.raises(ShardError, match="train-abnormal-000001.tar.*--skip-bad-shards"):
+        open_reader(shard_dir, ReaderConfig(mode="stream"))
+    with pytest.warns(UserWarning, match="train-abnormal-000001.tar"):
+        reader = open_reader(shard_dir, ReaderConfig(mode="stream", on_error=OnError.skip, balance="balanced"))
+    assert [entry["path"] for entry in reader.skipped] == [str(bad)]
+    assert reader.counts == {"abnormal": 11, "normal": 34}
+    labels = torch.cat([labels for _, labels in take(reader, 10)])
+    assert set(labels.tolist()) == {0, 1}
+
+
+def test_shard_damaged_after_opening_is_named(copy_shards):
+    shard_dir = copy_shards()
+    reader = open_reader(shard_dir, ReaderConfig(mode="stream", balance="balanced"))
+    for shard in load_manifest(shard_dir).shard_paths("train"):
+        damage(shard, "flip")
+    with pytest.raises(ShardError, match=r"train-\w+-\d{6}\.tar: fails its sha256"):
+        next(reader)
+
+
+def test_bad_hdf5_is_named(copy_shards):
+    shard_dir = copy_shards()
+    damage(shard_dir / "data.h5", "truncate")
+    with pytest.raises(ShardError, match="data.h5"):
+        open_reader(shard_dir, ReaderConfig(mode="memory"))
+    assert open_reader(shard_dir, ReaderConfig(mode="stream")).mode is ReaderMode.stream
+
+
+def test_load_split_and_config_errors(tiny_shards):
+    images, labels = load_split(tiny_shards, "val")
+    assert images.shape == (7, 3, 18, 18) and labels.tolist() == sorted(labels.tolist())
+    with pytest.raises(ValueError, match="--batch-size"):
+        ReaderConfig(batch_size=0)
+    with pytest.raises(ValueError, match="--mode 'fast': unknown; valid: auto, stream, memory"):
+        ReaderConfig(mode="fast")
+    assert ReaderConfig(balance="sqrt").balance == Balance.parse("sqrt")
