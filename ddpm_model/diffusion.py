@@ -1,0 +1,278 @@
+"""The diffusion model: a U-Net plus a noise schedule, with the training loss and the samplers.
+
+`create_ddpm(...)` is the call the analysis makes; `DDPM.from_config(DDPMConfig(**d))` rebuilds
+the same model from its saved config.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .choices import parse_choice
+from .schedule import BetaSchedule, NoiseSchedule
+from .unet import UNet, UNetConfig, UpsampleMode
+
+
+class Prediction(str, Enum):
+    """What the network outputs."""
+
+    EPS = "eps"  # the added noise (Ho et al. 2020, eq. 14)
+    V = "v"      # v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0 (Salimans & Ho 2022, sec. 4)
+
+
+class Sampler(str, Enum):
+    DDPM = "ddpm"  # ancestral sampling over all T steps (Ho et al. 2020, algorithm 2)
+    DDIM = "ddim"  # `steps` evenly spaced steps, stochasticity eta (Song et al. 2021, eq. 12)
+
+
+@dataclass(frozen=True)
+class DDPMConfig:
+    """Everything `create_ddpm` takes; `dataclasses.asdict` of it round-trips through JSON and
+    `torch.load(weights_only=True)` (only ints, floats, strings, bools and tuples/lists)."""
+
+    image_size: int                           # pixels, height = width
+    model_channels: int                       # channels of the first U-Net stage
+    channel_multipliers: tuple[int, ...]      # per stage; stage i runs at image_size / 2^i
+    num_res_blocks: int                       # residual blocks per down stage
+    use_attention: tuple[bool, ...]           # self-attention per stage (0/1 or bools)
+    num_classes: int                          # conditioning classes; index num_classes = null
+    num_timesteps: int = 1000                 # T of the forward process
+    beta_schedule: str = "cosine"             # a BetaSchedule value: "linear" | "cosine"
+    in_channels: int = 3                      # 1 (grey) or 3 (RGB)
+    dropout: float = 0.1                      # inside residual blocks
+    upsample: str = "bilinear"                # an UpsampleMode value, e.g. "nearest"
+    aug_dim: int = 0                          # augmentation parameters fed to the embedding
+    class_dropout: float = 0.1                # training labels replaced by null, for guidance
+    prediction: str = "eps"                   # a Prediction value: "eps" | "v"
+    norm_groups: int = 32                     # GroupNorm groups
+    attention_head_channels: int = 64         # channels per attention head
+
+    def __post_init__(self) -> None:
+        unet = self.unet_config()  # validates the architecture fields
+        object.__setattr__(self, "channel_multipliers", unet.channel_multipliers)
+        object.__setattr__(self, "use_attention", unet.use_attention)
+        # Store plain strings even when given Enum members, so the config stays serialisable.
+        for name, kind in (("beta_schedule", BetaSchedule), ("prediction", Prediction)):
+            object.__setattr__(self, name, parse_choice(kind, getattr(self, name), name).value)
+        object.__setattr__(self, "upsample", UpsampleMode(unet.upsample).value)
+        if self.num_timesteps < 1:
+            raise ValueError(f"num_timesteps: {self.num_timesteps} must be >= 1 (1000 is usual)")
+        if not 0.0 <= self.class_dropout < 1.0:
+            raise ValueError(f"class_dropout: {self.class_dropout} must be in [0, 1) "
+                             f"(0.1 is usual; 0 disables classifier-free guidance training)")
+
+    def unet_config(self) -> UNetConfig:
+        names = {f.name for f in dataclasses.fields(UNetConfig)}
+        return UNetConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+
+
+def _random(draw: Callable[..., torch.Tensor], *args: Any,
+            generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """`draw(*args)` (torch.randn, rand, randint) from `generator` on its own device, moved to
+    `device`; the global RNG on `device` when no generator is given."""
+    source = generator.device if generator is not None else device
+    return draw(*args, generator=generator, device=source).to(device)
+
+
+class DDPM(nn.Module):
+    """Class-conditional denoising diffusion model: `.unet`, `.schedule`, `.config`."""
+
+    def __init__(self, config: DDPMConfig):
+        super().__init__()
+        self.config = config
+        self.unet = UNet(config.unet_config())
+        self.schedule = NoiseSchedule(config.num_timesteps, config.beta_schedule)
+        self.prediction = parse_choice(Prediction, config.prediction, "prediction")
+
+    @classmethod
+    def from_config(cls, config: DDPMConfig) -> "DDPM":
+        return cls(config)
+
+    @property
+    def null_class(self) -> int:
+        return self.config.num_classes
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
+                aug_params: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's raw output (eps or v) for x_t (N, C, H, W) at timesteps t (N,)."""
+        return self.unet(x_t, t, labels, aug_params)
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor,
+             aug_params: torch.Tensor | None = None, t: torch.Tensor | None = None,
+             noise: torch.Tensor | None = None,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean squared error of the eps (or v) prediction; a scalar.
+
+        images (N, C, H, W) in [-1, 1]; labels (N,) long in [0, num_classes); t (N,) long and
+        noise (N, C, H, W) are drawn from `generator` unless given (fix both for a comparable
+        validation loss). In training mode, labels are replaced by the null class with
+        probability `class_dropout` (Ho & Salimans 2022, classifier-free guidance).
+        """
+        self._check_images(images, "images")
+        n, device = images.shape[0], images.device
+        labels = self._check_labels(labels, n, device)
+        if t is None:
+            t = _random(torch.randint, 0, self.config.num_timesteps, (n,), generator=generator,
+                        device=device)
+        if noise is None:
+            noise = _random(torch.randn, tuple(images.shape), generator=generator,
+                            device=device).to(images.dtype)
+        if self.training and self.config.class_dropout > 0:
+            draws = _random(torch.rand, (n,), generator=generator, device=device)
+            dropped = draws < self.config.class_dropout
+            labels = torch.where(dropped, torch.full_like(labels, self.null_class), labels)
+        x_t = self.schedule.q_sample(images, t, noise)
+        if self.prediction is Prediction.EPS:
+            target = noise
+        else:
+            target = self.schedule.v_target(images, t, noise)
+        return F.mse_loss(self.unet(x_t, t, labels, aug_params).float(), target.float())
+
+    @torch.no_grad()
+    def sample(self, labels: torch.Tensor | Sequence[int], sampler: str = "ddim", steps: int = 50,
+               eta: float = 0.0, guidance: float = 1.0,
+               generator: torch.Generator | None = None,
+               batch_size: int | None = None, clip_denoised: bool = True) -> torch.Tensor:
+        """Draw one image per label; (N, C, H, W) float in [-1, 1], on the model's device.
+
+        sampler: "ddpm" (all num_timesteps steps; `steps` and `eta` are ignored) or "ddim"
+        (`steps` evenly spaced steps; eta = 0 deterministic, eta = 1 ancestral-like).
+        guidance: classifier-free guidance scale w, eps = eps_null + w (eps_label - eps_null);
+        1.0 is the plain conditional model (and skips the unconditional pass).
+        Deterministic for a given `generator` state and `batch_size`; batches of `batch_size`
+        (default: all at once) are drawn one after another. Runs in eval mode (no dropout).
+        """
+        kind = parse_choice(Sampler, sampler, "sampler")
+        device = self.schedule.betas.device
+        labels = self._check_labels(torch.as_tensor(labels), None, device)
+        if kind is Sampler.DDIM and not 1 <= steps <= self.config.num_timesteps:
+            raise ValueError(f"steps: {steps} must be in [1, num_timesteps="
+                             f"{self.config.num_timesteps}]")
+        if eta < 0:
+            raise ValueError(f"eta: {eta} must be >= 0")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size: {batch_size} must be >= 1")
+        was_training = self.training
+        self.eval()
+        try:
+            chunks = labels.split(batch_size or max(1, labels.shape[0]))
+            images = [self._sample_batch(chunk, kind, steps, eta, guidance, generator,
+                                         clip_denoised) for chunk in chunks]
+        finally:
+            self.train(was_training)
+        c, s = self.config.in_channels, self.config.image_size
+        return torch.cat(images) if images else torch.empty(0, c, s, s, device=device)
+
+    def _sample_batch(self, labels: torch.Tensor, kind: Sampler, steps: int, eta: float,
+                      guidance: float, generator: torch.Generator | None,
+                      clip_denoised: bool) -> torch.Tensor:
+        n, c, s = labels.shape[0], self.config.in_channels, self.config.image_size
+        x = _random(torch.randn, (n, c, s, s), generator=generator, device=labels.device)
+        if kind is Sampler.DDPM:
+            for t in reversed(range(self.config.num_timesteps)):
+                x = self._ddpm_step(x, t, labels, guidance, generator, clip_denoised)
+        else:
+            for t, t_prev in self.ddim_timesteps(steps):
+                x = self._ddim_step(x, t, t_prev, labels, eta, guidance, generator,
+                                    clip_denoised)
+        return x.clamp(-1, 1)
+
+    def ddim_timesteps(self, steps: int) -> list[tuple[int, int]]:
+        """(t, t_prev) pairs from T-1 down to 0, `steps` evenly spaced; t_prev = -1 means x_0."""
+        total = self.config.num_timesteps
+        ts = torch.linspace(0, total - 1, steps, dtype=torch.float64).round().long().tolist()
+        ts = sorted(set(ts), reverse=True)
+        return list(zip(ts, ts[1:] + [-1]))
+
+    def predict_x0_eps(self, x: torch.Tensor, t: int, labels: torch.Tensor, guidance: float,
+                       clip_denoised: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Guided prediction of (x_0, eps) at timestep t, with x_0 clipped to [-1, 1] and eps
+        made consistent with the clipped x_0."""
+        n = x.shape[0]
+        t_batch = torch.full((n,), t, device=x.device, dtype=torch.long)
+        if guidance == 1.0:
+            out = self.unet(x, t_batch, labels)
+        else:  # conditional and unconditional passes in one batch
+            null = torch.full_like(labels, self.null_class)
+            both = self.unet(torch.cat([x, x]), torch.cat([t_batch, t_batch]),
+                             torch.cat([labels, null]))
+            cond, uncond = both.chunk(2)
+            out = uncond + guidance * (cond - uncond)
+        out = out.float()
+        if self.prediction is Prediction.EPS:
+            x0 = self.schedule.x0_from_eps(x, t_batch, out)
+        else:
+            x0 = self.schedule.x0_from_v(x, t_batch, out)
+        if clip_denoised:
+            x0 = x0.clamp(-1, 1)
+        return x0, self.schedule.eps_from_x0(x, t_batch, x0)
+
+    def _ddpm_step(self, x: torch.Tensor, t: int, labels: torch.Tensor, guidance: float,
+                   generator: torch.Generator | None, clip_denoised: bool) -> torch.Tensor:
+        """x_{t-1} ~ q(x_{t-1} | x_t, x0_hat), the posterior with the predicted x_0
+        (Ho et al. 2020, eq. 7; variance beta_tilde)."""
+        x0, _ = self.predict_x0_eps(x, t, labels, guidance, clip_denoised)
+        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        mean, variance = self.schedule.posterior(x0, x, t_batch)
+        if t == 0:
+            return mean
+        return mean + variance.sqrt() * _random(torch.randn, tuple(x.shape), generator=generator,
+                                                 device=x.device)
+
+    def _ddim_step(self, x: torch.Tensor, t: int, t_prev: int, labels: torch.Tensor,
+                   eta: float, guidance: float, generator: torch.Generator | None,
+                   clip_denoised: bool) -> torch.Tensor:
+        """x_{t_prev} = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z with
+        sigma = eta sqrt((1 - a_prev) / (1 - a_t) (1 - a_t / a_prev))
+        (Song et al. 2021, eqs. 12 and 16)."""
+        x0, eps = self.predict_x0_eps(x, t, labels, guidance, clip_denoised)
+        a_t = self.schedule.alpha_bar_at(torch.tensor([t], device=x.device), x.ndim)
+        a_prev = self.schedule.alpha_bar_at(torch.tensor([t_prev], device=x.device), x.ndim)
+        sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
+        x_prev = a_prev.sqrt() * x0 + (1 - a_prev - sigma ** 2).clamp(min=0).sqrt() * eps
+        if eta > 0 and t_prev >= 0:
+            x_prev = x_prev + sigma * _random(torch.randn, tuple(x.shape), generator=generator,
+                                              device=x.device)
+        return x_prev
+
+    def _check_images(self, images: torch.Tensor, name: str) -> None:
+        c, s = self.config.in_channels, self.config.image_size
+        if images.ndim != 4 or tuple(images.shape[1:]) != (c, s, s):
+            raise ValueError(f"{name}: shape {tuple(images.shape)}, expected (N, {c}, {s}, {s}) "
+                             f"for in_channels={c}, image_size={s}")
+
+    def _check_labels(self, labels: torch.Tensor, n: int | None,
+                      device: torch.device) -> torch.Tensor:
+        """(N,) long labels on `device`. Values are range-checked while still on the CPU only:
+        on an accelerator the check would wait for the device at every training step."""
+        if n is not None and labels.numel() != n:
+            raise ValueError(f"labels: {labels.numel()} labels for {n} images")
+        if labels.device.type == "cpu" and labels.numel() and (
+                labels.min() < 0 or labels.max() >= self.config.num_classes):
+            raise ValueError(f"labels: values must be in [0, num_classes={self.config.num_classes})"
+                             f", got min {int(labels.min())}, max {int(labels.max())}")
+        return labels.to(device=device, dtype=torch.long).reshape(-1)
+
+
+def create_ddpm(image_size: int, model_channels: int, channel_multipliers: Sequence[int],
+                num_res_blocks: int, use_attention: Sequence[bool | int], num_classes: int,
+                num_timesteps: int = 1000, beta_schedule: str = "cosine", in_channels: int = 3,
+                dropout: float = 0.1, upsample: str = "bilinear", aug_dim: int = 0,
+                class_dropout: float = 0.1, prediction: str = "eps", norm_groups: int = 32,
+                attention_head_channels: int = 64) -> DDPM:
+    """Build a DDPM (see DDPMConfig for the arguments). Raises ValueError naming the argument
+    when the configuration cannot work."""
+    return DDPM(DDPMConfig(
+        image_size=image_size, model_channels=model_channels,
+        channel_multipliers=tuple(channel_multipliers), num_res_blocks=num_res_blocks,
+        use_attention=tuple(use_attention), num_classes=num_classes,
+        num_timesteps=num_timesteps, beta_schedule=beta_schedule, in_channels=in_channels,
+        dropout=dropout, upsample=upsample, aug_dim=aug_dim, class_dropout=class_dropout,
+        prediction=prediction, norm_groups=norm_groups,
+        attention_head_channels=attention_head_channels))
