@@ -190,6 +190,182 @@ def preview(
 # ---------------------------------------------------------------- ddpm-train / ddpm-sample (issue 6)
 
 
+def _int_tuple(text: Optional[str], flag: str) -> Optional[tuple[int, ...]]:
+    """'1,2,2,4' -> (1, 2, 2, 4); None stays None (= the preset's value)."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        fail(f"{flag} {text!r}: expected comma-separated integers, e.g. 1,2,2,4")
+
+
+@train_app.command()
+def train(
+    ctx: typer.Context,
+    shards: Annotated[Optional[Path], typer.Option(help="Shard folder from 'ddpm-data build' (e.g. shards/96); size, channels and classes come from its manifest.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default: runs/<shards name>-<date-time>).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its latest checkpoint with its saved config; training options given now (--max-steps, --lr, ...) replace the saved ones.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Delete an existing run folder in --out and start over.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print the resolved config and parameter count, then exit.")] = False,
+    device: Annotated[str, typer.Option(help="'auto' (cuda:LOCAL_RANK if available), 'cpu', 'cuda', 'cuda:1'.")] = "auto",
+    progress: Annotated[bool, typer.Option(help="Show a progress bar (plain log lines when not a terminal).")] = True,
+    # model
+    preset: Annotated[Optional[str], typer.Option(help="Architecture preset: 40, 96, 128, 256, tiny (default: the one for the manifest's size).")] = None,
+    model_channels: Annotated[Optional[int], typer.Option(help="Channels of the first U-Net stage (analysis: 64).")] = None,
+    channel_multipliers: Annotated[Optional[str], typer.Option(help="Per-stage channel multipliers, e.g. 1,2,2,4 (96 px) or 1,2,2,4,8 (128 px).")] = None,
+    num_res_blocks: Annotated[Optional[int], typer.Option(help="Residual blocks per stage (analysis: 2).")] = None,
+    use_attention: Annotated[Optional[str], typer.Option(help="Self-attention per stage as 0/1, e.g. 0,0,1,1.")] = None,
+    upsample: Annotated[Optional[str], typer.Option(help="Up-path resampling: bilinear, bicubic, nearest, conv_transpose.")] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="Dropout in residual blocks (default 0.1).")] = None,
+    class_dropout: Annotated[Optional[float], typer.Option(help="Label dropout for classifier-free guidance (default 0.1; 0 disables).")] = None,
+    num_timesteps: Annotated[Optional[int], typer.Option(help="Diffusion steps T (default 1000).")] = None,
+    beta_schedule: Annotated[Optional[str], typer.Option(help="Noise schedule: cosine (default) or linear.")] = None,
+    prediction: Annotated[Optional[str], typer.Option(help="Network target: eps (default) or v.")] = None,
+    aug_conditioning: Annotated[bool, typer.Option(help="Condition the model on the augmentation parameters (non-leaking augmentation).")] = True,
+    # reader
+    balance: Annotated[str, typer.Option(help="Class balance: natural, balanced, sqrt, or weights like normal=1,abnormal=3 (an epoch follows it).")] = "natural",
+    mode: Annotated[str, typer.Option(help="Reader: auto (memory if it fits), memory (data.h5 in RAM/GPU), stream (tar shards).")] = "auto",
+    workers: Annotated[int, typer.Option(help="Stream mode: DataLoader worker processes per GPU (0 = read in the training process).")] = 0,
+    memory_budget_mb: Annotated[float, typer.Option(help="Mode auto: hold the train split in memory when it fits this many MB.")] = 2048.0,
+    skip_bad_shards: Annotated[bool, typer.Option(help="Stream mode: leave out shards that fail their checksum instead of stopping.")] = False,
+    # augmentation
+    augment: Annotated[bool, typer.Option(help="Random augmentation (crop, flip, rotation, colour jitter); --no-augment = centre crop.")] = True,
+    hflip: Annotated[float, typer.Option(help="Horizontal flip probability.")] = 0.5,
+    vflip: Annotated[float, typer.Option(help="Vertical flip probability.")] = 0.0,
+    degrees: Annotated[float, typer.Option(help="Rotation range in degrees (analysis: 10).")] = 10.0,
+    brightness: Annotated[float, typer.Option(help="Brightness jitter (analysis: 0.1).")] = 0.1,
+    contrast: Annotated[float, typer.Option(help="Contrast jitter (analysis: 0.1).")] = 0.1,
+    # optimisation and duration
+    batch_size: Annotated[int, typer.Option(help="Images per GPU per micro-batch (analysis: 6 at 96 px, 4 at 128 px).")] = 6,
+    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate after warm-up.")] = 1e-4,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.0,
+    warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up, in steps.")] = 500,
+    grad_clip: Annotated[float, typer.Option(help="Clip the gradient norm to this (0 = off).")] = 1.0,
+    ema_decay: Annotated[float, typer.Option(help="EMA decay of the weights used for samples.")] = 0.9999,
+    epochs: Annotated[Optional[float], typer.Option(help="Duration in epochs of the balanced stream (default 100).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Duration in optimizer steps (instead of --epochs).")] = None,
+    max_images: Annotated[Optional[int], typer.Option(help="Duration in images seen, all GPUs (instead of --epochs).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for weights, data order and noise.")] = 0,
+    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")] = "auto",
+    compile: Annotated[bool, typer.Option(help="torch.compile the U-Net (CUDA; slower start, faster steps).")] = False,
+    # intervals and outputs
+    log_every: Annotated[int, typer.Option(help="Steps between metrics lines.")] = 50,
+    val_every: Annotated[int, typer.Option(help="Steps between validation losses.")] = 500,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 1000,
+    sample_every: Annotated[int, typer.Option(help="Steps between sample grids (0 = only at the end).")] = 2000,
+    samples_per_class: Annotated[int, typer.Option(help="Images per class in each sample grid.")] = 8,
+    sample_steps: Annotated[int, typer.Option(help="DDIM steps for the sample grids.")] = 50,
+    sample_guidance: Annotated[float, typer.Option(help="Guidance scale for the sample grids.")] = 2.0,
+    val_images: Annotated[int, typer.Option(help="Validation images used (at most).")] = 256,
+    keep: Annotated[int, typer.Option(help="Step checkpoints kept (plus best.pt).")] = 3,
+) -> None:
+    """Train the class-conditional DDPM on a shard folder; resumable, multi-GPU with torchrun."""
+    import dataclasses
+    import json
+    import os
+
+    from ddpm_model.checkpoint import CheckpointError
+    from ddpm_model.run import ModelOptions, RunConfig, RunError, run_training
+    from ddpm_model.train import Precision, TrainConfig, TrainingDiverged
+
+    if precision not in {p.value for p in Precision}:
+        fail(f"--precision {precision!r}: unknown; valid: {', '.join(p.value for p in Precision)}")
+    precision_choice = Precision(precision)
+    rank = int(os.environ.get("RANK", 0))
+    try:
+        from ddpm_data.augment import AugmentConfig
+        from ddpm_data.stream import OnError, ReaderConfig, ReaderMode
+
+        if mode not in {m.value for m in ReaderMode}:
+            fail(f"--mode {mode!r}: unknown; valid: {', '.join(m.value for m in ReaderMode)}")
+        reader = ReaderConfig(balance=balance, mode=ReaderMode(mode), workers=workers, memory_budget_mb=memory_budget_mb,
+                              on_error=OnError.skip if skip_bad_shards else OnError.raise_)
+        augment_config = AugmentConfig(hflip=hflip, vflip=vflip, degrees=degrees, brightness=brightness,
+                                       contrast=contrast) if augment else AugmentConfig.none()
+        config = RunConfig(
+            shards=shards, out=out, resume=resume, overwrite=overwrite, dry_run=dry_run, device=device,
+            progress=progress, reader=reader, augment=augment_config,
+            model=ModelOptions(
+                preset=preset, model_channels=model_channels,
+                channel_multipliers=_int_tuple(channel_multipliers, "--channel-multipliers"),
+                num_res_blocks=num_res_blocks,
+                use_attention=tuple(bool(a) for a in _int_tuple(use_attention, "--use-attention") or ()) or None,
+                upsample=upsample, dropout=dropout, class_dropout=class_dropout, num_timesteps=num_timesteps,
+                beta_schedule=beta_schedule, prediction=prediction, aug_conditioning=aug_conditioning),
+            train=TrainConfig(
+                batch_size=batch_size, grad_accum=grad_accum, lr=lr, weight_decay=weight_decay,
+                warmup_steps=warmup_steps, grad_clip=grad_clip, ema_decay=ema_decay, epochs=epochs,
+                max_steps=max_steps, max_images=max_images, log_every=log_every, val_every=val_every,
+                checkpoint_every=checkpoint_every, sample_every=sample_every,
+                samples_per_class=samples_per_class, sample_steps=sample_steps,
+                sample_guidance=sample_guidance, val_images=val_images, keep=keep, seed=seed,
+                precision=precision_choice, compile=compile),
+        )
+        # Options typed on the command line (typer vendors click, so compare the source by name).
+        given = tuple(f.name for f in dataclasses.fields(TrainConfig)
+                      if getattr(ctx.get_parameter_source(f.name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP"))
+        plan, result = run_training(dataclasses.replace(config, train_given=given))
+    except TrainingDiverged as error:
+        fail(str(error), code=1)
+    except (RunError, CheckpointError, ValueError) as error:
+        fail(str(error))
+    if result is None:  # --dry-run; every rank resolved the same plan, rank 0 prints it
+        if rank == 0:
+            typer.echo(json.dumps(plan.document(), indent=2, sort_keys=True))
+            typer.echo(f"parameters: {plan.parameters:,} ({plan.parameters / 1e6:.2f}M); "
+                       f"run folder: {plan.run_dir}; nothing written (--dry-run)")
+        return
+    if rank != 0:
+        return
+    verb = "finished" if result.status == "finished" else "stopped by signal; resume with --resume"
+    best = f"{result.best_val_loss:.4f}" if result.best_val_loss != float("inf") else "none yet"
+    typer.echo(
+        f"{verb} at step {result.step} ({result.images_seen:,} images, {result.seconds / 60:.1f} min): "
+        f"loss {result.final_loss:.4f}, best val loss {best}\n"
+        f"  run folder   {plan.run_dir}\n  checkpoint   {result.last_checkpoint}\n"
+        f"  loss curve   {plan.run_dir / 'loss.png'}\n  samples      {plan.run_dir / 'samples'}"
+    )
+
+
+@sample_app.command()
+def sample(
+    checkpoint: Annotated[Path, typer.Option(help="A checkpoint file, or a run folder (uses its latest checkpoint).")],
+    out: Annotated[Path, typer.Option(help="Output folder: writes OUT/<class>/0000.png ... and OUT/<class>-grid.png.")],
+    class_name: Annotated[Optional[list[str]], typer.Option("--class", help="Class to sample (repeatable; default: every class).")] = None,
+    n: Annotated[int, typer.Option(help="Images per class.")] = 64,
+    sampler: Annotated[str, typer.Option(help="ddim (fast, --steps) or ddpm (all diffusion steps).")] = "ddim",
+    steps: Annotated[int, typer.Option(help="DDIM steps.")] = 50,
+    eta: Annotated[float, typer.Option(help="DDIM stochasticity (0 = deterministic).")] = 0.0,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = none).")] = 2.0,
+    seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same images.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
+    ema: Annotated[bool, typer.Option(help="Use the EMA weights (--no-ema: the raw training weights).")] = True,
+    device: Annotated[str, typer.Option(help="'auto', 'cpu', 'cuda', 'cuda:1'.")] = "auto",
+) -> None:
+    """Generate images of one or more classes from a trained checkpoint."""
+    from ddpm_data.grid import save_grid
+    from ddpm_model.checkpoint import CheckpointError
+    from ddpm_model.diffusion import Sampler
+    from ddpm_model.sample import SampleConfig, sample_to_folder
+
+    if sampler not in {s.value for s in Sampler}:
+        fail(f"--sampler {sampler!r}: unknown; valid: {', '.join(s.value for s in Sampler)}")
+    try:
+        config = SampleConfig(checkpoint=checkpoint, out=out, classes=tuple(class_name or ()), n=n,
+                              sampler=Sampler(sampler), steps=steps, eta=eta, guidance=guidance, seed=seed,
+                              batch_size=batch_size, ema=ema, device=device)
+        results = sample_to_folder(config)
+    except (CheckpointError, ValueError) as error:
+        fail(str(error))
+    for name, (paths, images) in results.items():
+        rows = {f"{name} {i + 1}-{min(i + 8, n)}": list(images[i:i + 8].numpy()) for i in range(0, n, 8)}
+        grid = save_grid(rows, out / f"{name}-grid.png")
+        typer.echo(f"{name}: {len(paths)} images in {out / name}, grid {grid}")
+
+
+
 # ---------------------------------------------------------------- ddpm-eval (issue 7)
 from ddpm_eval.evaluate import EvalConfig as _Eval  # stdlib-only module: defaults without importing torch
 

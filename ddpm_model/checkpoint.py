@@ -1,0 +1,127 @@
+"""Training checkpoints: atomic writes, safe loads, last-K + best retention.
+
+A checkpoint is one ``torch.save`` of a dict made only of tensors, numbers, strings, lists and
+dicts, so ``torch.load(path, weights_only=True)`` reads it (no arbitrary pickles):
+
+- ``format_version`` (int, :data:`FORMAT_VERSION`), ``step``, ``images_seen``,
+  ``best_val_loss`` (float, ``inf`` before the first validation)
+- ``model_config`` (``dataclasses.asdict(DDPMConfig)``), ``classes`` (label -> name),
+  ``run_config`` (the resolved run configuration as JSON-ready dict)
+- ``model``, ``ema`` (state dicts; ``ema`` is ``{}`` without EMA), ``optimizer``, ``scaler``
+- ``rng``: ``{"torch": uint8 tensor, "cuda": [uint8 tensors], "generator": uint8 tensor}``
+- ``reader``: the batch reader's ``state_dict()``
+
+Files live in ``RUN/checkpoints/``: ``step-00001000.pt`` for the last K saves and ``best.pt`` for
+the lowest validation loss so far.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("format_version", "step", "model_config", "classes", "model")
+STEP_FILE = re.compile(r"^step-(\d{8,})\.pt$")
+BEST_NAME = "best.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, or from an incompatible format version."""
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def step_path(run_dir: str | Path, step: int) -> Path:
+    return checkpoint_dir(run_dir) / f"step-{step:08d}.pt"
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write `state` to `path` atomically: a temp file in the same folder, fsync, then rename.
+
+    A crash mid-write leaves the previous file intact; readers never see half a checkpoint.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(temp, "wb") as handle:
+            torch.save({"format_version": FORMAT_VERSION, **state}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint file with ``weights_only=True``; raise CheckpointError naming the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises several types for truncated/foreign files
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (corrupt, truncated, or not written by ddpm-train): "
+            f"{first_line}"
+        ) from error
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise CheckpointError(f"{path}: not a ddpm-train checkpoint (no 'format_version' field)")
+    version = state["format_version"]
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version} is incompatible with this ddpm-pipeline, "
+            f"which reads version {FORMAT_VERSION}; use the ddpm-pipeline release that wrote it"
+        )
+    missing = [key for key in REQUIRED_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
+    return state
+
+
+def step_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The run's ``step-*.pt`` files, oldest first."""
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(match.group(1)), path) for path in folder.iterdir() if (match := STEP_FILE.match(path.name))]
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    files = step_checkpoints(run_dir)
+    return files[-1] if files else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file as given, or a run folder's latest checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise CheckpointError(
+                f"{path}: run folder has no checkpoints in {checkpoint_dir(path)}; "
+                "train with 'ddpm-train' first or pass a checkpoint file"
+            )
+        return latest
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file or run folder")
+    return path
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` step checkpoints (``best.pt`` is separate); return removed."""
+    if keep < 1:
+        raise ValueError(f"--keep must be at least 1, got {keep}")
+    removed = step_checkpoints(run_dir)[:-keep]
+    for path in removed:
+        path.unlink()
+    return removed

@@ -1,0 +1,519 @@
+"""The training loop: AdamW steps with warm-up, clipping, EMA, accumulation; validation,
+checkpoints and samples at intervals; clean stops on SIGINT/SIGTERM and on a non-finite loss.
+
+The loop receives everything it works on (`TrainParts`: model, EMA, optimizer, batch source,
+augment callable, validation set) and its side effects (`RunIO`: metrics, sample writer,
+checkpoint folder); `ddpm_model.run` builds both from the shard folder. It knows nothing about
+shards or devices beyond what the tensors it gets carry.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from .metrics import MetricsLog, ProgressDisplay, plot_loss_curve
+
+
+class Precision(str, Enum):
+    """Autocast dtype for the forward pass; AUTO = bf16 on CUDA, fp32 elsewhere."""
+
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"  # for GPUs without bf16 (V100, T4); uses a GradScaler
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, duration and interval options of `ddpm-train` (one field per CLI option)."""
+
+    batch_size: int = 6                 # images per rank per micro-batch (analysis: 6-8 at 96 px on 8 GB)
+    grad_accum: int = 1                 # micro-batches per optimizer step
+    lr: float = 1e-4                    # AdamW peak learning rate
+    weight_decay: float = 0.0           # AdamW decoupled weight decay
+    warmup_steps: int = 500             # linear LR warm-up from 0, in optimizer steps
+    grad_clip: float = 1.0              # max global gradient L2 norm; 0 disables clipping
+    ema_decay: float = 0.9999           # EMA of the weights used for samples and best.pt
+    epochs: float | None = None         # duration in passes over the balanced train stream
+    max_steps: int | None = None        # duration in optimizer steps (overrides epochs)
+    max_images: int | None = None       # duration in images seen, all ranks (overrides epochs)
+    log_every: int = 50                 # steps between metrics lines
+    val_every: int = 500                # steps between validation losses
+    checkpoint_every: int = 1000        # steps between checkpoints
+    sample_every: int = 2000            # steps between sample grids; 0 = only at the end
+    samples_per_class: int = 8          # images per class row of a sample grid
+    sample_steps: int = 50              # DDIM steps for the grids
+    sample_guidance: float = 2.0        # classifier-free guidance scale for the grids
+    val_images: int = 256               # at most this many validation images (fixed t, noise)
+    keep: int = 3                       # step checkpoints kept (best.pt is extra)
+    seed: int = 0                       # model init, data order, noise; rank r adds r
+    precision: Precision = Precision.AUTO
+    compile: bool = False               # torch.compile the U-Net (CUDA; slow first steps)
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "grad_accum", "log_every", "val_every", "checkpoint_every",
+                    "samples_per_class", "sample_steps", "keep")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')}: {getattr(self, name)} must be >= 1")
+        for name in ("epochs", "max_steps", "max_images"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"--{name.replace('_', '-')}: {value} must be > 0")
+        if self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0 or self.sample_every < 0:
+            raise ValueError("--lr must be > 0; --warmup-steps, --grad-clip, --sample-every >= 0")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"--ema-decay: {self.ema_decay} must be in [0, 1)")
+
+    def total_steps(self, steps_per_epoch: float, images_per_step: int) -> int:
+        """Optimizer steps for the chosen duration: max_steps, else max_images, else epochs."""
+        if self.max_steps is not None:
+            return self.max_steps
+        if self.max_images is not None:
+            return max(1, math.ceil(self.max_images / images_per_step))
+        epochs = 100.0 if self.epochs is None else self.epochs
+        return max(1, math.ceil(epochs * steps_per_epoch))
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up over `warmup_steps`, then constant (DDPM, Ho et al. 2020, appendix B)."""
+        if self.warmup_steps == 0:
+            return self.lr
+        return self.lr * min(1.0, (step + 1) / self.warmup_steps)
+
+
+class BatchSource(Protocol):
+    """Infinite iterator of (images uint8 (N, C, S, S), labels int64 (N,)) with a resumable position."""
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+AugmentFn = Callable[[torch.Tensor, torch.Generator], "tuple[torch.Tensor, torch.Tensor]"]
+SampleWriter = Callable[[nn.Module, int], "Path | None"]
+
+
+class LossModule(nn.Module):
+    """Routes `DDPM.loss` through `forward`, which DistributedDataParallel needs to sync gradients."""
+
+    def __init__(self, ddpm: nn.Module):
+        super().__init__()
+        self.ddpm = ddpm
+
+    def forward(self, images, labels, aug_params, generator):  # noqa: D401 - see DDPM.loss
+        return self.ddpm.loss(images, labels, aug_params=aug_params, generator=generator)
+
+
+@dataclass
+class ValSet:
+    """Fixed validation batch: images (N, C, H, W) in [-1, 1], labels (N,), timesteps t (N,) and
+    noise (N, C, H, W) drawn once, so successive validation losses are comparable."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    t: torch.Tensor
+    noise: torch.Tensor
+    batch_size: int
+
+
+def make_val_set(images: torch.Tensor, labels: torch.Tensor, num_timesteps: int, seed: int,
+                 batch_size: int, limit: int) -> ValSet:
+    """Pick up to `limit` images spread over the (label-sorted) split, with stratified timesteps
+    (one per 1/N of [0, T), shuffled) and Gaussian noise from `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    if images.shape[0] > limit:
+        keep = torch.linspace(0, images.shape[0] - 1, limit).round().long()
+        images, labels = images[keep], labels[keep]
+    n = images.shape[0]
+    t = ((torch.arange(n) * num_timesteps) // max(n, 1))[torch.randperm(n, generator=generator)]
+    noise = torch.randn(tuple(images.shape), generator=generator)
+    return ValSet(images.float(), labels.long(), t.long(), noise.to(images.device), batch_size)
+
+
+class Distributed:
+    """Rank, world size and the few collectives the loop needs; a no-op for one process."""
+
+    def __init__(self, rank: int = 0, world_size: int = 1):
+        self.rank, self.world_size = rank, world_size
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            torch.distributed.all_reduce(tensor)
+        return tensor
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's `obj` on every rank (small objects: RNG and reader states)."""
+        if self.world_size == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+
+@dataclass
+class TrainParts:
+    model: nn.Module                      # the DDPM itself; checkpoints hold its state_dict
+    step_model: nn.Module                 # LossModule(model), DDP-wrapped with several ranks
+    ema: Any                              # ddpm_model.ema.EMA on rank 0, else None
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    batches: BatchSource
+    augment: AugmentFn                    # (uint8 (N,C,S,S), generator) -> (x in [-1,1], params)
+    generator: torch.Generator            # this rank's draws: augmentation, t, noise, label dropout
+    val: ValSet | None
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    use_aug_params: bool = True           # feed augmentation parameters to the model (aug_dim > 0)
+    channels_last: bool = False
+
+
+@dataclass
+class RunIO:
+    """Rank-0 side effects. `checkpoint_meta` goes into every checkpoint (configs, classes)."""
+
+    run_dir: Path
+    checkpoint_meta: dict[str, Any]
+    write_samples: SampleWriter | None = None
+    progress: ProgressDisplay | None = None
+
+    @property
+    def metrics(self) -> MetricsLog:
+        return MetricsLog(self.run_dir / "metrics.jsonl")
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    images_seen: int = 0
+    best_val_loss: float = math.inf
+    images_per_epoch: float = 0.0         # for the `epoch` column; 0 = unknown
+    # running sums since the last metrics line
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    grad_norm: float = 0.0
+    wait_s: float = 0.0
+    interval_start: float = field(default_factory=time.perf_counter)
+    interval_images: int = 0
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    status: str                           # "finished" | "interrupted"
+    step: int
+    images_seen: int
+    final_loss: float                     # mean train loss over the last metrics interval
+    best_val_loss: float
+    last_checkpoint: Path | None
+    seconds: float
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient became NaN/inf; the last good checkpoint is left in place."""
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step; a second SIGINT aborts."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequest":
+        with contextlib.suppress(ValueError):  # not the main thread: no handlers, no clean stop
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def _handle(self, number: int, frame: object) -> None:
+        if self.signal_name is not None and number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(number).name
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+
+def train_step(parts: TrainParts, config: TrainConfig, state: TrainState, dist: Distributed,
+               stop: StopRequest) -> tuple[float, bool, bool]:
+    """One optimizer step over `grad_accum` micro-batches.
+
+    Returns (loss averaged over ranks, non-finite on any rank, stop requested on any rank). On a
+    non-finite loss or gradient the optimizer does not step, so the weights stay the last good ones.
+    """
+    parts.step_model.train()
+    parts.optimizer.zero_grad(set_to_none=True)
+    device = next(parts.model.parameters()).device
+    loss_total = torch.zeros((), device=device)
+    for micro in range(config.grad_accum):
+        started = time.perf_counter()
+        images, labels = next(parts.batches)
+        state.wait_s += time.perf_counter() - started
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        x, aug_params = parts.augment(images, parts.generator)
+        if parts.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        last = micro == config.grad_accum - 1
+        sync = contextlib.nullcontext() if last or dist.world_size == 1 else parts.step_model.no_sync()
+        with sync, parts.autocast():
+            loss = parts.step_model(x, labels, aug_params if parts.use_aug_params else None, parts.generator)
+        parts.scaler.scale(loss / config.grad_accum).backward()
+        loss_total += loss.detach().float()
+    parts.scaler.unscale_(parts.optimizer)
+    params = [p for p in parts.model.parameters() if p.grad is not None]
+    max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).float()
+    bad = ~torch.isfinite(loss_total)
+    if not parts.scaler.is_enabled():  # with fp16 the scaler skips inf-gradient steps itself
+        bad = bad | ~torch.isfinite(grad_norm)
+    flags = torch.stack([loss_total / config.grad_accum, bad.float(), torch.tensor(float(stop.requested), device=device)])
+    flags = dist.all_reduce_sum(flags).cpu()
+    loss_value, non_finite, stop_any = flags[0].item() / dist.world_size, flags[1].item() > 0, flags[2].item() > 0
+    if non_finite:
+        return loss_value, True, stop_any
+    for group in parts.optimizer.param_groups:
+        group["lr"] = config.lr_at(state.step)
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
+    if parts.ema is not None:
+        parts.ema.update(parts.model)
+    batch_images = config.batch_size * config.grad_accum * dist.world_size
+    state.step += 1
+    state.images_seen += batch_images
+    state.interval_images += batch_images
+    state.loss_sum += loss_value
+    state.loss_count += 1
+    state.grad_norm = grad_norm.item()
+    return loss_value, False, stop_any
+
+
+def due(step: int, every: int, final: bool) -> bool:
+    return final or (every > 0 and step % every == 0)
+
+
+def maybe_log(parts: TrainParts, io: RunIO | None, config: TrainConfig, state: TrainState,
+              final: bool = False) -> dict[str, Any] | None:
+    """Every `log_every` steps: one metrics line (rank 0) and a progress update; resets the sums."""
+    if state.loss_count == 0 or not due(state.step, config.log_every, final):
+        return None
+    elapsed = max(time.perf_counter() - state.interval_start, 1e-9)
+    record = {
+        "step": state.step,
+        "images": state.images_seen,
+        "epoch": round(state.images_seen / state.images_per_epoch, 4) if state.images_per_epoch else None,
+        "loss": state.loss_sum / state.loss_count,
+        "lr": parts.optimizer.param_groups[0]["lr"],
+        "img_per_s": state.interval_images / elapsed,
+        "data_wait": min(1.0, state.wait_s / elapsed),
+        "grad_norm": state.grad_norm,
+    }
+    state.loss_sum, state.loss_count, state.wait_s, state.interval_images = 0.0, 0, 0.0, 0
+    state.interval_start = time.perf_counter()
+    if io is not None:
+        io.metrics.append(record)
+        if io.progress is not None:
+            io.progress.update(state.step, record)
+    return record
+
+
+@torch.no_grad()
+def validation_loss(model: nn.Module, val: ValSet, autocast: Callable[[], contextlib.AbstractContextManager]) -> float:
+    """Mean loss of `model` (eval mode, no label dropout) over the fixed validation set."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    try:
+        for start in range(0, val.images.shape[0], val.batch_size):
+            part = slice(start, start + val.batch_size)
+            images = val.images[part].to(device)
+            with autocast():
+                loss = model.loss(images, val.labels[part].to(device), t=val.t[part].to(device),
+                                  noise=val.noise[part].to(device))
+            total += loss.float().item() * images.shape[0]
+            count += images.shape[0]
+    finally:
+        model.train(was_training)
+    return total / max(count, 1)
+
+
+def maybe_validate(parts: TrainParts, io: RunIO | None, config: TrainConfig, state: TrainState,
+                   dist: Distributed, final: bool = False) -> dict[str, Any] | None:
+    """Every `val_every` steps on rank 0: val loss of the weights and of the EMA; a new best
+    (by the EMA loss, which is what samples use) is written to checkpoints/best.pt."""
+    if io is None or parts.val is None or not due(state.step, config.val_every, final):
+        return None
+    record = {"step": state.step, "images": state.images_seen,
+              "val_loss": validation_loss(parts.model, parts.val, parts.autocast)}
+    if parts.ema is not None:
+        record["val_loss_ema"] = validation_loss(parts.ema.module, parts.val, parts.autocast)
+    io.metrics.append(record)
+    score = record.get("val_loss_ema", record["val_loss"])
+    if math.isfinite(score) and score < state.best_val_loss:
+        state.best_val_loss = score
+        rank_state = {"rng": [capture_rng(parts.generator)], "reader": [parts.batches.state_dict()]}
+        ckpt.save_checkpoint(checkpoint_state(parts, io, state, rank_state, dist), ckpt.checkpoint_dir(io.run_dir) / ckpt.BEST_NAME)
+    if io.progress is not None:
+        io.progress.message(f"step {state.step}: val loss {record['val_loss']:.4f}"
+                            + (f", EMA {record['val_loss_ema']:.4f}" if "val_loss_ema" in record else ""))
+    return record
+
+
+def capture_rng(generator: torch.Generator) -> dict[str, Any]:
+    """This process's random states as uint8 tensors (weights_only-loadable)."""
+    state = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    if generator.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(generator.device)
+    return state
+
+
+def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    generator.set_state(state["generator"].cpu())
+    if "cuda" in state and generator.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"].cpu(), generator.device)
+
+
+def checkpoint_state(parts: TrainParts, io: RunIO, state: TrainState, rank_state: dict[str, list],
+                     dist: Distributed) -> dict[str, Any]:
+    """The dict a checkpoint stores; `rank_state` holds every rank's RNG and reader states."""
+    return {
+        **io.checkpoint_meta,
+        "step": state.step,
+        "images_seen": state.images_seen,
+        "best_val_loss": state.best_val_loss,
+        "world_size": dist.world_size,
+        "model": parts.model.state_dict(),
+        "ema": parts.ema.state_dict() if parts.ema is not None else {},
+        "optimizer": parts.optimizer.state_dict(),
+        "scaler": parts.scaler.state_dict(),
+        **rank_state,
+    }
+
+
+def save_now(parts: TrainParts, io: RunIO | None, state: TrainState, dist: Distributed, keep: int) -> Path | None:
+    """Collective: every rank contributes its RNG/reader state; rank 0 writes and prunes."""
+    gathered = dist.gather({"rng": capture_rng(parts.generator), "reader": parts.batches.state_dict()})
+    if io is None:
+        return None
+    rank_state = {"rng": [g["rng"] for g in gathered], "reader": [g["reader"] for g in gathered]}
+    path = ckpt.save_checkpoint(checkpoint_state(parts, io, state, rank_state, dist), ckpt.step_path(io.run_dir, state.step))
+    ckpt.prune_checkpoints(io.run_dir, keep)
+    plot_loss_curve(io.metrics.read(), io.run_dir / "loss.png")
+    return path
+
+
+def maybe_checkpoint(parts: TrainParts, io: RunIO | None, config: TrainConfig, state: TrainState,
+                     dist: Distributed, final: bool = False) -> bool:
+    """Every `checkpoint_every` steps (collective); True when this step was saved."""
+    if not due(state.step, config.checkpoint_every, final):
+        return False
+    save_now(parts, io, state, dist, config.keep)
+    return True
+
+
+def maybe_sample(parts: TrainParts, io: RunIO | None, config: TrainConfig, state: TrainState,
+                 final: bool = False) -> Path | None:
+    """Every `sample_every` steps (and at the end) on rank 0: a grid from the EMA weights."""
+    if io is None or io.write_samples is None or not due(state.step, config.sample_every, final):
+        return None
+    model = parts.ema.module if parts.ema is not None else parts.model
+    path = io.write_samples(model, state.step)
+    if path is not None and io.progress is not None:
+        io.progress.message(f"step {state.step}: samples {path}")
+    return path
+
+
+def resume_from(checkpoint: dict[str, Any], parts: TrainParts, state: TrainState, dist: Distributed) -> str | None:
+    """Load weights, optimizer, EMA, scaler, counters and this rank's RNG/reader position.
+
+    Returns a warning when the world size changed (then data order and noise restart)."""
+    parts.model.load_state_dict(checkpoint["model"])
+    parts.optimizer.load_state_dict(checkpoint["optimizer"])
+    if parts.ema is not None and checkpoint.get("ema"):
+        parts.ema.load_state_dict(checkpoint["ema"])
+    if checkpoint.get("scaler"):
+        parts.scaler.load_state_dict(checkpoint["scaler"])
+    state.step, state.images_seen = int(checkpoint["step"]), int(checkpoint["images_seen"])
+    state.best_val_loss = float(checkpoint.get("best_val_loss", math.inf))
+    if checkpoint.get("world_size", 1) != dist.world_size:
+        parts.generator.manual_seed(parts.generator.initial_seed() + 7919 * state.step)  # fresh noise, not a replay
+        return (f"checkpoint was written by {checkpoint.get('world_size')} processes, now "
+                f"{dist.world_size}: weights, optimizer and step continue; data order and noise restart")
+    restore_rng(checkpoint["rng"][dist.rank], parts.generator)
+    parts.batches.load_state_dict(checkpoint["reader"][dist.rank])
+    return None
+
+
+def finish(parts: TrainParts, io: RunIO | None, config: TrainConfig, state: TrainState,
+           dist: Distributed) -> dict[str, Any] | None:
+    """At the end of a completed run: the last metrics line, validation and samples, unless the
+    final step already produced them. Returns the last metrics record, if one was due."""
+    record = maybe_log(parts, io, config, state, final=True)
+    if state.step % config.val_every:
+        maybe_validate(parts, io, config, state, dist, final=True)
+    if config.sample_every == 0 or state.step % config.sample_every:
+        maybe_sample(parts, io, config, state, final=True)
+    return record
+
+
+def train(parts: TrainParts, io: RunIO | None, config: TrainConfig, total_steps: int,
+          dist: Distributed, state: TrainState | None = None) -> TrainResult:
+    """Run optimizer steps until `total_steps`, a stop signal, or a non-finite loss.
+
+    `io` is None on ranks other than 0. Always ends with a checkpoint (except on divergence,
+    which raises TrainingDiverged and keeps the previous checkpoint as the last good one).
+    """
+    state = state or TrainState()
+    started, first_step, final_loss, status = time.perf_counter(), state.step, math.nan, "finished"
+    saved_step = state.step if state.step > 0 else -1  # a resumed run's checkpoint exists already
+    with StopRequest() as stop:
+        while state.step < total_steps:
+            loss, non_finite, stop_any = train_step(parts, config, state, dist, stop)
+            if non_finite:
+                previous = ckpt.latest_checkpoint(io.run_dir) if io is not None else None
+                raise TrainingDiverged(
+                    f"loss or gradient became {loss} at step {state.step + 1}; stopped without "
+                    f"saving. Last good checkpoint: {previous or 'none yet'}. Try a lower --lr, "
+                    f"a smaller --grad-clip, or --precision fp32, then --resume")
+            record = maybe_log(parts, io, config, state)
+            if record or math.isnan(final_loss):  # before the first metrics line: the last step's
+                final_loss = record["loss"] if record else loss
+            maybe_validate(parts, io, config, state, dist)
+            if maybe_checkpoint(parts, io, config, state, dist):
+                saved_step = state.step
+            maybe_sample(parts, io, config, state)
+            if io is not None and io.progress is not None:
+                io.progress.update(state.step)
+            if stop_any:
+                status = "interrupted"
+                break
+        if status == "finished" and state.step > first_step:
+            record = finish(parts, io, config, state, dist)
+            final_loss = record["loss"] if record else final_loss
+        if saved_step != state.step:
+            save_now(parts, io, state, dist, config.keep)
+    last_path = None
+    if io is not None:
+        plot_loss_curve(io.metrics.read(), io.run_dir / "loss.png")
+        last_path = ckpt.latest_checkpoint(io.run_dir)
+    return TrainResult(status, state.step, state.images_seen, final_loss, state.best_val_loss,
+                       last_path, time.perf_counter() - started)

@@ -1,0 +1,82 @@
+"""Sampling from a checkpoint: PNGs per class, EMA by default, determinism, and the errors."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from PIL import Image
+
+from ddpm_model import checkpoint as ckpt
+from ddpm_model.presets import PRESETS
+from ddpm_model.sample import SampleConfig, load_model, sample_to_folder
+
+
+def write_checkpoint(run_dir, channels: int = 3):
+    torch.manual_seed(0)
+    model = PRESETS["tiny"].create(2, image_size=16, model_channels=16, num_timesteps=50, in_channels=channels)
+    ema_weights = {k: v + 0.01 for k, v in model.state_dict().items()}
+    state = {"step": 4, "images_seen": 32, "model_config": dataclasses.asdict(model.config),
+             "classes": ["abnormal", "normal"], "model": model.state_dict(),
+             "ema": {"module": ema_weights, "decay": 0.9, "warmup": True, "num_updates": 4}}
+    return ckpt.save_checkpoint(state, ckpt.step_path(run_dir, 4)), model, ema_weights
+
+
+def config(tmp_path, **changes) -> SampleConfig:
+    base = dict(checkpoint=tmp_path / "run", out=tmp_path / "out", n=3, steps=4, batch_size=2, device="cpu")
+    return SampleConfig(**{**base, **changes})
+
+
+def test_writes_pngs_per_class_from_a_run_folder(tmp_path):
+    write_checkpoint(tmp_path / "run")
+    results = sample_to_folder(config(tmp_path, classes=("normal",)))
+    assert list(results) == ["normal"]
+    paths, images = results["normal"]
+    assert [p.name for p in paths] == ["0000.png", "0001.png", "0002.png"]
+    assert images.shape == (3, 3, 16, 16) and images.dtype == torch.uint8
+    with Image.open(paths[0]) as image:
+        assert image.size == (16, 16) and image.mode == "RGB"
+    again = sample_to_folder(config(tmp_path, classes=("normal",), out=tmp_path / "again"))
+    assert torch.equal(again["normal"][1], images)  # same seed, same images
+
+
+def test_every_class_by_default_and_greyscale(tmp_path):
+    write_checkpoint(tmp_path / "run", channels=1)
+    results = sample_to_folder(config(tmp_path, n=1))
+    assert sorted(results) == ["abnormal", "normal"]
+    with Image.open(results["abnormal"][0][0]) as image:
+        assert image.mode == "L"
+
+
+def test_ema_weights_by_default(tmp_path):
+    _, model, ema_weights = write_checkpoint(tmp_path / "run")
+    ema_model, classes, _ = load_model(tmp_path / "run")
+    raw_model, _, _ = load_model(tmp_path / "run", ema=False)
+    name = next(iter(ema_weights))
+    assert torch.equal(ema_model.state_dict()[name], ema_weights[name])
+    assert torch.equal(raw_model.state_dict()[name], model.state_dict()[name])
+    assert classes == ["abnormal", "normal"] and not ema_model.training
+
+
+def test_unknown_class_lists_the_valid_ones(tmp_path):
+    write_checkpoint(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"--class: 'tumour' not in .*valid: abnormal, normal"):
+        sample_to_folder(config(tmp_path, classes=("tumour",)))
+
+
+def test_corrupt_and_mismatched_checkpoints(tmp_path):
+    path, _, _ = write_checkpoint(tmp_path / "run")
+    state = ckpt.load_checkpoint(path)
+    state["model_config"] = {**state["model_config"], "model_channels": 24}
+    bad = ckpt.save_checkpoint(state, tmp_path / "mismatch.pt")
+    with pytest.raises(ckpt.CheckpointError, match="mismatch.pt: model does not match its saved config"):
+        load_model(bad)
+    path.write_bytes(b"garbage")
+    with pytest.raises(ckpt.CheckpointError, match="not a readable checkpoint"):
+        sample_to_folder(config(tmp_path))
+
+
+@pytest.mark.parametrize("changes, flag", [({"n": 0}, "--n"), ({"batch_size": 0}, "--batch-size"), ({"steps": 0}, "--steps")])
+def test_bad_options_name_the_flag(tmp_path, changes, flag):
+    with pytest.raises(ValueError, match=flag):
+        config(tmp_path, **changes)

@@ -1,0 +1,194 @@
+"""The training loop on an in-memory batch source: loss falls, stop/resume is exact, NaN stops
+cleanly, a signal saves a checkpoint, validation is comparable, config errors name the flag."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+
+import pytest
+import torch
+
+from ddpm_model import checkpoint as ckpt
+from ddpm_model.ema import EMA
+from ddpm_model.presets import PRESETS
+from ddpm_model.train import (
+    Distributed, LossModule, RunIO, TrainConfig, TrainingDiverged, TrainParts, TrainState,
+    make_val_set, resume_from, train, validation_loss,
+)
+
+SIZE = 16
+
+
+class TensorBatches:
+    """Resumable batch source: batch k is a seeded draw of indices, so state = the counter."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int = 0):
+        self.images, self.labels, self.batch_size, self.seed = images, labels, batch_size, seed
+        self.position = 0
+
+    def __next__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.position)
+        index = torch.randint(self.images.shape[0], (self.batch_size,), generator=generator)
+        self.position += 1
+        return self.images[index], self.labels[index]
+
+    def state_dict(self):
+        return {"position": self.position}
+
+    def load_state_dict(self, state):
+        self.position = int(state["position"])
+
+
+def dataset(n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two easy classes: dark and bright flat squares with a little texture (uint8)."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % 2
+    base = torch.where(labels[:, None, None, None] == 0, 60.0, 190.0)
+    images = base + 20 * torch.rand((n, 3, SIZE, SIZE), generator=generator)
+    return images.round().to(torch.uint8), labels
+
+
+def centre(images: torch.Tensor, generator: torch.Generator):
+    return images.float() / 127.5 - 1, torch.zeros(images.shape[0], 9)
+
+
+def build(tmp_path, config: TrainConfig, augment=centre, with_val: bool = True, samples=None):
+    torch.manual_seed(config.seed)
+    model = PRESETS["tiny"].create(2, image_size=SIZE, model_channels=16, num_timesteps=100)
+    images, labels = dataset()
+    val = None
+    if with_val:
+        val = make_val_set(images.float() / 127.5 - 1, labels, 100, seed=0, batch_size=8, limit=8)
+    parts = TrainParts(
+        model=model, step_model=LossModule(model), ema=EMA(model, config.ema_decay),
+        optimizer=torch.optim.AdamW(model.parameters(), lr=config.lr),
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
+        batches=TensorBatches(images, labels, config.batch_size, config.seed), augment=augment,
+        generator=torch.Generator().manual_seed(config.seed), val=val,
+        autocast=lambda: torch.autocast("cpu", enabled=False), use_aug_params=False)
+    io = RunIO(tmp_path, {"model_config": {}, "classes": ["a", "b"], "run_config": {}}, write_samples=samples)
+    return parts, io
+
+
+def quick(**changes) -> TrainConfig:
+    base = dict(batch_size=8, lr=2e-3, warmup_steps=2, ema_decay=0.9, log_every=2, val_every=4,
+                checkpoint_every=4, sample_every=0, keep=2, seed=0)
+    return TrainConfig(**{**base, **changes})
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_loss_falls_and_run_folder_is_complete(tmp_path):
+    config = quick(max_steps=16)
+    written = []
+    parts, io = build(tmp_path, config, samples=lambda model, step: written.append(step))
+    result = train(parts, io, config, 16, Distributed())
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert result.status == "finished" and result.step == 16 and result.images_seen == 16 * 8
+    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:2]) / 2, losses
+    assert {"step", "images", "loss", "lr", "img_per_s", "data_wait"} <= set(records[0])
+    assert any("val_loss_ema" in r for r in records)
+    assert [p.name for p in ckpt.step_checkpoints(tmp_path)] == ["step-00000012.pt", "step-00000016.pt"]
+    assert (tmp_path / "checkpoints" / "best.pt").is_file() and (tmp_path / "loss.png").is_file()
+    assert written == [16]  # sample_every=0: only at the end
+    state = torch.load(ckpt.latest_checkpoint(tmp_path), weights_only=True)
+    assert state["step"] == 16 and state["reader"] == [{"position": 16}]
+
+
+def test_stop_and_resume_reaches_the_same_weights(tmp_path):
+    config = quick(max_steps=6, checkpoint_every=100, val_every=3)
+    parts, io = build(tmp_path / "straight", config)
+    train(parts, io, config, 6, Distributed())
+    straight = weights(parts.model)
+    straight_ema = weights(parts.ema.module)
+
+    half, io = build(tmp_path / "split", config)
+    train(half, io, config, 3, Distributed())  # stops at 3 and checkpoints
+    resumed, io = build(tmp_path / "split", config)
+    state = TrainState()
+    resume_from(ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "split")), resumed, state, Distributed())
+    assert state.step == 3
+    train(resumed, io, config, 6, Distributed(), state)
+    for name, value in weights(resumed.model).items():
+        assert torch.equal(value, straight[name]), name
+    for name, value in weights(resumed.ema.module).items():
+        assert torch.equal(value, straight_ema[name]), name
+
+
+def test_nan_loss_stops_without_overwriting_the_last_good_checkpoint(tmp_path):
+    calls = {"n": 0}
+
+    def poisoned(images, generator):
+        calls["n"] += 1
+        x, params = centre(images, generator)
+        return (x * math.nan if calls["n"] == 6 else x), params
+
+    config = quick(max_steps=10, checkpoint_every=4)
+    parts, io = build(tmp_path, config, augment=poisoned)
+    with pytest.raises(TrainingDiverged, match=r"nan at step 6.*step-00000004\.pt.*--lr"):
+        train(parts, io, config, 10, Distributed())
+    assert [p.name for p in ckpt.step_checkpoints(tmp_path)] == ["step-00000004.pt"]
+    assert all(torch.isfinite(v).all() for v in parts.model.state_dict().values())
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
+    calls = {"n": 0}
+
+    def signalling(images, generator):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return centre(images, generator)
+
+    config = quick(max_steps=50, checkpoint_every=100)
+    parts, io = build(tmp_path, config, augment=signalling)
+    previous = signal.getsignal(signal.SIGTERM)
+    result = train(parts, io, config, 50, Distributed())
+    assert result.status == "interrupted" and result.step == 3
+    assert ckpt.latest_checkpoint(tmp_path).name == "step-00000003.pt"
+    assert signal.getsignal(signal.SIGTERM) is previous  # handlers restored
+
+
+def test_validation_loss_is_fixed_for_fixed_weights(tmp_path):
+    parts, _ = build(tmp_path, quick())
+    first = validation_loss(parts.model, parts.val, parts.autocast)
+    assert first == validation_loss(parts.model, parts.val, parts.autocast)
+    assert parts.model.training  # restored
+
+
+def test_val_set_has_stratified_timesteps():
+    images = torch.zeros(10, 3, 4, 4)
+    val = make_val_set(images, torch.zeros(10, dtype=torch.long), 1000, seed=1, batch_size=4, limit=10)
+    assert sorted(val.t.tolist()) == list(range(0, 1000, 100))
+
+
+def test_gradient_accumulation_matches_a_big_batch(tmp_path):
+    """Each optimizer step draws grad_accum micro-batches and counts all their images."""
+    config = quick(batch_size=4, grad_accum=2, max_steps=2, checkpoint_every=100, val_every=100)
+    parts, io = build(tmp_path, config, with_val=False)
+    result = train(parts, io, config, 2, Distributed())
+    assert result.images_seen == 16 and parts.batches.position == 4
+
+
+@pytest.mark.parametrize("changes, flag", [
+    ({"batch_size": 0}, "--batch-size"),
+    ({"max_steps": 0}, "--max-steps"),
+    ({"ema_decay": 1.0}, "--ema-decay"),
+    ({"keep": 0}, "--keep"),
+])
+def test_config_errors_name_the_flag(changes, flag):
+    with pytest.raises(ValueError, match=flag):
+        TrainConfig(**changes)
+
+
+def test_duration_units():
+    config = TrainConfig(epochs=2.5)
+    assert config.total_steps(steps_per_epoch=10, images_per_step=6) == 25
+    assert TrainConfig(max_images=100).total_steps(10, 6) == 17
+    assert TrainConfig(max_steps=7, epochs=3).total_steps(10, 6) == 7
+    assert TrainConfig(lr=1.0, warmup_steps=4).lr_at(0) == 0.25
