@@ -36,6 +36,7 @@ DEFAULT_MARGIN = 12       # px per 128 px: the analysis' resize-140 / random-cro
 # sample data (437 normal / 85 abnormal) gives 7 + 2 train shards, so ranks x loader workers can
 # each own whole shards of a class. Use larger shards (e.g. 1000+) for remote/object storage.
 DEFAULT_SHARD_SIZE = 64
+DRAFT_FACTOR = 2          # JPEGs decode at no less than 2x the largest stored size (images.decode)
 IN_FLIGHT_PER_WORKER = 16  # images a worker may run ahead of the writer (bounds memory: ~1 MB each at most)
 
 
@@ -161,7 +162,7 @@ def _decode_one(settings: _DecodeSettings, item: tuple[str, str]) -> _Decoded:
     if hashlib.sha256(data).hexdigest() != sha256:
         return _Decoded(reason="changed while the build was running; rebuild")
     try:
-        image = img.to_channels(img.decode(data, settings.max_pixels), settings.channels)
+        image = img.to_channels(img.decode(data, settings.max_pixels, DRAFT_FACTOR * max(settings.stored_sizes)), settings.channels)
     except img.BadImage as error:
         return _Decoded(reason=str(error))
     result = _Decoded(width=image.width, height=image.height)

@@ -176,3 +176,18 @@ def test_sixteen_bit_rgb_png_keeps_the_high_byte():
             + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
     decoded = decode(data)
     assert decoded.mode == "RGB" and _pixel(decoded) == (255, 128, 10)
+
+
+def test_jpeg_draft_decode_keeps_twice_the_target_and_matches_native_resize():
+    """DCT-domain downscaling stops at >= min_side, and the LANCZOS result stays within 51 dB-ish of native."""
+    rng = np.random.default_rng(0)
+    coarse = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    smooth = Image.fromarray(coarse).resize((512, 512), Image.Resampling.BICUBIC)
+    data = _bytes(smooth, "JPEG", quality=90)
+    drafted, native = decode(data, min_side=210), decode(data)
+    assert drafted.size == (256, 256) and native.size == (512, 512)
+    a = np.asarray(fit_square(drafted, 105, Fit.CROP), dtype=np.float64)
+    b = np.asarray(fit_square(native, 105, Fit.CROP), dtype=np.float64)
+    psnr = 10 * np.log10(255**2 / ((a - b) ** 2).mean())
+    assert psnr > 40, psnr
+    assert decode(_bytes(smooth, "PNG"), min_side=210).size == (512, 512), "only JPEG is drafted"
