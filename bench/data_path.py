@@ -163,8 +163,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="contenders alternate; best round counts")
     parser.add_argument("--step-ms", type=float, default=100.0, help="simulated model step for the data wait")
     parser.add_argument("--preset-batch", type=int, default=6, help="batch size of the 96 px preset (the trainer's)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads of our data path (1: steady on a shared machine; try 2)")
+    parser.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 2),
+                        help="torch intra-op threads of our data path: the cores the baseline's workers get "
+                             "(1 is steadier when other jobs share the machine)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)

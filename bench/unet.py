@@ -43,8 +43,8 @@ NUM_CLASSES = 2
 class BenchConfig:
     size: int = 96              # image size, pixels (a multiple of 8 for the 4-stage layout)
     batch_size: int = 2         # images per step (CPU default; use 32+ on a GPU)
-    steps: int = 2              # timed steps per model and memory format (median counts)
-    warmup: int = 0             # untimed steps per model and format after the first
+    steps: int = 4              # timed steps per model and memory format (median counts)
+    warmup: int = 1             # untimed steps per model and format after the first
     device: str = "cpu"         # "cpu" or "cuda"
     dtype: str = "float32"      # "float32" or "bfloat16" (autocast)
     dropout: float = 0.1        # in both models' residual blocks
