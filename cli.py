@@ -258,6 +258,7 @@ def train(
     samples_per_class: Annotated[int, typer.Option(help="Images per class in each sample grid.")] = 8,
     sample_steps: Annotated[int, typer.Option(help="DDIM steps for the sample grids.")] = 50,
     sample_guidance: Annotated[float, typer.Option(help="Guidance scale for the sample grids.")] = 2.0,
+    sample_eta: Annotated[float, typer.Option(help="DDIM eta for the sample grids (1 = stochastic, kinder to an early model; 0 = deterministic).")] = 1.0,
     val_images: Annotated[int, typer.Option(help="Validation images used (at most).")] = 256,
     keep: Annotated[int, typer.Option(help="Step checkpoints kept (plus best.pt).")] = 3,
 ) -> None:
@@ -300,7 +301,7 @@ def train(
                 max_steps=max_steps, max_images=max_images, log_every=log_every, val_every=val_every,
                 checkpoint_every=checkpoint_every, sample_every=sample_every,
                 samples_per_class=samples_per_class, sample_steps=sample_steps,
-                sample_guidance=sample_guidance, val_images=val_images, keep=keep, seed=seed,
+                sample_guidance=sample_guidance, sample_eta=sample_eta, val_images=val_images, keep=keep, seed=seed,
                 precision=precision_choice, compile=compile),
         )
         # Options typed on the command line (typer vendors click, so compare the source by name).
@@ -337,12 +338,13 @@ def sample(
     n: Annotated[int, typer.Option(help="Images per class.")] = 64,
     sampler: Annotated[str, typer.Option(help="ddim (fast, --steps) or ddpm (all diffusion steps).")] = "ddim",
     steps: Annotated[int, typer.Option(help="DDIM steps.")] = 50,
-    eta: Annotated[float, typer.Option(help="DDIM stochasticity (0 = deterministic).")] = 0.0,
+    eta: Annotated[float, typer.Option(help="DDIM stochasticity: 0 = deterministic, 1 = as noisy as DDPM (smoother from a briefly trained model).")] = 0.0,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = none).")] = 2.0,
     seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same images.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
     ema: Annotated[bool, typer.Option(help="Use the EMA weights (--no-ema: the raw training weights).")] = True,
     device: Annotated[str, typer.Option(help="'auto', 'cpu', 'cuda', 'cuda:1'.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace the PNGs already in OUT/<class>/ (else refuse).")] = False,
 ) -> None:
     """Generate images of one or more classes from a trained checkpoint."""
     from ddpm_data.grid import save_grid
@@ -355,7 +357,7 @@ def sample(
     try:
         config = SampleConfig(checkpoint=checkpoint, out=out, classes=tuple(class_name or ()), n=n,
                               sampler=Sampler(sampler), steps=steps, eta=eta, guidance=guidance, seed=seed,
-                              batch_size=batch_size, ema=ema, device=device)
+                              batch_size=batch_size, ema=ema, device=device, overwrite=overwrite)
         results = sample_to_folder(config)
     except (CheckpointError, ValueError) as error:
         fail(str(error))

@@ -239,7 +239,7 @@ def make_sample_writer(run_dir: Path, classes: list[str], config: TrainConfig):
         device = next(model.parameters()).device
         generator = torch.Generator(device).manual_seed(config.seed)
         labels = torch.arange(len(classes)).repeat_interleave(config.samples_per_class)
-        images = to_uint8(model.sample(labels, steps=config.sample_steps, guidance=config.sample_guidance,
+        images = to_uint8(model.sample(labels, steps=config.sample_steps, guidance=config.sample_guidance, eta=config.sample_eta,
                                        generator=generator, batch_size=max(config.batch_size, 16)))
         rows = {name: list(images[labels == label].numpy()) for label, name in enumerate(classes)}
         return save_grid(rows, run_dir / "samples" / f"step-{step:08d}.png", tile=max(images.shape[-1], 64))

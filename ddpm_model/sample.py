@@ -32,6 +32,7 @@ class SampleConfig:
     batch_size: int = 16                 # images per forward pass
     ema: bool = True                     # EMA weights (False: the raw training weights)
     device: str = "auto"                 # "auto" = cuda if available, else cpu
+    overwrite: bool = False              # replace images already in OUT/<class>/
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -83,6 +84,19 @@ def resolve_classes(requested: tuple[str, ...], classes: list[str], source: Path
     return list(requested) or list(classes)
 
 
+def check_out(config: SampleConfig, names: list[str]) -> None:
+    """Refuse to mix new samples into class folders that already hold files, unless --overwrite
+    (then the old files are removed first, so an evaluation never sees two runs at once)."""
+    full = [config.out / name for name in names if (config.out / name).is_dir() and any((config.out / name).iterdir())]
+    if full and not config.overwrite:
+        raise ValueError(f"--out {config.out}: {', '.join(str(f) for f in full)} already hold files; "
+                         "pass --overwrite to replace them or choose another --out")
+    for folder in full:
+        for path in folder.iterdir():
+            if path.is_file() and path.suffix.lower() == ".png":
+                path.unlink()
+
+
 def generate(model: DDPM, label: int, config: SampleConfig) -> torch.Tensor:
     """`config.n` images of `label`: uint8 (n, C, H, W). Seeded per class so adding classes or
     changing --n keeps the first images of every class the same batch-for-batch."""
@@ -98,6 +112,7 @@ def sample_to_folder(config: SampleConfig) -> dict[str, tuple[list[Path], torch.
     """Write OUT/<class>/NNNN.png for each class; {class: (paths, uint8 (n, C, H, W))}."""
     model, classes, file = load_model(config.checkpoint, config.ema, pick_device(config.device))
     names = resolve_classes(config.classes, classes, file)
+    check_out(config, names)
     results = {}
     for name in names:
         images = generate(model, classes.index(name), config)

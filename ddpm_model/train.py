@@ -54,6 +54,7 @@ class TrainConfig:
     samples_per_class: int = 8          # images per class row of a sample grid
     sample_steps: int = 50              # DDIM steps for the grids
     sample_guidance: float = 2.0        # classifier-free guidance scale for the grids
+    sample_eta: float = 1.0             # DDIM eta for the grids; 1 (stochastic) forgives an early model's errors
     val_images: int = 256               # at most this many validation images (fixed t, noise)
     keep: int = 3                       # step checkpoints kept (best.pt is extra)
     seed: int = 0                       # model init, data order, noise; rank r adds r

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # `make demo`: the main job on the bundled sample dataset, at a CPU-friendly size.
 # Usage: scripts/demo.sh [OUT]   (default: demo/) — everything it writes lives under OUT.
+# Steps: synth -> build (32 and 96 px, one pass) -> stats/verify/preview -> train the tiny
+# preset at 32 px -> sample both classes -> evaluate the samples. About 6-8 minutes on 2 cores.
 set -euo pipefail
 OUT=${1:-demo}
+STEPS=${DEMO_STEPS:-500}   # training steps; DEMO_STEPS=100 for a quicker look
 mkdir -p "$OUT"
 start=$(date +%s)
 step() { printf '\n== %s (%ss)\n' "$1" "$(( $(date +%s) - start ))"; }
@@ -10,14 +13,31 @@ step() { printf '\n== %s (%ss)\n' "$1" "$(( $(date +%s) - start ))"; }
 step "1. synthesise the sample dataset (437 normal, 85 abnormal, 128 px)"
 ddpm-data synth "$OUT/data" --overwrite --sheet "$OUT/data-sheet.png"
 
-step "2. build 96 px shards (tar + HDF5 + manifest), once"
-ddpm-data build --src "$OUT/data" --size 96 --out "$OUT/shards/96" --overwrite
+step "2. build 32 px and 96 px shards (tar + HDF5 + manifest) in one pass"
+ddpm-data build --src "$OUT/data" --size 32,96 --out "$OUT/shards/{size}" --overwrite
 
-step "3. what is in the shards"
+step "3. what is in the shards, and what the trainer will see"
 ddpm-data stats "$OUT/shards/96" --grid "$OUT/shards-96.png"
 ddpm-data verify "$OUT/shards/96"
+ddpm-data preview "$OUT/shards/96" --n 2000 --balance sqrt --grid "$OUT/preview-96.png"
+
+step "4. train the tiny preset at 32 px ($STEPS steps of 16 images, sqrt class balance)"
+ddpm-train --shards "$OUT/shards/32" --out "$OUT/run" --overwrite --preset tiny --batch-size 16 \
+  --balance sqrt --max-steps "$STEPS" --lr 1e-3 --warmup-steps 50 --ema-decay 0.999 \
+  --log-every 25 --val-every 100 --checkpoint-every 250 --sample-every 250 --sample-steps 25 \
+  --samples-per-class 8 --progress
+
+step "5. sample 64 images of each class (EMA weights, DDIM 25 steps with eta 1, guidance 2)"
+ddpm-sample --checkpoint "$OUT/run" --n 64 --steps 25 --eta 1 --out "$OUT/samples"
+
+step "6. measure the samples against the real 32 px images"
+ddpm-eval --real "$OUT/shards/32" --samples "$OUT/samples" --report "$OUT/eval" --classifier-epochs 15 \
+  | tee "$OUT/eval.txt"
 
 printf '\n== done in %ss. Outputs:\n' "$(( $(date +%s) - start ))"
-printf '  sample data      %s/data/{normal,abnormal}/\n' "$OUT"
-printf '  contact sheet    %s/data-sheet.png\n' "$OUT"
-printf '  shards (96 px)   %s/shards/96/ (manifest.json, *.tar, data.h5); sheet %s/shards-96.png\n' "$OUT" "$OUT"
+printf '  sample data      %s/data/{normal,abnormal}/   contact sheet %s/data-sheet.png\n' "$OUT" "$OUT"
+printf '  shards           %s/shards/{32,96}/ (manifest.json, *.tar, data.h5); sheet %s/shards-96.png\n' "$OUT" "$OUT"
+printf '  augmentation     %s/preview-96.png\n' "$OUT"
+printf '  training run     %s/run/ (config.json, metrics.jsonl, checkpoints/, loss.png, samples/)\n' "$OUT"
+printf '  samples          %s/samples/{abnormal,normal}/ and %s/samples/*-grid.png\n' "$OUT" "$OUT"
+printf '  evaluation       %s/eval/ (report) and %s/eval.txt\n' "$OUT" "$OUT"

@@ -80,3 +80,13 @@ def test_corrupt_and_mismatched_checkpoints(tmp_path):
 def test_bad_options_name_the_flag(tmp_path, changes, flag):
     with pytest.raises(ValueError, match=flag):
         config(tmp_path, **changes)
+
+
+def test_existing_samples_are_kept_unless_overwrite(tmp_path):
+    write_checkpoint(tmp_path / "run")
+    sample_to_folder(config(tmp_path, classes=("normal",), n=3))
+    with pytest.raises(ValueError, match="--overwrite"):
+        sample_to_folder(config(tmp_path, classes=("normal",), n=2))
+    assert len(list((tmp_path / "out" / "normal").glob("*.png"))) == 3
+    sample_to_folder(config(tmp_path, classes=("normal",), n=2, overwrite=True))
+    assert sorted(p.name for p in (tmp_path / "out" / "normal").glob("*.png")) == ["0000.png", "0001.png"]
