@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from . import checkpoint as ckpt
+from .sample import pick_device
 from .train import (
     Distributed, LossModule, Precision, RunIO, TrainConfig, TrainParts, TrainResult, TrainState,
     make_val_set, resume_from, train,
@@ -189,15 +190,6 @@ def model_kwargs(manifest: Any, options: ModelOptions, aug_dim: int) -> dict[str
                  if f.name not in ("preset", "aug_conditioning") and getattr(options, f.name) is not None}
     return preset.kwargs(len(manifest.classes), image_size=manifest.size, in_channels=manifest.channels,
                          aug_dim=aug_dim, **overrides)
-
-
-def pick_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RunError(f"--device: {name!r} requested but CUDA is not available; use --device cpu")
-    return device
 
 
 def setup_distributed(device_name: str) -> tuple[Distributed, torch.device]:

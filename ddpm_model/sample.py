@@ -44,9 +44,10 @@ class SampleConfig:
         object.__setattr__(self, "sampler", Sampler(self.sampler))
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """'auto' = this process's GPU (torchrun's LOCAL_RANK) when CUDA is available, else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device: {name!r} requested but CUDA is not available; use --device cpu")
