@@ -9,6 +9,7 @@ units, train split at stored size), `source_sizes` ({"WxH": n}), `ignored` (int)
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -154,3 +155,9 @@ def load_manifest(folder: str | Path) -> Manifest:
         raise ManifestError(f"{path}: field 'hdf5' lacks 'path'; {hint} to rebuild it")
     known = {f.name for f in fields(Manifest)} - {"root"}
     return Manifest(root=root, **{key: value for key, value in document.items() if key in known})
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in chunks: the checksum the manifest records."""
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()

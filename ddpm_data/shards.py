@@ -25,7 +25,7 @@ import numpy as np
 from ddpm_data import images as img
 from ddpm_data.atomic import atomic_folder
 from ddpm_data.images import DEFAULT_MAX_PIXELS, Fit
-from ddpm_data.manifest import FORMAT_VERSION, SPLITS, Manifest, load_manifest, write_manifest
+from ddpm_data.manifest import FORMAT_VERSION, SPLITS, Manifest, load_manifest, sha256_file, write_manifest
 from ddpm_data.parallel import OrderedPool
 from ddpm_data.split import SourceItem, SourcePlan, find_classes, plan_source
 
@@ -187,11 +187,6 @@ def _tar_member(name: str, payload: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]
     return info, io.BytesIO(payload)
 
 
-def _sha256_file(path: Path) -> str:
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
-
-
 class _SizeWriter:
     """Writes one output folder: tar shards, data.h5 and the train-split pixel statistics."""
 
@@ -262,7 +257,7 @@ class _SizeWriter:
     def _close_tar(self, split: str) -> None:
         tar, entry = self._tars.pop(split)
         tar.close()
-        entry["sha256"] = _sha256_file(self.folder / entry["path"])
+        entry["sha256"] = sha256_file(self.folder / entry["path"])
 
     def _flush(self, split: str) -> None:
         rows = self._buffers[split]
@@ -302,7 +297,7 @@ class _SizeWriter:
             "classes": list(plan.classes),
             "counts": self.counts,
             "shards": sorted(self.shards, key=lambda entry: entry["path"]),
-            "hdf5": {"path": HDF5_NAME, "sha256": _sha256_file(self.folder / HDF5_NAME)},
+            "hdf5": {"path": HDF5_NAME, "sha256": sha256_file(self.folder / HDF5_NAME)},
             "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
             "mean": [round(float(m), 6) for m in mean],
             "std": [round(float(np.sqrt(max(v, 0.0))), 6) for v in var],

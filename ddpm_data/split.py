@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ddpm_data.images import IMAGE_EXTENSIONS
+from ddpm_data.manifest import sha256_file
 
 SPLIT_HASH_HEX = 16  # hash hex digits that decide the split (64 bits)
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -99,8 +100,7 @@ def find_classes(src: Path) -> list[str]:
 def hash_file(path: str) -> tuple[str | None, str | None]:
     """(sha256 hex, None) of the file at `path`, or (None, skip reason) when empty or unreadable."""
     try:
-        with open(path, "rb") as file:
-            digest = hashlib.file_digest(file, "sha256").hexdigest()
+        digest = sha256_file(path)
     except OSError as error:
         return None, f"unreadable: {error.strerror or error}"
     return (None, "empty file (0 bytes)") if digest == _EMPTY_SHA256 else (digest, None)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ddpm_data.balance import Balance, class_probabilities, epoch_samples
-from ddpm_data.manifest import Manifest, load_manifest
+from ddpm_data.manifest import Manifest, load_manifest, sha256_file
 
 
 class ReaderMode(str, Enum):
@@ -249,11 +249,6 @@ class _ReaderBase:
 # ---------------------------------------------------------------- memory mode
 
 
-def _sha256_file(path: Path) -> str:
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
-
-
 def _read_hdf5(manifest: Manifest, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     import h5py
 
@@ -261,7 +256,7 @@ def _read_hdf5(manifest: Manifest, split: str) -> tuple[torch.Tensor, torch.Tens
     if not path.is_file():
         raise ShardError(f"{path}: missing; run 'ddpm-data build --size {manifest.size}' again")
     expected = manifest.hdf5.get("sha256")
-    if expected and _sha256_file(path) != expected:
+    if expected and sha256_file(path) != expected:
         raise ShardError(f"{path}: fails its sha256 checksum (truncated or modified); run 'ddpm-data build "
                          f"--size {manifest.size}' again, or read the tar shards with --mode stream")
     try:
@@ -333,7 +328,7 @@ def _check_shard(shard: _Shard) -> str | None:
     """None when the file is present and matches its checksum, else the reason."""
     if not shard.path.is_file():
         return "missing"
-    if _sha256_file(shard.path) != shard.sha256:
+    if sha256_file(shard.path) != shard.sha256:
         return "fails its sha256 checksum (truncated or modified)"
     return None
 

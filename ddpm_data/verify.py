@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ddpm_data.manifest import MANIFEST_NAME, SPLITS, Manifest, ManifestError, load_manifest
+from ddpm_data.manifest import MANIFEST_NAME, SPLITS, Manifest, ManifestError, load_manifest, sha256_file
 from ddpm_data.stats import iter_tar_samples
 
 HDF5_BLOCK = 256  # rows read at a time
@@ -55,11 +55,6 @@ class VerifyReport:
         return list(dict.fromkeys(problem.path for problem in self.problems))
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
-
-
 def _pixel_digest(pixels: np.ndarray) -> bytes:
     return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).digest()
 
@@ -84,7 +79,7 @@ class _Checker:
         if not path.is_file():
             self.problem(relative, "missing")
             return None
-        if expected and _sha256(path) != expected:
+        if expected and sha256_file(path) != expected:
             self.problem(relative, "sha256 differs from the manifest (file changed or corrupted)")
             return False
         return True

@@ -403,5 +403,5 @@ def describe(config: UNetConfig) -> str:
     lines.append(f"Parameters: {count_parameters(unet):,} ({count_parameters(unet) / 1e6:.1f}M); "
                  f"bottleneck {res(sizes[-1])} = {sizes[-1] ** 2} pixels; attention at "
                  + (", ".join(res(s) for s, a in zip(sizes, c.use_attention) if a) or "none")
-                 + f" and the middle")
+                 + " and the middle")
     return "\n".join(lines)

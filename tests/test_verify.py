@@ -8,7 +8,8 @@ import h5py
 import pytest
 
 from ddpm_data.manifest import manifest_to_json
-from ddpm_data.shards import BuildConfig, _sha256_file, build
+from ddpm_data.manifest import sha256_file
+from ddpm_data.shards import BuildConfig, build
 from ddpm_data.verify import verify
 from helpers_data import flip_byte, make_folder
 
@@ -61,7 +62,7 @@ def test_hdf5_pixels_differing_from_tar_are_caught_even_with_a_fresh_checksum(fo
     with h5py.File(folder / "data.h5", "r+") as h5:
         h5["train/images"][0, 0, 0, 0] ^= 0xFF
     manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["hdf5"]["sha256"] = _sha256_file(folder / "data.h5")
+    manifest["hdf5"]["sha256"] = sha256_file(folder / "data.h5")
     (folder / "manifest.json").write_text(manifest_to_json(manifest))
     report = verify(folder)
     assert report.bad_files == ["data.h5"]
