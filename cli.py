@@ -11,6 +11,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from ddpm_data.config import AugmentConfig, Interpolation
+from ddpm_model.config import ModelOptions, Precision, RunConfig, TrainConfig
+
 data_app = typer.Typer(
     help="Prepare image folders: synthesise sample data, build shards, inspect them.",
     no_args_is_help=True,
@@ -33,7 +36,46 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-# ---------------------------------------------------------------- ddpm-data synth (issue 2)
+def int_list(text: Optional[str], flag: str) -> Optional[tuple[int, ...]]:
+    """'1,2,2,4' -> (1, 2, 2, 4); None stays None. The one parser of comma-separated options."""
+    if text is None:
+        return None
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        values = ()
+    if not values:
+        fail(f"{flag} {text!r}: expected comma-separated integers, e.g. 1,2,2,4")
+    return values
+
+
+def typed_options(ctx: typer.Context) -> set[str]:
+    """Names of the parameters the user typed (not defaults): what --resume compares."""
+    return {name for name in ctx.params
+            if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
+
+
+# Options shared by `ddpm-data preview` and `ddpm-train`: declared once, here.
+# Augmentation: a preset, then any field of ddpm_data.config.AugmentConfig (None = the preset's).
+AugmentPreset = Annotated[str, typer.Option(help="Augmentation preset: default (crop, flip, ±10° rotation, brightness/contrast 0.1) | none (centre crop).")]
+CropOption = Annotated[Optional[bool], typer.Option("--crop/--no-crop", help="Random crop out of the stored margin (else centre). [default: preset's]", show_default=False)]
+HflipOption = Annotated[Optional[float], typer.Option(help="Probability of a horizontal flip. [default: preset's, 0.5]", show_default=False)]
+VflipOption = Annotated[Optional[float], typer.Option(help="Probability of a vertical flip. [default: preset's, 0]", show_default=False)]
+DegreesOption = Annotated[Optional[float], typer.Option(help="Rotation range ±degrees (0 = off). [default: preset's, 10]", show_default=False)]
+ZoomOption = Annotated[Optional[float], typer.Option(help="Zoom factor range [1/(1+z), 1+z] (0 = off). [default: preset's, 0]", show_default=False)]
+BrightnessOption = Annotated[Optional[float], typer.Option(help="Brightness factor range [1-b, 1+b] (0 = off). [default: preset's, 0.1]", show_default=False)]
+ContrastOption = Annotated[Optional[float], typer.Option(help="Contrast factor range [1-c, 1+c] (0 = off). [default: preset's, 0.1]", show_default=False)]
+InterpolationOption = Annotated[Optional[Interpolation], typer.Option(help="Resampling of rotated/zoomed samples. [default: preset's, bilinear]", show_default=False)]
+AUGMENT_FIELDS = ("crop", "hflip", "vflip", "degrees", "zoom", "brightness", "contrast", "interpolation")
+
+
+def augmentation(params: dict) -> "AugmentConfig":
+    from ddpm_data.config import augment_config
+
+    return augment_config(params["augment"], **{name: params[name] for name in AUGMENT_FIELDS})
+
+
+# ---------------------------------------------------------------- ddpm-data synth
 
 
 @data_app.command()
@@ -60,7 +102,7 @@ def synth(
         typer.echo(f"contact sheet: {contact_sheet(root, sheet)}")
 
 
-# ---------------------------------------------------------------- ddpm-data build/stats/verify (issue 3)
+# ---------------------------------------------------------------- ddpm-data build/stats/verify
 
 
 @data_app.command()
@@ -142,11 +184,12 @@ def verify(
     typer.echo(f"{folder}: ok ({report.files_checked} files, {report.samples_checked} samples decoded)")
 
 
-# ---------------------------------------------------------------- ddpm-data preview (issue 4)
+# ---------------------------------------------------------------- ddpm-data preview
 
 
 @data_app.command()
 def preview(
+    ctx: typer.Context,
     folder: Annotated[Path, typer.Argument(help="Shard folder written by 'ddpm-data build' (e.g. shards/96).")],
     n: Annotated[int, typer.Option("--n", help="Samples to draw for the class shares.")] = 1000,
     balance: Annotated[str, typer.Option(help="natural | balanced | sqrt | class weights, e.g. normal=1,abnormal=3.")] = "natural",
@@ -156,15 +199,15 @@ def preview(
     workers: Annotated[int, typer.Option(help="Stream mode: DataLoader worker processes (0 = in-process).")] = 0,
     memory_budget_mb: Annotated[float, typer.Option(help="Auto mode: largest split (pixels, MiB) held in memory.")] = 2048.0,
     skip_bad_shards: Annotated[bool, typer.Option(help="Leave out (and list) shards failing their checksum instead of stopping.")] = False,
-    augment: Annotated[str, typer.Option(help="Augmentation preset: default (analysis recipe) | none (centre crop).")] = "default",
-    crop: Annotated[Optional[bool], typer.Option("--crop/--no-crop", help="Random crop out of the stored margin (else centre).")] = None,
-    hflip: Annotated[Optional[float], typer.Option(help="Probability of a horizontal flip.")] = None,
-    vflip: Annotated[Optional[float], typer.Option(help="Probability of a vertical flip.")] = None,
-    degrees: Annotated[Optional[float], typer.Option(help="Rotation range +-degrees (0 = off).")] = None,
-    zoom: Annotated[Optional[float], typer.Option(help="Zoom factor range [1/(1+z), 1+z] (0 = off).")] = None,
-    brightness: Annotated[Optional[float], typer.Option(help="Brightness factor range [1-b, 1+b] (0 = off).")] = None,
-    contrast: Annotated[Optional[float], typer.Option(help="Contrast factor range [1-c, 1+c] (0 = off).")] = None,
-    interpolation: Annotated[Optional[str], typer.Option(help="bilinear | bicubic resampling for rotated samples.")] = None,
+    augment: AugmentPreset = "default",
+    crop: CropOption = None,
+    hflip: HflipOption = None,
+    vflip: VflipOption = None,
+    degrees: DegreesOption = None,
+    zoom: ZoomOption = None,
+    brightness: BrightnessOption = None,
+    contrast: ContrastOption = None,
+    interpolation: InterpolationOption = None,
     grid: Annotated[Optional[Path], typer.Option(help="Write a PNG of augmented samples per class (plain crops beneath).")] = None,
     per_class: Annotated[int, typer.Option(help="Samples per class in the --grid picture.")] = 8,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -172,95 +215,88 @@ def preview(
     """Show what training would receive: class shares of N drawn samples, epoch length, augmented samples."""
     import json
 
-    from ddpm_data.augment import augment_config
     from ddpm_data.preview import PreviewConfig, format_report, preview as run_preview
     from ddpm_data.stream import ReaderConfig
 
     try:
         reader = ReaderConfig(batch_size=batch_size, balance=balance, mode=mode, memory_budget_mb=memory_budget_mb,
                               seed=seed, workers=workers, on_error="skip" if skip_bad_shards else "raise")
-        augmentation = augment_config(augment, crop=crop, hflip=hflip, vflip=vflip, degrees=degrees, zoom=zoom,
-                                      brightness=brightness, contrast=contrast, interpolation=interpolation)
-        report = run_preview(folder, PreviewConfig(n=n, grid=grid, per_class=per_class, reader=reader, augment=augmentation))
+        report = run_preview(folder, PreviewConfig(n=n, grid=grid, per_class=per_class, reader=reader,
+                                                   augment=augmentation(ctx.params)))
     except ValueError as error:  # ManifestError, ShardError and option errors all name the file or flag
         fail(str(error))
     typer.echo(json.dumps(report, indent=2, sort_keys=True) if json_output else format_report(report, folder))
 
 
-# ---------------------------------------------------------------- ddpm-train / ddpm-sample (issue 6)
-
-
-def _int_tuple(text: Optional[str], flag: str) -> Optional[tuple[int, ...]]:
-    """'1,2,2,4' -> (1, 2, 2, 4); None stays None (= the preset's value)."""
-    if text is None:
-        return None
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        fail(f"{flag} {text!r}: expected comma-separated integers, e.g. 1,2,2,4")
+# ---------------------------------------------------------------- ddpm-train / ddpm-sample
 
 
 @train_app.command()
 def train(
     ctx: typer.Context,
     shards: Annotated[Optional[Path], typer.Option(help="Shard folder from 'ddpm-data build' (e.g. shards/96); size, channels and classes come from its manifest.")] = None,
+    img_size: Annotated[Optional[int], typer.Option(help="Training size in px: uses shards/N when --shards is not given, else checks it matches.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default: runs/<shards name>-<date-time>).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its latest checkpoint with its saved config; training options given now (--max-steps, --lr, ...) replace the saved ones.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its latest checkpoint. Rerunning the original command with --resume works: options equal to the saved ones are accepted; the learning rate, duration and intervals may change; the architecture, data options, batch size and seed may not.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Delete an existing run folder in --out and start over.")] = False,
-    dry_run: Annotated[bool, typer.Option(help="Print the resolved config and parameter count, then exit.")] = False,
-    device: Annotated[str, typer.Option(help="'auto' (cuda:LOCAL_RANK if available), 'cpu', 'cuda', 'cuda:1'.")] = "auto",
-    progress: Annotated[bool, typer.Option(help="Show a progress bar (plain log lines when not a terminal).")] = True,
-    # model
-    preset: Annotated[Optional[str], typer.Option(help="Architecture preset: 40, 96, 128, 256, tiny (default: the one for the manifest's size).")] = None,
-    model_channels: Annotated[Optional[int], typer.Option(help="Channels of the first U-Net stage (analysis: 64).")] = None,
-    channel_multipliers: Annotated[Optional[str], typer.Option(help="Per-stage channel multipliers, e.g. 1,2,2,4 (96 px) or 1,2,2,4,8 (128 px).")] = None,
-    num_res_blocks: Annotated[Optional[int], typer.Option(help="Residual blocks per stage (analysis: 2).")] = None,
-    use_attention: Annotated[Optional[str], typer.Option(help="Self-attention per stage as 0/1, e.g. 0,0,1,1.")] = None,
-    upsample: Annotated[Optional[str], typer.Option(help="Up-path resampling: bilinear, bicubic, nearest, conv_transpose.")] = None,
-    dropout: Annotated[Optional[float], typer.Option(help="Dropout in residual blocks (default 0.1).")] = None,
-    class_dropout: Annotated[Optional[float], typer.Option(help="Label dropout for classifier-free guidance (default 0.1; 0 disables).")] = None,
-    num_timesteps: Annotated[Optional[int], typer.Option(help="Diffusion steps T (default 1000).")] = None,
-    beta_schedule: Annotated[Optional[str], typer.Option(help="Noise schedule: cosine (default) or linear.")] = None,
-    prediction: Annotated[Optional[str], typer.Option(help="Network target: eps (default) or v.")] = None,
-    aug_conditioning: Annotated[bool, typer.Option(help="Condition the model on the augmentation parameters (non-leaking augmentation).")] = True,
+    dry_run: Annotated[bool, typer.Option(help="Print the resolved config, parameter count and the memory one training step needs, then exit.")] = False,
+    device: Annotated[str, typer.Option(help="'auto' (cuda:LOCAL_RANK if available), 'cpu', 'cuda', 'cuda:1'.")] = RunConfig.device,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar (plain log lines when not a terminal).")] = RunConfig.progress,
+    # model: any field of UNetConfig / DiffusionConfig; None = the preset's value
+    preset: Annotated[Optional[str], typer.Option(help="Architecture preset: 40, 96, 128, 256, tiny. [default: the one for the shards' size; other sizes get a derived one]", show_default=False)] = None,
+    model_channels: Annotated[Optional[int], typer.Option(help="Channels of the first U-Net stage. [default: preset's, 64]", show_default=False)] = None,
+    channel_multipliers: Annotated[Optional[str], typer.Option(help="Per-stage channel multipliers, e.g. 1,2,2,4 (96 px) or 1,2,2,4,8 (128 px). [default: preset's]", show_default=False)] = None,
+    num_res_blocks: Annotated[Optional[int], typer.Option(help="Residual blocks per stage. [default: preset's, 2]", show_default=False)] = None,
+    use_attention: Annotated[Optional[str], typer.Option(help="Self-attention per stage as 0/1, e.g. 0,0,1,1. [default: preset's]", show_default=False)] = None,
+    upsample: Annotated[Optional[str], typer.Option(help="Up-path resampling: bilinear, bicubic, nearest, conv_transpose. [default: bilinear]", show_default=False)] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="Dropout in residual blocks. [default: 0.1]", show_default=False)] = None,
+    class_dropout: Annotated[Optional[float], typer.Option(help="Label dropout for classifier-free guidance (0 disables). [default: 0.1]", show_default=False)] = None,
+    num_timesteps: Annotated[Optional[int], typer.Option(help="Diffusion steps T. [default: 1000]", show_default=False)] = None,
+    beta_schedule: Annotated[Optional[str], typer.Option(help="Noise schedule: cosine or linear. [default: cosine]", show_default=False)] = None,
+    prediction: Annotated[Optional[str], typer.Option(help="Network target: eps or v. [default: eps]", show_default=False)] = None,
+    aug_conditioning: Annotated[bool, typer.Option(help="Condition the model on the augmentation parameters (non-leaking augmentation).")] = ModelOptions.aug_conditioning,
     # reader
     balance: Annotated[str, typer.Option(help="Class balance: natural, balanced, sqrt, or weights like normal=1,abnormal=3 (an epoch follows it).")] = "natural",
     mode: Annotated[str, typer.Option(help="Reader: auto (memory if it fits), memory (data.h5 in RAM/GPU), stream (tar shards).")] = "auto",
     workers: Annotated[int, typer.Option(help="Stream mode: DataLoader worker processes per GPU (0 = read in the training process).")] = 0,
     memory_budget_mb: Annotated[float, typer.Option(help="Mode auto: hold the train split in memory when it fits this many MB.")] = 2048.0,
     skip_bad_shards: Annotated[bool, typer.Option(help="Stream mode: leave out shards that fail their checksum instead of stopping.")] = False,
-    # augmentation
-    augment: Annotated[bool, typer.Option(help="Random augmentation (crop, flip, rotation, colour jitter); --no-augment = centre crop.")] = True,
-    hflip: Annotated[float, typer.Option(help="Horizontal flip probability.")] = 0.5,
-    vflip: Annotated[float, typer.Option(help="Vertical flip probability.")] = 0.0,
-    degrees: Annotated[float, typer.Option(help="Rotation range in degrees (analysis: 10).")] = 10.0,
-    brightness: Annotated[float, typer.Option(help="Brightness jitter (analysis: 0.1).")] = 0.1,
-    contrast: Annotated[float, typer.Option(help="Contrast jitter (analysis: 0.1).")] = 0.1,
-    # optimisation and duration
-    batch_size: Annotated[int, typer.Option(help="Images per GPU per micro-batch (analysis: 6 at 96 px, 4 at 128 px).")] = 6,
-    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate after warm-up.")] = 1e-4,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.0,
-    warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up, in steps.")] = 500,
-    grad_clip: Annotated[float, typer.Option(help="Clip the gradient norm to this (0 = off).")] = 1.0,
-    ema_decay: Annotated[float, typer.Option(help="EMA decay of the weights used for samples.")] = 0.9999,
-    epochs: Annotated[Optional[float], typer.Option(help="Duration in epochs of the balanced stream (default 100).")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Duration in optimizer steps (instead of --epochs).")] = None,
-    max_images: Annotated[Optional[int], typer.Option(help="Duration in images seen, all GPUs (instead of --epochs).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for weights, data order and noise.")] = 0,
-    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")] = "auto",
-    compile: Annotated[bool, typer.Option(help="torch.compile the U-Net (CUDA; slower start, faster steps).")] = False,
+    # augmentation (the same flags as `ddpm-data preview`)
+    augment: AugmentPreset = "default",
+    crop: CropOption = None,
+    hflip: HflipOption = None,
+    vflip: VflipOption = None,
+    degrees: DegreesOption = None,
+    zoom: ZoomOption = None,
+    brightness: BrightnessOption = None,
+    contrast: ContrastOption = None,
+    interpolation: InterpolationOption = None,
+    # optimisation and duration (ddpm_model.config.TrainConfig)
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per GPU per micro-batch. [default: the preset's: 8 at 40 px, 6 at 96, 4 at 128, 2 at 256, 16 for tiny]", show_default=False)] = TrainConfig.batch_size,
+    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = TrainConfig.grad_accum,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate after warm-up.")] = TrainConfig.lr,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = TrainConfig.weight_decay,
+    warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up, in steps.")] = TrainConfig.warmup_steps,
+    grad_clip: Annotated[float, typer.Option(help="Clip the gradient norm to this (0 = off).")] = TrainConfig.grad_clip,
+    ema_decay: Annotated[float, typer.Option(help="EMA decay of the weights used for samples.")] = TrainConfig.ema_decay,
+    epochs: Annotated[Optional[float], typer.Option(help="Duration in epochs of the balanced stream. [default: 100]", show_default=False)] = TrainConfig.epochs,
+    max_steps: Annotated[Optional[int], typer.Option(help="Duration in optimizer steps (instead of --epochs).")] = TrainConfig.max_steps,
+    max_images: Annotated[Optional[int], typer.Option(help="Duration in images seen, all GPUs (instead of --epochs).")] = TrainConfig.max_images,
+    seed: Annotated[int, typer.Option(help="Seed for weights, data order and noise.")] = TrainConfig.seed,
+    precision: Annotated[Precision, typer.Option(help="auto = bf16 on CUDA, fp32 on the CPU.")] = TrainConfig.precision,
+    compile: Annotated[bool, typer.Option(help="torch.compile the U-Net (CUDA; slower start, faster steps).")] = TrainConfig.compile,
+    gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in the backward pass: much less memory (for 128/256 px), slower steps, identical gradients.")] = TrainConfig.gradient_checkpointing,
     # intervals and outputs
-    log_every: Annotated[int, typer.Option(help="Steps between metrics lines.")] = 50,
-    val_every: Annotated[int, typer.Option(help="Steps between validation losses.")] = 500,
-    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 1000,
-    sample_every: Annotated[int, typer.Option(help="Steps between sample grids (0 = only at the end).")] = 2000,
-    samples_per_class: Annotated[int, typer.Option(help="Images per class in each sample grid.")] = 8,
-    sample_steps: Annotated[int, typer.Option(help="DDIM steps for the sample grids.")] = 50,
-    sample_guidance: Annotated[float, typer.Option(help="Guidance scale for the sample grids.")] = 2.0,
-    sample_eta: Annotated[float, typer.Option(help="DDIM eta for the sample grids (1 = stochastic, kinder to an early model; 0 = deterministic).")] = 1.0,
-    val_images: Annotated[int, typer.Option(help="Validation images used (at most).")] = 256,
-    keep: Annotated[int, typer.Option(help="Step checkpoints kept (plus best.pt).")] = 3,
+    log_every: Annotated[int, typer.Option(help="Steps between metrics lines.")] = TrainConfig.log_every,
+    val_every: Annotated[int, typer.Option(help="Steps between validation losses.")] = TrainConfig.val_every,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = TrainConfig.checkpoint_every,
+    sample_every: Annotated[int, typer.Option(help="Steps between sample grids (0 = only at the end).")] = TrainConfig.sample_every,
+    samples_per_class: Annotated[int, typer.Option(help="Images per class in each sample grid.")] = TrainConfig.samples_per_class,
+    sample_steps: Annotated[int, typer.Option(help="DDIM steps for the sample grids.")] = TrainConfig.sample_steps,
+    sample_guidance: Annotated[float, typer.Option(help="Guidance scale for the sample grids.")] = TrainConfig.sample_guidance,
+    sample_eta: Annotated[float, typer.Option(help="DDIM eta for the sample grids (1 = stochastic, kinder to an early model; 0 = deterministic).")] = TrainConfig.sample_eta,
+    val_images: Annotated[int, typer.Option(help="Validation images used (at most).")] = TrainConfig.val_images,
+    keep: Annotated[int, typer.Option(help="Step checkpoints kept (plus best.pt).")] = TrainConfig.keep,
 ) -> None:
     """Train the class-conditional DDPM on a shard folder; resumable, multi-GPU with torchrun."""
     import dataclasses
@@ -268,46 +304,34 @@ def train(
     import os
 
     from ddpm_model.checkpoint import CheckpointError
-    from ddpm_model.run import ModelOptions, RunConfig, RunError, run_training
-    from ddpm_model.train import Precision, TrainConfig, TrainingDiverged
+    from ddpm_model.run import RunError, run_training
+    from ddpm_model.train import TrainingDiverged
 
-    if precision not in {p.value for p in Precision}:
-        fail(f"--precision {precision!r}: unknown; valid: {', '.join(p.value for p in Precision)}")
-    precision_choice = Precision(precision)
+    params = ctx.params
+    typed = typed_options(ctx)
     rank = int(os.environ.get("RANK", 0))
     try:
-        from ddpm_data.augment import AugmentConfig
-        from ddpm_data.stream import OnError, ReaderConfig, ReaderMode
+        from ddpm_data.stream import OnError, ReaderConfig
 
-        if mode not in {m.value for m in ReaderMode}:
-            fail(f"--mode {mode!r}: unknown; valid: {', '.join(m.value for m in ReaderMode)}")
-        reader = ReaderConfig(balance=balance, mode=ReaderMode(mode), workers=workers, memory_budget_mb=memory_budget_mb,
-                              on_error=OnError.skip if skip_bad_shards else OnError.raise_)
-        augment_config = AugmentConfig(hflip=hflip, vflip=vflip, degrees=degrees, brightness=brightness,
-                                       contrast=contrast) if augment else AugmentConfig.none()
+        model_fields = ("model_channels", "num_res_blocks", "upsample", "dropout", "class_dropout",
+                        "num_timesteps", "beta_schedule", "prediction")
+        overrides = {name: params[name] for name in model_fields if params[name] is not None}
+        if channel_multipliers is not None:
+            overrides["channel_multipliers"] = int_list(channel_multipliers, "--channel-multipliers")
+        if use_attention is not None:
+            overrides["use_attention"] = tuple(bool(a) for a in int_list(use_attention, "--use-attention"))
+        train_names = [f.name for f in dataclasses.fields(TrainConfig)]
         config = RunConfig(
-            shards=shards, out=out, resume=resume, overwrite=overwrite, dry_run=dry_run, device=device,
-            progress=progress, reader=reader, augment=augment_config,
-            model=ModelOptions(
-                preset=preset, model_channels=model_channels,
-                channel_multipliers=_int_tuple(channel_multipliers, "--channel-multipliers"),
-                num_res_blocks=num_res_blocks,
-                use_attention=tuple(bool(a) for a in _int_tuple(use_attention, "--use-attention") or ()) or None,
-                upsample=upsample, dropout=dropout, class_dropout=class_dropout, num_timesteps=num_timesteps,
-                beta_schedule=beta_schedule, prediction=prediction, aug_conditioning=aug_conditioning),
-            train=TrainConfig(
-                batch_size=batch_size, grad_accum=grad_accum, lr=lr, weight_decay=weight_decay,
-                warmup_steps=warmup_steps, grad_clip=grad_clip, ema_decay=ema_decay, epochs=epochs,
-                max_steps=max_steps, max_images=max_images, log_every=log_every, val_every=val_every,
-                checkpoint_every=checkpoint_every, sample_every=sample_every,
-                samples_per_class=samples_per_class, sample_steps=sample_steps,
-                sample_guidance=sample_guidance, sample_eta=sample_eta, val_images=val_images, keep=keep, seed=seed,
-                precision=precision_choice, compile=compile),
+            shards=shards, img_size=img_size, out=out, resume=resume, overwrite=overwrite, dry_run=dry_run,
+            device=device, progress=progress,
+            model=ModelOptions(preset=preset, overrides=overrides, aug_conditioning=aug_conditioning),
+            reader=ReaderConfig(balance=balance, mode=mode, workers=workers, memory_budget_mb=memory_budget_mb,
+                                on_error=OnError.skip if skip_bad_shards else OnError.raise_),
+            augment=augmentation(params),
+            train=TrainConfig(**{name: params[name] for name in train_names}),
+            given=tuple(sorted({"on_error" if n == "skip_bad_shards" else n for n in typed})),
         )
-        # Options typed on the command line (typer vendors click, so compare the source by name).
-        given = tuple(f.name for f in dataclasses.fields(TrainConfig)
-                      if getattr(ctx.get_parameter_source(f.name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP"))
-        plan, result = run_training(dataclasses.replace(config, train_given=given))
+        plan, result = run_training(config)
     except TrainingDiverged as error:
         fail(str(error), code=1)
     except (RunError, CheckpointError, ValueError) as error:
@@ -317,6 +341,8 @@ def train(
             typer.echo(json.dumps(plan.document(), indent=2, sort_keys=True))
             typer.echo(f"parameters: {plan.parameters:,} ({plan.parameters / 1e6:.2f}M); "
                        f"run folder: {plan.run_dir}; nothing written (--dry-run)")
+            if plan.memory:
+                typer.echo(plan.memory)
         return
     if rank != 0:
         return
@@ -368,7 +394,7 @@ def sample(
 
 
 
-# ---------------------------------------------------------------- ddpm-eval (issue 7)
+# ---------------------------------------------------------------- ddpm-eval
 from ddpm_eval.evaluate import EvalConfig as _Eval  # stdlib-only module: defaults without importing torch
 
 

@@ -20,12 +20,12 @@ call (per batch), not per sample, and does not report them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from enum import Enum
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ddpm_data.config import AUGMENT_PRESETS, AugmentConfig, Interpolation, augment_config  # noqa: F401 (re-exported)
 
 PARAM_NAMES = (
     "hflip",       # 1 if flipped left-right
@@ -39,67 +39,6 @@ PARAM_NAMES = (
     "contrast",    # contrast factor - 1
 )
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
-
-
-class Interpolation(str, Enum):
-    """Resampling kernel for rotated/zoomed samples (`F.grid_sample` mode)."""
-
-    bilinear = "bilinear"
-    bicubic = "bicubic"  # sharper, ~3x slower on the CPU; overshoot is clamped
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Random augmentation per sample; each transform is off at 0 (or crop=False)."""
-
-    crop: bool = True  # random integer crop out of the stored margin; False: centre crop
-    hflip: float = 0.5  # probability of a horizontal flip
-    vflip: float = 0.0  # probability of a vertical flip (off: anatomy has an up and a down)
-    degrees: float = 10.0  # rotation angle uniform in [-degrees, degrees] about the crop centre
-    zoom: float = 0.0  # zoom factor log-uniform in [1/(1+zoom), 1+zoom]; 0 = off
-    brightness: float = 0.1  # brightness factor uniform in [1-b, 1+b]
-    contrast: float = 0.1  # contrast factor uniform in [1-c, 1+c], around the mean grey level
-    interpolation: Interpolation = Interpolation.bilinear
-
-    def __post_init__(self) -> None:
-        for name in ("hflip", "vflip"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"--{name}: {getattr(self, name)} is not a probability in [0, 1]")
-        if not 0.0 <= self.degrees <= 180.0:
-            raise ValueError(f"--degrees: {self.degrees} is outside [0, 180]")
-        for name in ("brightness", "contrast"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"--{name}: {getattr(self, name)} is outside [0, 1)")
-        if not 0.0 <= self.zoom <= 1.0:
-            raise ValueError(f"--zoom: {self.zoom} is outside [0, 1]")
-        if self.interpolation not in list(Interpolation):
-            valid = ", ".join(item.value for item in Interpolation)
-            raise ValueError(f"--interpolation {self.interpolation!r}: unknown; valid: {valid}")
-        object.__setattr__(self, "interpolation", Interpolation(self.interpolation))
-
-    @classmethod
-    def none(cls) -> "AugmentConfig":
-        """Every transform off: the augmenter becomes a centre crop."""
-        return cls(crop=False, hflip=0.0, vflip=0.0, degrees=0.0, zoom=0.0, brightness=0.0, contrast=0.0)
-
-    @property
-    def is_identity(self) -> bool:
-        return self == AugmentConfig.none().replace(interpolation=self.interpolation)
-
-    def replace(self, **changes) -> "AugmentConfig":
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values.update(changes)
-        return AugmentConfig(**values)
-
-
-AUGMENT_PRESETS = {"default": AugmentConfig(), "none": AugmentConfig.none()}
-
-
-def augment_config(preset: str = "default", **overrides) -> AugmentConfig:
-    """`--augment PRESET` plus per-field flags; overrides that are None keep the preset's value."""
-    if preset not in AUGMENT_PRESETS:
-        raise ValueError(f"--augment {preset!r}: unknown; valid: {', '.join(AUGMENT_PRESETS)}")
-    return AUGMENT_PRESETS[preset].replace(**{key: value for key, value in overrides.items() if value is not None})
 
 
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from PIL import Image
 
 from . import checkpoint as ckpt
 from .diffusion import DDPM, DDPMConfig, Sampler
+from .runtime import pick_device
 
 
 @dataclass(frozen=True)
@@ -42,16 +43,6 @@ class SampleConfig:
         if self.steps < 1:
             raise ValueError(f"--steps: {self.steps} must be >= 1")
         object.__setattr__(self, "sampler", Sampler(self.sampler))
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' = this process's GPU (torchrun's LOCAL_RANK) when CUDA is available, else the CPU."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device: {name!r} requested but CUDA is not available; use --device cpu")
-    return device
 
 
 def load_model(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> tuple[DDPM, list[str], Path]:

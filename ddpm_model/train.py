@@ -13,7 +13,6 @@ import math
 import signal
 import time
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -21,75 +20,9 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+from .config import Precision, TrainConfig
 from .metrics import MetricsLog, ProgressDisplay, plot_loss_curve
-
-
-class Precision(str, Enum):
-    """Autocast dtype for the forward pass; AUTO = bf16 on CUDA, fp32 elsewhere."""
-
-    AUTO = "auto"
-    FP32 = "fp32"
-    BF16 = "bf16"
-    FP16 = "fp16"  # for GPUs without bf16 (V100, T4); uses a GradScaler
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation, duration and interval options of `ddpm-train` (one field per CLI option)."""
-
-    batch_size: int = 6                 # images per rank per micro-batch (analysis: 6-8 at 96 px on 8 GB)
-    grad_accum: int = 1                 # micro-batches per optimizer step
-    lr: float = 1e-4                    # AdamW peak learning rate
-    weight_decay: float = 0.0           # AdamW decoupled weight decay
-    warmup_steps: int = 500             # linear LR warm-up from 0, in optimizer steps
-    grad_clip: float = 1.0              # max global gradient L2 norm; 0 disables clipping
-    ema_decay: float = 0.9999           # EMA of the weights used for samples and best.pt
-    epochs: float | None = None         # duration in passes over the balanced train stream
-    max_steps: int | None = None        # duration in optimizer steps (overrides epochs)
-    max_images: int | None = None       # duration in images seen, all ranks (overrides epochs)
-    log_every: int = 50                 # steps between metrics lines
-    val_every: int = 500                # steps between validation losses
-    checkpoint_every: int = 1000        # steps between checkpoints
-    sample_every: int = 2000            # steps between sample grids; 0 = only at the end
-    samples_per_class: int = 8          # images per class row of a sample grid
-    sample_steps: int = 50              # DDIM steps for the grids
-    sample_guidance: float = 2.0        # classifier-free guidance scale for the grids
-    sample_eta: float = 1.0             # DDIM eta for the grids; 1 (stochastic) forgives an early model's errors
-    val_images: int = 256               # at most this many validation images (fixed t, noise)
-    keep: int = 3                       # step checkpoints kept (best.pt is extra)
-    seed: int = 0                       # model init, data order, noise; rank r adds r
-    precision: Precision = Precision.AUTO
-    compile: bool = False               # torch.compile the U-Net (CUDA; slow first steps)
-
-    def __post_init__(self) -> None:
-        positive = ("batch_size", "grad_accum", "log_every", "val_every", "checkpoint_every",
-                    "samples_per_class", "sample_steps", "keep")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')}: {getattr(self, name)} must be >= 1")
-        for name in ("epochs", "max_steps", "max_images"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"--{name.replace('_', '-')}: {value} must be > 0")
-        if self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0 or self.sample_every < 0:
-            raise ValueError("--lr must be > 0; --warmup-steps, --grad-clip, --sample-every >= 0")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"--ema-decay: {self.ema_decay} must be in [0, 1)")
-
-    def total_steps(self, steps_per_epoch: float, images_per_step: int) -> int:
-        """Optimizer steps for the chosen duration: max_steps, else max_images, else epochs."""
-        if self.max_steps is not None:
-            return self.max_steps
-        if self.max_images is not None:
-            return max(1, math.ceil(self.max_images / images_per_step))
-        epochs = 100.0 if self.epochs is None else self.epochs
-        return max(1, math.ceil(epochs * steps_per_epoch))
-
-    def lr_at(self, step: int) -> float:
-        """Linear warm-up over `warmup_steps`, then constant (DDPM, Ho et al. 2020, appendix B)."""
-        if self.warmup_steps == 0:
-            return self.lr
-        return self.lr * min(1.0, (step + 1) / self.warmup_steps)
+from .runtime import Distributed
 
 
 class BatchSource(Protocol):
@@ -139,30 +72,6 @@ def make_val_set(images: torch.Tensor, labels: torch.Tensor, num_timesteps: int,
     t = ((torch.arange(n) * num_timesteps) // max(n, 1))[torch.randperm(n, generator=generator)]
     noise = torch.randn(tuple(images.shape), generator=generator)
     return ValSet(images.float(), labels.long(), t.long(), noise.to(images.device), batch_size)
-
-
-class Distributed:
-    """Rank, world size and the few collectives the loop needs; a no-op for one process."""
-
-    def __init__(self, rank: int = 0, world_size: int = 1):
-        self.rank, self.world_size = rank, world_size
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.world_size > 1:
-            torch.distributed.all_reduce(tensor)
-        return tensor
-
-    def gather(self, obj: Any) -> list[Any]:
-        """Every rank's `obj` on every rank (small objects: RNG and reader states)."""
-        if self.world_size == 1:
-            return [obj]
-        out: list[Any] = [None] * self.world_size
-        torch.distributed.all_gather_object(out, obj)
-        return out
 
 
 @dataclass

@@ -93,9 +93,13 @@ def test_resume_takes_new_training_options_but_not_new_data_or_model(shards, tmp
     run = tmp_path / "run"
     train_ok("--shards", shards, "--out", run, "--max-steps", "2", *FAST)
     result = invoke(cli.train_app, "--out", run, "--resume", "--batch-size", "8")
-    assert result.exit_code == 2 and "--batch-size: cannot change on --resume" in result.output
-    result = invoke(cli.train_app, "--out", run, "--resume", "--model-channels", "32")
-    assert result.exit_code == 2 and "architecture is fixed for a run" in result.output
+    assert result.exit_code == 2 and "--batch-size 8 (the run has 4)" in result.output
+    result = invoke(cli.train_app, "--out", run, "--resume", "--model-channels", "32", "--balance", "sqrt",
+                    "--degrees", "5")
+    assert result.exit_code == 2
+    for message in ("--model-channels 32 (the run has 16)", "--balance sqrt (the run has natural)",
+                    "--degrees 5.0 (the run has 10.0)"):
+        assert message in result.output
     result = train_ok("--out", run, "--resume", "--max-steps", "3", "--lr", "5e-4", "--no-progress")
     assert "resumed from" in result.output
     saved = json.loads((run / "config.json").read_text())["run"]["train"]
@@ -122,7 +126,7 @@ def test_existing_run_folder_needs_resume_or_overwrite(shards, tmp_path):
     (["--shards", "{shards}", "--preset", "huge"], "--preset: 'huge' unknown; valid: 40, 96, 128, 256, tiny"),
     (["--shards", "{shards}", "--channel-multipliers", "1,2,x"], "--channel-multipliers '1,2,x': expected comma-separated integers"),
     (["--shards", "{shards}", "--channel-multipliers", "1,2", "--use-attention", "0,0,1"], "use_attention: 3 flags"),
-    (["--shards", "{shards}", "--precision", "fp8"], "--precision 'fp8': unknown; valid: auto, fp32, bf16, fp16"),
+    (["--shards", "{shards}", "--precision", "fp8"], "'fp8' is not one of 'auto'"),
     (["--shards", "{shards}", "--mode", "disk"], "--mode 'disk': unknown; valid: auto, stream, memory"),
     (["--shards", "{shards}", "--balance", "even"], "--balance 'even': unknown"),
     (["--shards", "{shards}", "--batch-size", "0"], "--batch-size"),
@@ -210,4 +214,26 @@ def test_cuda_run_with_autocast_channels_last(shards, tmp_path, extra):
     state = ckpt.load_checkpoint(ckpt.latest_checkpoint(run))  # CUDA tensors load on the CPU
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     result = invoke(cli.sample_app, "--checkpoint", run, "--n", "2", "--steps", "2", "--out", tmp_path / "s")
+    assert result.exit_code == 0, result.output
+
+
+def test_rerunning_the_original_command_with_resume_continues_the_run(shards, tmp_path):
+    run = tmp_path / "run"
+    original = ["--shards", shards, "--out", run, "--balance", "sqrt", "--degrees", "5", *FAST]
+    train_ok(*original, "--max-steps", "2")
+    result = train_ok(*original, "--max-steps", "3", "--resume")
+    assert "resumed from" in result.output and "finished at step 3" in result.output
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["run"]["train"]["max_steps"] == 3 and saved["run"]["reader"]["balance"]["mode"] == "sqrt"
+
+
+def test_img_size_picks_or_checks_the_shard_folder(shards, tmp_path, monkeypatch):
+    result = invoke(cli.train_app, "--shards", shards, "--img-size", "32", "--dry-run", *FAST)
+    assert result.exit_code == 2 and "holds 16 px shards; pass --shards shards/32" in result.output
+    monkeypatch.chdir(tmp_path)
+    result = invoke(cli.train_app, "--img-size", "96", "--dry-run", *FAST)
+    assert result.exit_code == 2 and "shards/96/manifest.json missing; build it first with 'ddpm-data build" in result.output
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "16").symlink_to(shards)
+    result = invoke(cli.train_app, "--img-size", "16", "--dry-run", *FAST)
     assert result.exit_code == 0, result.output

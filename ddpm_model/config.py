@@ -1,0 +1,125 @@
+"""The options of `ddpm-train` that are not the architecture: optimisation, duration, intervals.
+
+Standard library only, so `cli.py` takes its option defaults from here without importing torch
+(`--help` stays instant). Each field is one `ddpm-train` option of the same name.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the data side's configs; imported for real where a run is assembled
+    from ddpm_data.config import AugmentConfig
+    from ddpm_data.stream import ReaderConfig
+
+
+class Precision(str, Enum):
+    """Autocast dtype for the forward pass; AUTO = bf16 on CUDA, fp32 elsewhere."""
+
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"  # for GPUs without bf16 (V100, T4); uses a GradScaler
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, duration and interval options of `ddpm-train` (one field per CLI option)."""
+
+    batch_size: int | None = None       # images per rank per micro-batch; None = the preset's (8 at 40 px ... 2 at 256)
+    grad_accum: int = 1                 # micro-batches per optimizer step
+    lr: float = 1e-4                    # AdamW peak learning rate
+    weight_decay: float = 0.0           # AdamW decoupled weight decay
+    warmup_steps: int = 500             # linear LR warm-up from 0, in optimizer steps
+    grad_clip: float = 1.0              # max global gradient L2 norm; 0 disables clipping
+    ema_decay: float = 0.9999           # EMA of the weights used for samples and best.pt
+    epochs: float | None = None         # duration in passes over the balanced train stream
+    max_steps: int | None = None        # duration in optimizer steps (overrides epochs)
+    max_images: int | None = None       # duration in images seen, all ranks (overrides epochs)
+    log_every: int = 50                 # steps between metrics lines
+    val_every: int = 500                # steps between validation losses
+    checkpoint_every: int = 1000        # steps between checkpoints
+    sample_every: int = 2000            # steps between sample grids; 0 = only at the end
+    samples_per_class: int = 8          # images per class row of a sample grid
+    sample_steps: int = 50              # DDIM steps for the grids
+    sample_guidance: float = 2.0        # classifier-free guidance scale for the grids
+    sample_eta: float = 1.0             # DDIM eta for the grids; 1 (stochastic) forgives an early model's errors
+    val_images: int = 256               # at most this many validation images (fixed t, noise)
+    keep: int = 3                       # step checkpoints kept (best.pt is extra)
+    seed: int = 0                       # model init, data order, noise; rank r adds r
+    precision: Precision = Precision.AUTO
+    compile: bool = False               # torch.compile the U-Net (CUDA; slow first steps)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower steps
+
+    def __post_init__(self) -> None:
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"--batch-size: {self.batch_size} must be >= 1")
+        positive = ("grad_accum", "log_every", "val_every", "checkpoint_every",
+                    "samples_per_class", "sample_steps", "keep")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')}: {getattr(self, name)} must be >= 1")
+        for name in ("epochs", "max_steps", "max_images"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"--{name.replace('_', '-')}: {value} must be > 0")
+        if self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0 or self.sample_every < 0:
+            raise ValueError("--lr must be > 0; --warmup-steps, --grad-clip, --sample-every >= 0")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"--ema-decay: {self.ema_decay} must be in [0, 1)")
+
+    def total_steps(self, steps_per_epoch: float, images_per_step: int) -> int:
+        """Optimizer steps for the chosen duration: max_steps, else max_images, else epochs."""
+        if self.max_steps is not None:
+            return self.max_steps
+        if self.max_images is not None:
+            return max(1, math.ceil(self.max_images / images_per_step))
+        epochs = 100.0 if self.epochs is None else self.epochs
+        return max(1, math.ceil(epochs * steps_per_epoch))
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up over `warmup_steps`, then constant (DDPM, Ho et al. 2020, appendix B)."""
+        if self.warmup_steps == 0:
+            return self.lr
+        return self.lr * min(1.0, (step + 1) / self.warmup_steps)
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """The architecture as given on the command line: a preset and the fields that override it.
+
+    `overrides` holds only the options the user typed (UNetConfig / DiffusionConfig field names,
+    e.g. {"model_channels": 96}); everything else comes from the preset, so the resolved
+    architecture is declared once, in `ddpm_model.presets`.
+    """
+
+    preset: str | None = None                    # a PRESETS name; None = the one for the shards' size
+    overrides: dict[str, Any] = field(default_factory=dict)
+    aug_conditioning: bool = True                # feed augmentation parameters to the model (non-leaking augmentation)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything `ddpm-train` takes; written to the run folder's config.json as resolved.
+
+    `reader` and `augment` are ddpm_data's ReaderConfig and AugmentConfig (None = their defaults);
+    `given` names the fields the user typed on the command line, which decides what `--resume`
+    compares with the saved run (see ddpm_model.runfolder).
+    """
+
+    shards: Path | None = None                   # shard folder; None = shards/<img_size>, or the saved one on --resume
+    img_size: int | None = None                  # pixels; must match the shards' size (picks shards/<img_size>)
+    out: Path | None = None                      # run folder; None = runs/<shards name>-<time>
+    resume: bool = False
+    overwrite: bool = False
+    dry_run: bool = False
+    device: str = "auto"                         # "auto" = cuda:LOCAL_RANK if available, else cpu
+    progress: bool = True
+    model: ModelOptions = field(default_factory=ModelOptions)
+    reader: ReaderConfig | None = None
+    augment: AugmentConfig | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    given: tuple[str, ...] = ()                  # field names typed on the command line
