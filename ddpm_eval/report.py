@@ -48,13 +48,16 @@ def write_report(result: dict, classes: tuple[str, ...], samples: ImageSet, trai
     levels = [f"{size} px" for size in result["swd_level_sizes"]]
     series = {"samples": result["swd_levels"]} | {SET_NAMES[key]: result["reference"][key]["swd_levels"]
                                                    for key in ("val_vs_train", "blurred_vs_train")}
-    bar_chart(levels, series, "SWD per pyramid level vs real train (lower is closer)").save(out_dir / "swd-levels.png")
+    bar_chart(levels, series, "SWD per pyramid level vs real train (lower is closer)",
+              x_label="pyramid level (side length, finest left)",
+              y_label="SWD of normalised 7x7 patches").save(out_dir / "swd-levels.png")
     sections += ["## SWD per pyramid level", "", "The finest level (left) is where jaggy edges show.", "",
                  "![SWD per level](swd-levels.png)", ""]
 
     spectra = result["spectra"]
     lines = {"real train": spectra["real_train"]} | {SET_NAMES[key]: spectra[key] for key in SET_NAMES}
-    line_chart(spectra["frequency"], lines, "Radial power spectrum (log10)", "cycles / pixel").save(out_dir / "spectrum.png")
+    line_chart(spectra["frequency"], lines, "Radial power spectrum of luminance", "spatial frequency (cycles / pixel)",
+               y_label="power (pixel values in [-1, 1], squared)", reference="real train").save(out_dir / "spectrum.png")
     sections += ["## Power spectrum", "", "Above the real curve at high frequency: jaggies, aliasing or noise; "
                  "below it: blur.", "", "![spectrum](spectrum.png)", ""]
 

@@ -4,9 +4,8 @@
 (images seen, all ranks), ``epoch``, ``loss`` (mean over the log interval), ``lr``,
 ``img_per_s``, ``data_wait`` (fraction of wall time spent waiting for batches) and
 ``grad_norm``; validation records carry ``step``, ``images``, ``val_loss`` and ``val_loss_ema``.
-
-The curve is drawn with PIL because matplotlib is not a dependency and a two-series line plot
-does not justify one.
+A record may also carry ``quality_swd``, a sample-quality score at that step (SWD of samples
+against real images, lower is better); the loss curve draws it on a second axis when present.
 """
 from __future__ import annotations
 
@@ -16,8 +15,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable
-
-from PIL import Image, ImageDraw
 
 
 class MetricsLog:
@@ -48,6 +45,7 @@ class MetricsLog:
 
 
 def _series(records: Iterable[dict[str, Any]], key: str) -> list[tuple[float, float]]:
+    """(step, value) of every record holding a finite, positive `key`."""
     return [
         (float(r["step"]), float(r[key]))
         for r in records
@@ -55,49 +53,110 @@ def _series(records: Iterable[dict[str, Any]], key: str) -> list[tuple[float, fl
     ]
 
 
-def plot_loss_curve(records: list[dict[str, Any]], path: str | Path, width: int = 640, height: int = 360) -> Path | None:
-    """Draw train loss (blue) and validation loss (orange, EMA weights if logged) on a log axis.
+SMOOTHING_WINDOW = 0.05  # width of the train-loss moving average, as a fraction of the logged points
+SMOOTHING_MIN_POINTS = 10  # below this the raw train loss is drawn alone
+LOG_SCALE_MIN_RATIO = 5.0  # max/min of a series from which its axis is logarithmic
+MINOR_LABELS_MAX_RATIO = 100.0  # up to this max/min a log axis also labels 2x and 5x ticks
+DPI = 100
 
-    Returns the PNG path, or None when there is nothing to plot yet.
+
+def _smooth(values: list[float], window: int) -> list[float]:
+    """Centred moving average over `window` points, narrowed symmetrically at both ends so the
+    curve neither lags a falling loss (as a trailing average would) nor bends at the ends."""
+    half = window // 2
+    smoothed = []
+    for index in range(len(values)):
+        reach = min(half, index, len(values) - 1 - index)
+        smoothed.append(sum(values[index - reach : index + reach + 1]) / (2 * reach + 1))
+    return smoothed
+
+
+def _scale_y(axis, values: list[float]) -> None:
+    """Log y scale when `values` span a factor of LOG_SCALE_MIN_RATIO or more, ticks as plain numbers."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ratio = max(values) / min(values)
+    if ratio < LOG_SCALE_MIN_RATIO:
+        return
+    axis.set_yscale("log")
+    axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    if ratio > MINOR_LABELS_MAX_RATIO:
+        axis.yaxis.set_minor_formatter(NullFormatter())
+        return
+
+    def label_2_and_5(value: float, _) -> str:
+        mantissa = round(value / 10 ** math.floor(math.log10(value) + 1e-9))
+        return f"{value:g}" if mantissa in (2, 5) else ""
+
+    axis.yaxis.set_minor_formatter(FuncFormatter(label_2_and_5))
+
+
+def _draw_losses(axis, train: list[tuple[float, float]], val: list[tuple[float, float]],
+                 val_ema: list[tuple[float, float]]) -> None:
+    if train:
+        steps, values = zip(*train)
+        if len(train) >= SMOOTHING_MIN_POINTS:
+            axis.plot(steps, values, color="C0", linewidth=0.8, alpha=0.35, label="train loss (raw)")
+            smoothed = _smooth(list(values), round(SMOOTHING_WINDOW * len(values)))
+            axis.plot(steps, smoothed, color="C0", linewidth=2, label="train loss (smoothed)")
+        else:
+            axis.plot(steps, values, color="C0", linewidth=1.5, marker=".", label="train loss")
+    for series, colour, marker, name in ((val, "C1", "o", "val loss"), (val_ema, "C2", "D", "EMA val loss")):
+        if series:
+            best_step, best = min(series, key=lambda point: point[1])
+            axis.plot(*zip(*series), linestyle="none", marker=marker, markersize=5, color=colour,
+                      label=f"{name} (best {best:.4g} @ {best_step:.0f})")
+    if train or val or val_ema:
+        _scale_y(axis, [value for _, value in train + val + val_ema])
+    axis.set_xlabel("training step")
+    axis.set_ylabel("loss (MSE of the ε or v prediction)")
+    axis.grid(True, which="major", alpha=0.3)
+
+
+def loss_figure(records: list[dict[str, Any]], width: int = 640, height: int = 360):
+    """The training curves of `records` (metrics.jsonl) as a `width` x `height` px matplotlib Figure.
+
+    Train loss raw and smoothed, validation loss and EMA validation loss as markers; the loss axis
+    is logarithmic when the loss spans a factor of LOG_SCALE_MIN_RATIO or more. `quality_swd`, when
+    logged, goes on a second y-axis. None when there is nothing to plot yet. The figure has its own
+    Agg canvas: pyplot and the process-wide backend are left alone.
     """
-    train = _series(records, "loss")
-    val = _series(records, "val_loss_ema") or _series(records, "val_loss")
-    points = train + val
-    if not points:
+    train, val = _series(records, "loss"), _series(records, "val_loss")
+    val_ema, quality = _series(records, "val_loss_ema"), _series(records, "quality_swd")
+    if not (train or val or val_ema or quality):
         return None
-    left, right, top, bottom = 64, 16, 24, 40
-    x_min, x_max = min(p[0] for p in points), max(p[0] for p in points)
-    y_min, y_max = (math.log10(v) for v in (min(p[1] for p in points), max(p[1] for p in points)))
-    x_span, y_span = max(x_max - x_min, 1.0), max(y_max - y_min, 1e-3)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    def to_pixel(step: float, value: float) -> tuple[float, float]:
-        x = left + (step - x_min) / x_span * (width - left - right)
-        y = top + (y_max - math.log10(value)) / y_span * (height - top - bottom)
-        return x, y
+    figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    axis = figure.add_subplot()
+    _draw_losses(axis, train, val, val_ema)
+    handles, labels = axis.get_legend_handles_labels()
+    if quality:
+        second = axis.twinx()
+        second.plot(*zip(*quality), color="C4", marker="s", markersize=4, linewidth=1, linestyle="--",
+                    label="sample SWD (lower is better)")
+        _scale_y(second, [value for _, value in quality])
+        second.set_ylabel("sample SWD vs real images", color="C4")
+        second.tick_params(axis="y", colors="C4")
+        more_handles, more_labels = second.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    axis.set_title("Training loss" + (" and sample quality" if quality else ""))
+    axis.legend(handles, labels, loc="best", fontsize="small", framealpha=0.85)
+    return figure
 
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((left, top, width - right, height - bottom), outline="black")
-    for fraction in (0.0, 0.5, 1.0):
-        value = 10 ** (y_max - fraction * y_span)
-        y = top + fraction * (height - top - bottom)
-        draw.text((4, y - 6), f"{value:.3g}", fill="black")
-        step = x_min + fraction * x_span
-        draw.text((left + fraction * (width - left - right) - 16, height - bottom + 6), f"{step:.0f}", fill="black")
-    draw.text((width // 2 - 12, height - 16), "step", fill="black")
-    blue, orange = (31, 119, 180), (255, 127, 14)
-    for series, colour, name, offset, dots in ((train, blue, "train loss", 0, False), (val, orange, "val loss", 110, True)):
-        pixels = [to_pixel(*p) for p in series]
-        if len(pixels) > 1:
-            draw.line(pixels, fill=colour, width=2)
-        if dots or len(pixels) == 1:
-            for x, y in pixels:
-                draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
-        draw.text((left + 8 + offset, 6), name, fill=colour)
+
+def plot_loss_curve(records: list[dict[str, Any]], path: str | Path, width: int = 640, height: int = 360) -> Path | None:
+    """Write `loss_figure(records, width, height)` as a PNG to `path` (atomically: a reader never sees
+    half a file). Returns the PNG path, or None when there is nothing to plot yet."""
+    figure = loss_figure(records, width, height)
+    if figure is None:
+        return None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp")
-    image.save(temp, format="PNG")
+    figure.savefig(temp, format="png")
     temp.replace(path)
     return path
 
