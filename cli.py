@@ -275,6 +275,13 @@ def train(
         fail(f"--precision {precision!r}: unknown; valid: {', '.join(p.value for p in Precision)}")
     precision_choice = Precision(precision)
     rank = int(os.environ.get("RANK", 0))
+    # The model options given (UNetConfig / DiffusionConfig field names); the rest come from the preset.
+    model_options = dict(
+        model_channels=model_channels, channel_multipliers=_int_tuple(channel_multipliers, "--channel-multipliers"),
+        num_res_blocks=num_res_blocks, use_attention=_int_tuple(use_attention, "--use-attention"),
+        upsample=upsample, dropout=dropout, class_dropout=class_dropout, num_timesteps=num_timesteps,
+        beta_schedule=beta_schedule, prediction=prediction)
+    model_overrides = {name: value for name, value in model_options.items() if value is not None}
     try:
         from ddpm_data.augment import AugmentConfig
         from ddpm_data.stream import OnError, ReaderConfig, ReaderMode
@@ -288,13 +295,7 @@ def train(
         config = RunConfig(
             shards=shards, out=out, resume=resume, overwrite=overwrite, dry_run=dry_run, device=device,
             progress=progress, reader=reader, augment=augment_config,
-            model=ModelOptions(
-                preset=preset, model_channels=model_channels,
-                channel_multipliers=_int_tuple(channel_multipliers, "--channel-multipliers"),
-                num_res_blocks=num_res_blocks,
-                use_attention=tuple(bool(a) for a in _int_tuple(use_attention, "--use-attention") or ()) or None,
-                upsample=upsample, dropout=dropout, class_dropout=class_dropout, num_timesteps=num_timesteps,
-                beta_schedule=beta_schedule, prediction=prediction, aug_conditioning=aug_conditioning),
+            model=ModelOptions(preset=preset, overrides=model_overrides, aug_conditioning=aug_conditioning),
             train=TrainConfig(
                 batch_size=batch_size, grad_accum=grad_accum, lr=lr, weight_decay=weight_decay,
                 warmup_steps=warmup_steps, grad_clip=grad_clip, ema_decay=ema_decay, epochs=epochs,

@@ -41,19 +41,10 @@ class RunError(ValueError):
 
 @dataclass(frozen=True)
 class ModelOptions:
-    """Architecture overrides; None = the preset's value (or create_ddpm's default)."""
+    """The architecture of a run: a preset, then the fields the user set."""
 
     preset: str | None = None                       # PRESETS name; None = preset_for_size(manifest size)
-    model_channels: int | None = None
-    channel_multipliers: tuple[int, ...] | None = None
-    num_res_blocks: int | None = None
-    use_attention: tuple[bool, ...] | None = None
-    upsample: str | None = None                     # "bilinear" (analysis), "bicubic", "nearest", ...
-    dropout: float | None = None
-    class_dropout: float | None = None              # label dropout for classifier-free guidance
-    num_timesteps: int | None = None
-    beta_schedule: str | None = None
-    prediction: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)  # UNetConfig / DiffusionConfig fields given
     aug_conditioning: bool = True                   # feed augmentation parameters (non-leaking aug)
 
 
@@ -173,25 +164,6 @@ def resolve_run(given: RunConfig) -> tuple[RunConfig, Path, Path | None]:
 
 # -- model, data, device -----------------------------------------------------------------------
 
-def model_kwargs(manifest: Any, options: ModelOptions, aug_dim: int) -> dict[str, Any]:
-    """create_ddpm keyword arguments: the preset for the manifest's size, then the overrides."""
-    from .presets import PRESETS, preset_for_size
-
-    if options.preset is None:
-        try:
-            preset = preset_for_size(manifest.size)
-        except ValueError as error:
-            raise RunError(f"{manifest.root}: {error}; or pass --preset and the architecture flags") from None
-    elif options.preset in PRESETS:
-        preset = PRESETS[options.preset]
-    else:
-        raise RunError(f"--preset: {options.preset!r} unknown; valid: {', '.join(PRESETS)}")
-    overrides = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)
-                 if f.name not in ("preset", "aug_conditioning") and getattr(options, f.name) is not None}
-    return preset.kwargs(len(manifest.classes), image_size=manifest.size, in_channels=manifest.channels,
-                         aug_dim=aug_dim, **overrides)
-
-
 def setup_distributed(device_name: str) -> tuple[Distributed, torch.device]:
     """Rank and world size from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK)."""
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -276,7 +248,9 @@ def prepare(given: RunConfig, dist: Distributed | None = None, device: torch.dev
     from ddpm_data.augment import Augmenter
     from ddpm_data.manifest import load_manifest
 
-    from .diffusion import DDPM, DDPMConfig
+    from .diffusion import configs_to_dict
+    from .presets import resolve_model
+    from .unet import count_parameters
 
     dist = dist or Distributed()
     device = device or pick_device(given.device, 0)
@@ -296,9 +270,15 @@ def prepare(given: RunConfig, dist: Distributed | None = None, device: torch.dev
     manifest = load_manifest(config.shards)
     augment = _augment_config(config)
     aug_dim = Augmenter.num_params if config.model.aug_conditioning and not augment.is_identity else 0
-    kwargs = model_kwargs(manifest, config.model, aug_dim)
-    model_config = to_jsonable(DDPMConfig(**kwargs))
-    parameters = sum(p.numel() for p in DDPM(DDPMConfig(**kwargs)).parameters())
+    options = config.model
+    try:
+        unet, diffusion = resolve_model(manifest.size, manifest.channels, len(manifest.classes), options.preset,
+                                        {**options.overrides, "aug_dim": aug_dim})
+    except ValueError as error:
+        if options.preset is None and str(error).startswith("size:"):
+            raise RunError(f"{manifest.root}: {error} (--preset NAME and the architecture flags)") from None
+        raise
+    model_config, parameters = configs_to_dict(unet, diffusion), count_parameters(unet)
     config = dataclasses.replace(config, reader=_reader_config(config, device), augment=augment)
     return Plan(config, run_dir, resume_path, model_config, parameters, list(manifest.classes),
                 dist.world_size, str(device)), manifest
@@ -333,7 +313,7 @@ def _train(plan: Plan, manifest: Any, dist: Distributed, device: torch.device) -
     from ddpm_data.augment import Augmenter
     from ddpm_data.stream import open_reader
 
-    from .diffusion import DDPM, DDPMConfig
+    from .diffusion import DDPM
     from .ema import EMA
     from .metrics import MetricsLog, ProgressDisplay
 
@@ -345,7 +325,7 @@ def _train(plan: Plan, manifest: Any, dist: Distributed, device: torch.device) -
         # Rewritten on resume too, so the next --resume continues with the options in force now.
         (plan.run_dir / CONFIG_NAME).write_text(json.dumps(plan.document(), indent=2, sort_keys=True) + "\n")
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
-    model = DDPM.from_config(DDPMConfig(**plan.model_config)).to(device)
+    model = DDPM.from_dict(plan.model_config).to(device)
     precision, autocast = autocast_factory(cfg.precision, device)
     channels_last = device.type == "cuda"
     if channels_last:
@@ -364,8 +344,8 @@ def _train(plan: Plan, manifest: Any, dist: Distributed, device: torch.device) -
     parts = TrainParts(
         model=model, step_model=step_model, ema=ema, optimizer=optimizer, scaler=scaler,
         batches=_BatchIterator(reader), augment=Augmenter(config.augment, manifest.size), generator=generator,
-        val=_validation(config, manifest, model.config.num_timesteps) if dist.is_main else None,
-        autocast=autocast, use_aug_params=model.config.aug_dim > 0, channels_last=channels_last)
+        val=_validation(config, manifest, model.diffusion_config.num_timesteps) if dist.is_main else None,
+        autocast=autocast, use_aug_params=model.unet_config.aug_dim > 0, channels_last=channels_last)
     state = TrainState()
     warning = None
     if plan.resume_from is not None:
