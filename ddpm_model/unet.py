@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .choices import parse_choice, plain_dict
 
@@ -214,7 +215,22 @@ class Upsample(nn.Module):
         return self.conv(x)
 
 
-class DownStage(nn.Module):
+class Checkpointed(nn.Module):
+    """A part of the U-Net that calls its residual and attention blocks through `run`, which
+    recomputes their activations in the backward pass instead of keeping them when
+    `gradient_checkpointing` is set (Chen et al. 2016, arXiv 1604.06174)."""
+
+    gradient_checkpointing = False  # set by UNet.enable_gradient_checkpointing
+
+    def run(self, block: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # Non-reentrant: works under DDP and torch.compile; the RNG state is replayed, so
+            # dropout draws the same mask in the recomputation and gradients are unchanged.
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+
+class DownStage(Checkpointed):
     """Res blocks (+ attention) at one resolution, then optionally a downsample.
     Appends every block output and the downsampled output to `skips`."""
 
@@ -228,9 +244,9 @@ class DownStage(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor, skips: list[torch.Tensor]
                 ) -> torch.Tensor:
         for i, block in enumerate(self.blocks):
-            x = block(x, emb)
+            x = self.run(block, x, emb)
             if self.attentions is not None:
-                x = self.attentions[i](x)
+                x = self.run(self.attentions[i], x)
             skips.append(x)
         if self.downsample is not None:
             x = self.downsample(x)
@@ -238,7 +254,7 @@ class DownStage(nn.Module):
         return x
 
 
-class UpStage(nn.Module):
+class UpStage(Checkpointed):
     """Res blocks (+ attention), each on [x, skip] concatenated, then optionally an upsample."""
 
     def __init__(self, blocks: list[nn.Module], attentions: list[nn.Module] | None,
@@ -251,15 +267,15 @@ class UpStage(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor, skips: list[torch.Tensor]
                 ) -> torch.Tensor:
         for i, block in enumerate(self.blocks):
-            x = block(torch.cat([x, skips.pop()], dim=1), emb)
+            x = self.run(block, torch.cat([x, skips.pop()], dim=1), emb)
             if self.attentions is not None:
-                x = self.attentions[i](x)
+                x = self.run(self.attentions[i], x)
         if self.upsample is not None:
             x = self.upsample(x)
         return x
 
 
-class Middle(nn.Module):
+class Middle(Checkpointed):
     """Res block, self-attention, res block at the smallest resolution."""
 
     def __init__(self, channels: int, config: UNetConfig):
@@ -271,7 +287,8 @@ class Middle(nn.Module):
         self.block2 = ResBlock(channels, channels, *args)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        return self.block2(self.attention(self.block1(x, emb)), emb)
+        x = self.run(self.block1, x, emb)
+        return self.run(self.block2, self.run(self.attention, x), emb)
 
 
 class UNet(nn.Module):
@@ -333,6 +350,19 @@ class UNet(nn.Module):
 
         self.norm_out = nn.GroupNorm(c.norm_groups, channels)
         self.conv_out = _zero(nn.Conv2d(channels, c.in_channels, 3, padding=1))
+
+    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute the residual and attention blocks' activations in backward instead of
+        storing them (training with gradients only; sampling is unaffected): the same
+        gradients and less memory, for a second forward pass through those blocks.
+        (The name is diffusers'.)"""
+        for module in self.modules():
+            if isinstance(module, Checkpointed):
+                module.gradient_checkpointing = enabled
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.middle.gradient_checkpointing
 
     def embed(self, t: torch.Tensor, labels: torch.Tensor,
               aug_params: torch.Tensor | None) -> torch.Tensor:

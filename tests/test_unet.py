@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ddpm_model.presets import PRESETS
-from ddpm_model.unet import (DownStage, SelfAttention, UNet, UNetConfig, UpsampleMode,
+from ddpm_model.unet import (DownStage, ResBlock, SelfAttention, UNet, UNetConfig, UpsampleMode,
                              count_parameters, describe, timestep_embedding)
 
 
@@ -188,3 +188,52 @@ def test_config_stores_enums_and_round_trips_as_plain_data():
 def test_count_parameters_on_meta_equals_the_real_count(config):
     real = sum(p.numel() for p in UNet(config).parameters())
     assert count_parameters(config) == real
+
+
+def _gradients_and_saved_bytes(checkpointing: bool) -> tuple[dict[str, torch.Tensor], int]:
+    torch.manual_seed(0)
+    unet = randomise_output(UNet(small_config(dropout=0.3, num_res_blocks=2)))
+    unet.enable_gradient_checkpointing(checkpointing)
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 3, 16, 16, generator=g), torch.tensor([3, 700])
+    saved: dict[int, int] = {}
+
+    def pack(tensor):
+        saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    torch.manual_seed(1)  # the dropout masks
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = unet(x, t, torch.tensor([0, 2]))
+    out.square().mean().backward()
+    parameters = {p.untyped_storage().data_ptr() for p in unet.parameters()}
+    kept = sum(n for ptr, n in saved.items() if ptr not in parameters)
+    return {name: p.grad for name, p in unet.named_parameters()}, kept
+
+
+def test_gradient_checkpointing_gives_the_same_gradients_with_less_saved():
+    plain, plain_bytes = _gradients_and_saved_bytes(False)
+    checkpointed, checkpointed_bytes = _gradients_and_saved_bytes(True)
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:  # the recomputation replays the RNG state: same dropout masks
+        assert torch.allclose(plain[name], checkpointed[name], rtol=0, atol=1e-6), name
+    assert checkpointed_bytes < 0.6 * plain_bytes
+
+
+def test_gradient_checkpointing_only_while_training_with_gradients(monkeypatch):
+    import ddpm_model.unet
+
+    calls = []
+    checkpoint = ddpm_model.unet.checkpoint
+    monkeypatch.setattr(ddpm_model.unet, "checkpoint",
+                        lambda *args, **kwargs: calls.append(1) or checkpoint(*args, **kwargs))
+    unet = UNet(small_config())
+    unet.enable_gradient_checkpointing()
+    assert unet.is_gradient_checkpointing
+    forward(unet.eval(), 1)  # eval mode without gradients: sampling is untouched
+    assert not calls
+    unet.train()(torch.zeros(1, 3, 16, 16), torch.tensor([1]), torch.tensor([0]))
+    blocks = [m for m in unet.modules() if isinstance(m, (ResBlock, SelfAttention))]
+    assert len(calls) == len(blocks) == 15  # each residual and attention block, once
+    unet.enable_gradient_checkpointing(False)
+    assert not unet.is_gradient_checkpointing
