@@ -18,6 +18,7 @@ large matmul measured here). diffusers is a benchmark-only dependency (`pip inst
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_model.presets import PRESETS  # noqa: E402
 from ddpm_model.schedule import NoiseSchedule  # noqa: E402
-from ddpm_model.unet import UNet, count_parameters  # noqa: E402
+from ddpm_model.unet import UNet  # noqa: E402
 
 NUM_CLASSES = 2
 
@@ -53,9 +54,8 @@ class BenchConfig:
 
 
 def ours(config: BenchConfig) -> nn.Module:
-    unet_config = PRESETS["96"].config(
-        NUM_CLASSES, image_size=config.size, dropout=config.dropout,
-        upsample=config.upsample).unet_config()
+    unet_config = dataclasses.replace(PRESETS["96"], num_classes=NUM_CLASSES, image_size=config.size,
+                                      dropout=config.dropout, upsample=config.upsample)
 
     class Ours(nn.Module):
         def __init__(self):
@@ -90,6 +90,10 @@ def diffusers_unet(config: BenchConfig) -> nn.Module:
             return self.net(x, t, class_labels=labels).sample
 
     return Diffusers()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def synchronize(device: torch.device) -> None:

@@ -5,7 +5,8 @@ dicts, so ``torch.load(path, weights_only=True)`` reads it (no arbitrary pickles
 
 - ``format_version`` (int, :data:`FORMAT_VERSION`), ``step``, ``images_seen``,
   ``best_val_loss`` (float, ``inf`` before the first validation)
-- ``model_config`` (``dataclasses.asdict(DDPMConfig)``), ``classes`` (label -> name),
+- ``model_config`` (``DDPM.to_dict()``: ``{"unet": {...}, "diffusion": {...}}``; files written
+  before the split hold one flat dict, which ``DDPM.from_dict`` also reads), ``classes`` (label -> name),
   ``run_config`` (the resolved run configuration as JSON-ready dict)
 - ``model``, ``ema`` (state dicts; ``ema`` is ``{}`` without EMA), ``optimizer``, ``scaler``
 - ``rng``: ``{"torch": uint8 tensor, "cuda": [uint8 tensors], "generator": uint8 tensor}``

@@ -1,22 +1,23 @@
 """The diffusion model: a U-Net plus a noise schedule, with the training loss and the samplers.
 
-`create_ddpm(...)` is the call the analysis makes; `DDPM.from_config(DDPMConfig(**d))` rebuilds
-the same model from its saved config.
+`DDPM(UNetConfig(...), DiffusionConfig(...))` builds it from its two configs; `create_ddpm(...)`
+takes the same settings as keywords (the call in docs/design.md). `model.to_dict()` is the
+plain data a checkpoint stores and `DDPM.from_dict(d)` rebuilds the same model from it.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .choices import parse_choice
+from .choices import parse_choice, plain_dict
 from .schedule import BetaSchedule, NoiseSchedule
-from .unet import UNet, UNetConfig, UpsampleMode
+from .unet import UNet, UNetConfig
 
 
 class Prediction(str, Enum):
@@ -32,44 +33,63 @@ class Sampler(str, Enum):
 
 
 @dataclass(frozen=True)
-class DDPMConfig:
-    """Everything `create_ddpm` takes; `dataclasses.asdict` of it round-trips through JSON and
-    `torch.load(weights_only=True)` (only ints, floats, strings, bools and tuples/lists)."""
+class DiffusionConfig:
+    """The forward process and the training target; the architecture is `UNetConfig`.
+    Validated on construction (ValueError naming the field)."""
 
-    image_size: int                           # pixels, height = width
-    model_channels: int                       # channels of the first U-Net stage
-    channel_multipliers: tuple[int, ...]      # per stage; stage i runs at image_size / 2^i
-    num_res_blocks: int                       # residual blocks per down stage
-    use_attention: tuple[bool, ...]           # self-attention per stage (0/1 or bools)
-    num_classes: int                          # conditioning classes; index num_classes = null
-    num_timesteps: int = 1000                 # T of the forward process
-    beta_schedule: str = "cosine"             # a BetaSchedule value: "linear" | "cosine"
-    in_channels: int = 3                      # 1 (grey) or 3 (RGB)
-    dropout: float = 0.1                      # inside residual blocks
-    upsample: str = "bilinear"                # an UpsampleMode value, e.g. "nearest"
-    aug_dim: int = 0                          # augmentation parameters fed to the embedding
-    class_dropout: float = 0.1                # training labels replaced by null, for guidance
-    prediction: str = "eps"                   # a Prediction value: "eps" | "v"
-    norm_groups: int = 32                     # GroupNorm groups
-    attention_head_channels: int = 64         # channels per attention head
+    num_timesteps: int = 1000            # T; fewer steps make a coarser chain (docs/model.md)
+    # cosine: the linear schedule's last steps are nearly pure noise (Nichol & Dhariwal 2021)
+    beta_schedule: BetaSchedule = BetaSchedule.COSINE
+    # v stays well scaled at every noise level (Salimans & Ho 2022, sec. 4)
+    prediction: Prediction = Prediction.EPS
+    # labels dropped to the null class, so one model gives both guidance terms (Ho & Salimans 2022)
+    class_dropout: float = 0.1
 
     def __post_init__(self) -> None:
-        unet = self.unet_config()  # validates the architecture fields
-        object.__setattr__(self, "channel_multipliers", unet.channel_multipliers)
-        object.__setattr__(self, "use_attention", unet.use_attention)
-        # Store plain strings even when given Enum members, so the config stays serialisable.
-        for name, kind in (("beta_schedule", BetaSchedule), ("prediction", Prediction)):
-            object.__setattr__(self, name, parse_choice(kind, getattr(self, name), name).value)
-        object.__setattr__(self, "upsample", UpsampleMode(unet.upsample).value)
+        object.__setattr__(self, "beta_schedule",
+                           parse_choice(BetaSchedule, self.beta_schedule, "beta_schedule"))
+        object.__setattr__(self, "prediction",
+                           parse_choice(Prediction, self.prediction, "prediction"))
         if self.num_timesteps < 1:
             raise ValueError(f"num_timesteps: {self.num_timesteps} must be >= 1 (1000 is usual)")
         if not 0.0 <= self.class_dropout < 1.0:
             raise ValueError(f"class_dropout: {self.class_dropout} must be in [0, 1) "
                              f"(0.1 is usual; 0 disables classifier-free guidance training)")
 
-    def unet_config(self) -> UNetConfig:
-        names = {f.name for f in dataclasses.fields(UNetConfig)}
-        return UNetConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data; `DiffusionConfig(**d)` reads it back."""
+        return plain_dict(self)
+
+
+UNET_FIELDS = tuple(f.name for f in dataclasses.fields(UNetConfig))
+DIFFUSION_FIELDS = tuple(f.name for f in dataclasses.fields(DiffusionConfig))
+
+
+def configs_to_dict(unet: UNetConfig, diffusion: DiffusionConfig) -> dict[str, dict[str, Any]]:
+    """{"unet": {...}, "diffusion": {...}}: what checkpoints and config.json store."""
+    return {"unet": unet.to_dict(), "diffusion": diffusion.to_dict()}
+
+
+def configs_from_dict(document: Mapping[str, Any]) -> tuple[UNetConfig, DiffusionConfig]:
+    """The inverse of `configs_to_dict`. Also reads the flat dict of one key per setting that
+    checkpoints written before the split into two configs hold, splitting it by field name."""
+    if set(document) == {"unet", "diffusion"}:
+        return (_config(UNetConfig, document["unet"], "unet"),
+                _config(DiffusionConfig, document["diffusion"], "diffusion"))
+    unknown = sorted(set(document) - set(UNET_FIELDS) - set(DIFFUSION_FIELDS))
+    if unknown:
+        raise ValueError(f"model config: unknown keys {unknown}; expected {{'unet': {{...}}, "
+                         f"'diffusion': {{...}}}} or the flat fields of both configs")
+    return (UNetConfig(**{k: v for k, v in document.items() if k in UNET_FIELDS}),
+            DiffusionConfig(**{k: v for k, v in document.items() if k in DIFFUSION_FIELDS}))
+
+
+def _config(kind: type, values: Mapping[str, Any], name: str) -> Any:
+    valid = [f.name for f in dataclasses.fields(kind)]
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        raise ValueError(f"model config: {name}: unknown fields {unknown}; valid: {valid}")
+    return kind(**values)
 
 
 def _random(draw: Callable[..., torch.Tensor], *args: Any,
@@ -81,22 +101,31 @@ def _random(draw: Callable[..., torch.Tensor], *args: Any,
 
 
 class DDPM(nn.Module):
-    """Class-conditional denoising diffusion model: `.unet`, `.schedule`, `.config`."""
+    """Class-conditional denoising diffusion model: `.unet` (the network), `.schedule`, and the
+    configs it was built from, `.unet_config` and `.diffusion_config`."""
 
-    def __init__(self, config: DDPMConfig):
+    def __init__(self, unet: UNetConfig, diffusion: DiffusionConfig):
         super().__init__()
-        self.config = config
-        self.unet = UNet(config.unet_config())
-        self.schedule = NoiseSchedule(config.num_timesteps, config.beta_schedule)
-        self.prediction = parse_choice(Prediction, config.prediction, "prediction")
+        self.unet_config, self.diffusion_config = unet, diffusion
+        self.unet = UNet(unet)
+        self.schedule = NoiseSchedule(diffusion.num_timesteps, diffusion.beta_schedule)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """{"unet": {...}, "diffusion": {...}} as plain data (JSON, checkpoints)."""
+        return configs_to_dict(self.unet_config, self.diffusion_config)
 
     @classmethod
-    def from_config(cls, config: DDPMConfig) -> "DDPM":
-        return cls(config)
+    def from_dict(cls, document: Mapping[str, Any]) -> "DDPM":
+        """The model `to_dict()` describes (or an old flat config; see configs_from_dict)."""
+        return cls(*configs_from_dict(document))
+
+    @property
+    def prediction(self) -> Prediction:
+        return self.diffusion_config.prediction
 
     @property
     def null_class(self) -> int:
-        return self.config.num_classes
+        return self.unet_config.num_classes
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
                 aug_params: torch.Tensor | None = None) -> torch.Tensor:
@@ -118,14 +147,14 @@ class DDPM(nn.Module):
         n, device = images.shape[0], images.device
         labels = self._check_labels(labels, n, device)
         if t is None:
-            t = _random(torch.randint, 0, self.config.num_timesteps, (n,), generator=generator,
-                        device=device)
+            t = _random(torch.randint, 0, self.diffusion_config.num_timesteps, (n,),
+                        generator=generator, device=device)
         if noise is None:
             noise = _random(torch.randn, tuple(images.shape), generator=generator,
                             device=device).to(images.dtype)
-        if self.training and self.config.class_dropout > 0:
+        if self.training and self.diffusion_config.class_dropout > 0:
             draws = _random(torch.rand, (n,), generator=generator, device=device)
-            dropped = draws < self.config.class_dropout
+            dropped = draws < self.diffusion_config.class_dropout
             labels = torch.where(dropped, torch.full_like(labels, self.null_class), labels)
         x_t = self.schedule.q_sample(images, t, noise)
         if self.prediction is Prediction.EPS:
@@ -151,9 +180,9 @@ class DDPM(nn.Module):
         kind = parse_choice(Sampler, sampler, "sampler")
         device = self.schedule.betas.device
         labels = self._check_labels(torch.as_tensor(labels), None, device)
-        if kind is Sampler.DDIM and not 1 <= steps <= self.config.num_timesteps:
+        if kind is Sampler.DDIM and not 1 <= steps <= self.diffusion_config.num_timesteps:
             raise ValueError(f"steps: {steps} must be in [1, num_timesteps="
-                             f"{self.config.num_timesteps}]")
+                             f"{self.diffusion_config.num_timesteps}]")
         if eta < 0:
             raise ValueError(f"eta: {eta} must be >= 0")
         if batch_size is not None and batch_size < 1:
@@ -166,16 +195,16 @@ class DDPM(nn.Module):
                                          clip_denoised) for chunk in chunks]
         finally:
             self.train(was_training)
-        c, s = self.config.in_channels, self.config.image_size
+        c, s = self.unet_config.in_channels, self.unet_config.image_size
         return torch.cat(images) if images else torch.empty(0, c, s, s, device=device)
 
     def _sample_batch(self, labels: torch.Tensor, kind: Sampler, steps: int, eta: float,
                       guidance: float, generator: torch.Generator | None,
                       clip_denoised: bool) -> torch.Tensor:
-        n, c, s = labels.shape[0], self.config.in_channels, self.config.image_size
+        n, c, s = labels.shape[0], self.unet_config.in_channels, self.unet_config.image_size
         x = _random(torch.randn, (n, c, s, s), generator=generator, device=labels.device)
         if kind is Sampler.DDPM:
-            for t in reversed(range(self.config.num_timesteps)):
+            for t in reversed(range(self.diffusion_config.num_timesteps)):
                 x = self._ddpm_step(x, t, labels, guidance, generator, clip_denoised)
         else:
             for t, t_prev in self.ddim_timesteps(steps):
@@ -185,7 +214,7 @@ class DDPM(nn.Module):
 
     def ddim_timesteps(self, steps: int) -> list[tuple[int, int]]:
         """(t, t_prev) pairs from T-1 down to 0, `steps` evenly spaced; t_prev = -1 means x_0."""
-        total = self.config.num_timesteps
+        total = self.diffusion_config.num_timesteps
         ts = torch.linspace(0, total - 1, steps, dtype=torch.float64).round().long().tolist()
         ts = sorted(set(ts), reverse=True)
         return list(zip(ts, ts[1:] + [-1]))
@@ -242,7 +271,7 @@ class DDPM(nn.Module):
         return x_prev
 
     def _check_images(self, images: torch.Tensor, name: str) -> None:
-        c, s = self.config.in_channels, self.config.image_size
+        c, s = self.unet_config.in_channels, self.unet_config.image_size
         if images.ndim != 4 or tuple(images.shape[1:]) != (c, s, s):
             raise ValueError(f"{name}: shape {tuple(images.shape)}, expected (N, {c}, {s}, {s}) "
                              f"for in_channels={c}, image_size={s}")
@@ -254,9 +283,10 @@ class DDPM(nn.Module):
         if n is not None and labels.numel() != n:
             raise ValueError(f"labels: {labels.numel()} labels for {n} images")
         if labels.device.type == "cpu" and labels.numel() and (
-                labels.min() < 0 or labels.max() >= self.config.num_classes):
-            raise ValueError(f"labels: values must be in [0, num_classes={self.config.num_classes})"
-                             f", got min {int(labels.min())}, max {int(labels.max())}")
+                labels.min() < 0 or labels.max() >= self.unet_config.num_classes):
+            raise ValueError(f"labels: values must be in [0, num_classes="
+                             f"{self.unet_config.num_classes}), got min {int(labels.min())}, "
+                             f"max {int(labels.max())}")
         return labels.to(device=device, dtype=torch.long).reshape(-1)
 
 
@@ -266,13 +296,14 @@ def create_ddpm(image_size: int, model_channels: int, channel_multipliers: Seque
                 dropout: float = 0.1, upsample: str = "bilinear", aug_dim: int = 0,
                 class_dropout: float = 0.1, prediction: str = "eps", norm_groups: int = 32,
                 attention_head_channels: int = 64) -> DDPM:
-    """Build a DDPM (see DDPMConfig for the arguments). Raises ValueError naming the argument
-    when the configuration cannot work."""
-    return DDPM(DDPMConfig(
+    """`DDPM(UNetConfig(...), DiffusionConfig(...))` from keywords (see the two configs for
+    their meaning). Raises ValueError naming the argument when the settings cannot work."""
+    unet = UNetConfig(
         image_size=image_size, model_channels=model_channels,
         channel_multipliers=tuple(channel_multipliers), num_res_blocks=num_res_blocks,
-        use_attention=tuple(use_attention), num_classes=num_classes,
-        num_timesteps=num_timesteps, beta_schedule=beta_schedule, in_channels=in_channels,
-        dropout=dropout, upsample=upsample, aug_dim=aug_dim, class_dropout=class_dropout,
-        prediction=prediction, norm_groups=norm_groups,
-        attention_head_channels=attention_head_channels))
+        use_attention=tuple(use_attention), num_classes=num_classes, in_channels=in_channels,
+        dropout=dropout, upsample=upsample, aug_dim=aug_dim, norm_groups=norm_groups,
+        attention_head_channels=attention_head_channels)
+    diffusion = DiffusionConfig(num_timesteps=num_timesteps, beta_schedule=beta_schedule,
+                                prediction=prediction, class_dropout=class_dropout)
+    return DDPM(unet, diffusion)

@@ -1,83 +1,149 @@
-"""Architectures per training resolution, from the analysis' table (plus `tiny` for CPU tests).
+"""Architectures per training resolution (docs/design.md's table, plus `tiny` for CPU tests), a
+derived architecture for any other size, and the recommended batch size of each.
 
     python -m ddpm_model.presets      # print the flow and parameter counts of every preset
+
+A preset is a complete `UNetConfig`; a change is `dataclasses.replace(preset, ...)`, which
+`resolve_model` does for the data's size, channels and classes and for the options a user set.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from .diffusion import DDPM, DDPMConfig, create_ddpm
-from .unet import describe
+from .diffusion import DIFFUSION_FIELDS, UNET_FIELDS, DiffusionConfig
+from .unet import UNetConfig, describe
 
-
-@dataclass(frozen=True)
-class Preset:
-    """The architecture keyword arguments of `create_ddpm` for one resolution."""
-
-    name: str
-    image_size: int
-    model_channels: int
-    channel_multipliers: tuple[int, ...]
-    num_res_blocks: int
-    use_attention: tuple[bool, ...]
-    norm_groups: int = 32
-    estimate: str = ""  # the analysis' parameter estimate, for the docs
-
-    def kwargs(self, num_classes: int, **overrides: Any) -> dict[str, Any]:
-        """create_ddpm keyword arguments; `overrides` (e.g. image_size=16, aug_dim=6) win."""
-        fields = {f.name for f in dataclasses.fields(DDPMConfig)}
-        unknown = sorted(set(overrides) - fields)
-        if unknown:
-            raise ValueError(f"overrides: unknown create_ddpm arguments {unknown}; valid: "
-                             f"{sorted(fields)}")
-        base = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name in fields}
-        return {**base, "num_classes": num_classes, **overrides}
-
-    def config(self, num_classes: int, **overrides: Any) -> DDPMConfig:
-        return DDPMConfig(**self.kwargs(num_classes, **overrides))
-
-    def create(self, num_classes: int, **overrides: Any) -> DDPM:
-        return create_ddpm(**self.kwargs(num_classes, **overrides))
-
-
-PRESETS: dict[str, Preset] = {
-    preset.name: preset for preset in (
-        Preset("40", 40, 64, (1, 2, 4), 2, (False, False, True), estimate="~15-20M"),
-        Preset("96", 96, 64, (1, 2, 2, 4), 2, (False, False, True, True), estimate="~30-35M"),
-        Preset("128", 128, 64, (1, 2, 2, 4, 8), 2, (False, False, False, True, True),
-               estimate="~40-50M"),
-        Preset("256", 256, 64, (1, 2, 2, 4, 4, 8), 2, (False, False, False, False, True, True),
-               estimate="~50-60M"),
-        # CPU tests and demos: any image_size divisible by 4 (16, 32, ...); a few seconds a step.
-        Preset("tiny", 32, 32, (1, 2, 2), 1, (False, False, True), norm_groups=8),
-    )
+PRESETS: dict[str, UNetConfig] = {
+    "40": UNetConfig(40, 64, (1, 2, 4), 2, (False, False, True)),
+    "96": UNetConfig(96, 64, (1, 2, 2, 4), 2, (False, False, True, True)),
+    "128": UNetConfig(128, 64, (1, 2, 2, 4, 8), 2, (False, False, False, True, True)),
+    "256": UNetConfig(256, 64, (1, 2, 2, 4, 4, 8), 2, (False, False, False, False, True, True)),
+    # CPU tests and demos: any image_size divisible by 4 (16, 32, ...); a few seconds a step.
+    "tiny": UNetConfig(32, 32, (1, 2, 2), 1, (False, False, True), norm_groups=8),
 }
 
 
-def preset_for_size(size: int) -> Preset:
-    """The preset trained at `size` pixels; 16 and 32 give `tiny` at that size."""
-    for preset in PRESETS.values():
-        if preset.name != "tiny" and preset.image_size == size:
-            return preset
-    if size in (16, 32):
+class PresetNotes(NamedTuple):
+    batch_size: int  # images per step on an 8 GB GPU (docs/design.md); tiny: a CPU batch
+    estimate: str    # docs/design.md's parameter estimate, shown next to the real count
+
+
+NOTES: dict[str, PresetNotes] = {
+    "40": PresetNotes(8, "~15-20M"),
+    "96": PresetNotes(6, "~30-35M"),
+    "128": PresetNotes(4, "~40-50M"),
+    "256": PresetNotes(2, "~50-60M"),
+    "tiny": PresetNotes(16, ""),
+}
+
+# Derived architectures: stage count -> channel multipliers, following the presets' pattern.
+MULTIPLIERS = {3: (1, 2, 4), 4: (1, 2, 2, 4), 5: (1, 2, 2, 4, 8), 6: (1, 2, 2, 4, 4, 8),
+               7: (1, 2, 2, 4, 4, 8, 8)}
+BOTTLENECK = (8, 12)  # px at the lowest resolution, as in the presets: attention there is cheap
+TINY_SIZES = (16, 32)
+
+
+def _sized_presets() -> dict[int, str]:
+    return {config.image_size: name for name, config in PRESETS.items() if name != "tiny"}
+
+
+def derive_preset(size: int) -> UNetConfig | None:
+    """The fewest stages (3-7) whose bottleneck, size / 2^(stages-1), is a whole number of
+    8-12 px; 64 channels, 2 residual blocks, attention at the two lowest resolutions.
+    None when no stage count fits."""
+    for stages, multipliers in MULTIPLIERS.items():
+        factor = 2 ** (stages - 1)
+        if size % factor == 0 and BOTTLENECK[0] <= size // factor <= BOTTLENECK[1]:
+            attention = (False,) * (stages - 2) + (True, True)
+            return UNetConfig(size, 64, multipliers, 2, attention)
+    return None
+
+
+def preset_for_size(size: int) -> UNetConfig:
+    """The architecture for `size` px: the preset trained at that size (40, 96, 128, 256),
+    `tiny` at 16 or 32, otherwise `derive_preset(size)` (160 -> 5 stages, bottleneck 10 px).
+    Raises ValueError naming nearby sizes that work."""
+    sized = _sized_presets()
+    if size in sized:
+        return PRESETS[sized[size]]
+    if size in TINY_SIZES:
         return dataclasses.replace(PRESETS["tiny"], image_size=size)
-    sizes = ", ".join(str(p.image_size) for p in PRESETS.values() if p.name != "tiny")
-    raise ValueError(f"size: no preset for {size} px; presets exist for {sizes} (and 'tiny' "
-                     f"at 16 or 32); or pass the architecture to create_ddpm yourself")
+    derived = derive_preset(size)
+    if derived is None:
+        lower = [s for s in _workable_sizes() if s < size][-2:]
+        higher = [s for s in _workable_sizes() if s > size][:2]
+        raise ValueError(
+            f"size: no architecture for {size} px: no 3-7 stage U-Net halves it down to a whole "
+            f"{BOTTLENECK[0]}-{BOTTLENECK[1]} px bottleneck; nearby sizes that work: "
+            f"{', '.join(map(str, lower + higher))}; or name a preset and override its fields")
+    return derived
+
+
+def _workable_sizes() -> list[int]:
+    derivable = {b * 2 ** (stages - 1) for stages in MULTIPLIERS
+                 for b in range(BOTTLENECK[0], BOTTLENECK[1] + 1)}
+    return sorted(derivable | set(TINY_SIZES) | set(_sized_presets()))
+
+
+def default_batch_size(config_or_size: UNetConfig | int) -> int:
+    """The recommended batch size: a preset's own (`NOTES`); for any other architecture, that
+    of the nearest preset at or above its pixel count; past the largest preset, its batch
+    scaled down by the pixel ratio (at least 1)."""
+    config = (preset_for_size(config_or_size) if isinstance(config_or_size, int)
+              else config_or_size)
+    tiny = PRESETS["tiny"]
+    if (config.model_channels, config.channel_multipliers, config.num_res_blocks) == (
+            tiny.model_channels, tiny.channel_multipliers, tiny.num_res_blocks):
+        return NOTES["tiny"].batch_size
+    sized = _sized_presets()
+    for size in sorted(sized):
+        if size >= config.image_size:
+            return NOTES[sized[size]].batch_size
+    largest = max(sized)
+    scaled = NOTES[sized[largest]].batch_size * largest ** 2 / config.image_size ** 2
+    return max(1, int(scaled))
+
+
+def resolve_model(size: int, in_channels: int, num_classes: int, preset: str | None = None,
+                  overrides: dict[str, Any] | None = None
+                  ) -> tuple[UNetConfig, DiffusionConfig]:
+    """The model for data of `size` px, `in_channels` and `num_classes`: the named `preset`
+    (or `preset_for_size(size)`), then `overrides`, keyed by UNetConfig and DiffusionConfig
+    field names (e.g. {"model_channels": 32, "num_timesteps": 100, "aug_dim": 9})."""
+    if preset is None:
+        base = preset_for_size(size)
+    elif preset in PRESETS:
+        base = PRESETS[preset]
+    else:
+        raise ValueError(f"preset: {preset!r} unknown; valid: {', '.join(PRESETS)}")
+    overrides = dict(overrides or {})
+    from_data = sorted(set(overrides) & {"image_size", "in_channels", "num_classes"})
+    if from_data:
+        raise ValueError(f"overrides: {from_data} come from the data; pass them as size, "
+                         f"in_channels and num_classes")
+    unknown = sorted(set(overrides) - set(UNET_FIELDS) - set(DIFFUSION_FIELDS))
+    if unknown:
+        valid = [n for n in UNET_FIELDS + DIFFUSION_FIELDS
+                 if n not in ("image_size", "in_channels", "num_classes")]
+        raise ValueError(f"overrides: unknown model fields {unknown}; valid: {', '.join(valid)}")
+    unet = dataclasses.replace(
+        base, image_size=size, in_channels=in_channels, num_classes=num_classes,
+        **{k: v for k, v in overrides.items() if k in UNET_FIELDS})
+    diffusion = DiffusionConfig(**{k: v for k, v in overrides.items() if k in DIFFUSION_FIELDS})
+    return unet, diffusion
 
 
 def describe_presets(num_classes: int = 2) -> str:
     """Markdown: each preset's flow diagram (generated from the model) and its parameters."""
     parts = []
-    for preset in PRESETS.values():
-        estimate = f" (analysis estimate {preset.estimate})" if preset.estimate else ""
-        parts.append(f"### Preset `{preset.name}`: {preset.image_size} px, "
-                     f"multipliers {preset.channel_multipliers}, attention "
-                     f"{tuple(int(a) for a in preset.use_attention)}{estimate}\n\n```\n"
-                     f"{describe(preset.config(num_classes).unet_config())}\n```\n")
+    for name, preset in PRESETS.items():
+        config, notes = dataclasses.replace(preset, num_classes=num_classes), NOTES[name]
+        estimate = f" (design estimate {notes.estimate})" if notes.estimate else ""
+        parts.append(f"### Preset `{name}`: {config.image_size} px, "
+                     f"multipliers {config.channel_multipliers}, attention "
+                     f"{tuple(int(a) for a in config.use_attention)}, batch "
+                     f"{notes.batch_size}{estimate}\n\n```\n{describe(config)}\n```\n")
     return "\n".join(parts)
 
 

@@ -26,7 +26,13 @@ from . import checkpoint as ckpt
 from .codec import to_jsonable
 from .config import ModelOptions, Precision, RunConfig, TrainConfig
 from .runfolder import RunError, resolve_run, write_document
-from .runtime import Distributed, autocast_for, pick_device, setup_distributed, teardown_distributed
+from .diffusion import DDPM, DiffusionConfig, configs_to_dict
+from .memory import estimate_step_memory, format_memory
+from .presets import PRESETS, default_batch_size, preset_for_size, resolve_model
+from .runtime import (
+    Distributed, autocast_for, pick_device, resolve_precision, setup_distributed, teardown_distributed,
+)
+from .unet import UNetConfig, count_parameters
 from .train import LossModule, RunIO, TrainParts, TrainResult, TrainState, make_val_set, resume_from, train
 
 __all__ = ["ModelOptions", "Plan", "RunConfig", "RunError", "TrainConfig", "prepare", "run_training"]
@@ -34,25 +40,24 @@ __all__ = ["ModelOptions", "Plan", "RunConfig", "RunError", "TrainConfig", "prep
 
 # -- model --------------------------------------------------------------------------------------
 
-def model_kwargs(manifest: Manifest, options: ModelOptions, aug_dim: int) -> dict[str, Any]:
-    """create_ddpm keyword arguments: the preset for the manifest's size, then the overrides."""
-    from .presets import PRESETS, preset_for_size
-
-    if options.preset is None:
-        try:
-            preset = preset_for_size(manifest.size)
-        except ValueError as error:
-            raise RunError(f"{manifest.root}: {error}; or pass --preset and the architecture flags") from None
-    elif options.preset in PRESETS:
-        preset = PRESETS[options.preset]
-    else:
-        raise RunError(f"--preset: {options.preset!r} unknown; valid: {', '.join(PRESETS)}")
-    return preset.kwargs(len(manifest.classes), image_size=manifest.size, in_channels=manifest.channels,
-                         aug_dim=aug_dim, **options.overrides)
+def resolve_architecture(manifest: Manifest, options: ModelOptions, aug_dim: int) -> tuple[str, UNetConfig, DiffusionConfig]:
+    """(preset name, U-Net, diffusion) for the shards: the preset (named, or the one for the
+    manifest's size), then the options the user gave (`dataclasses.replace`)."""
+    try:
+        unet, diffusion = resolve_model(manifest.size, manifest.channels, len(manifest.classes), options.preset,
+                                        {**options.overrides, "aug_dim": aug_dim})
+    except ValueError as error:
+        if options.preset is None and str(error).startswith("size:"):
+            raise RunError(f"{manifest.root}: {error} (--preset NAME and the architecture flags)") from None
+        raise RunError(str(error)) from None
+    return options.preset or _preset_name(manifest.size), unet, diffusion
 
 
-def default_batch_size(model_config: dict[str, Any]) -> int:
-    return 6
+def _preset_name(size: int) -> str:
+    """The name of the preset `preset_for_size` picks, or 'derived' for a size without one."""
+    chosen = preset_for_size(size)
+    return next((name for name, preset in PRESETS.items()
+                 if dataclasses.replace(preset, image_size=size) == chosen), f"derived ({size} px)")
 
 
 # -- plan ---------------------------------------------------------------------------------------
@@ -95,8 +100,6 @@ def _resolve_on_main(given: RunConfig, dist: Distributed) -> tuple[RunConfig, Pa
 def prepare(given: RunConfig, dist: Distributed | None = None,
             device: torch.device | None = None) -> tuple[Plan, Manifest]:
     """Resolve the config, run folder and model; (plan, manifest). Writes nothing."""
-    from .diffusion import DDPM, DDPMConfig
-
     dist = dist or Distributed()
     device = device or pick_device(given.device, 0)
     config, run_dir, resume_path = _resolve_on_main(given, dist)
@@ -110,17 +113,17 @@ def prepare(given: RunConfig, dist: Distributed | None = None,
                        f"{config.img_size}') or drop --img-size")
     augment = config.augment or AugmentConfig()
     aug_dim = Augmenter.num_params if config.model.aug_conditioning and not augment.is_identity else 0
-    kwargs = model_kwargs(manifest, config.model, aug_dim)
-    model_config = to_jsonable(DDPMConfig(**kwargs))
-    parameters = sum(p.numel() for p in DDPM(DDPMConfig(**kwargs)).parameters())
+    preset, unet, diffusion = resolve_architecture(manifest, config.model, aug_dim)
     train_config = config.train
     if train_config.batch_size is None:
-        train_config = dataclasses.replace(train_config, batch_size=default_batch_size(model_config))
+        train_config = dataclasses.replace(train_config, batch_size=default_batch_size(unet))
     reader = dataclasses.replace(config.reader or ReaderConfig(), batch_size=train_config.batch_size,
                                  seed=train_config.seed, device=str(device))
     config = dataclasses.replace(config, reader=reader, augment=augment, train=train_config)
-    return Plan(config, run_dir, resume_path, config.model.preset, model_config, parameters,
-                list(manifest.classes), dist.world_size, str(device)), manifest
+    memory = estimate_step_memory(unet, train_config.batch_size, resolve_precision(train_config.precision, device).value,
+                                  train_config.gradient_checkpointing)
+    return Plan(config, run_dir, resume_path, preset, configs_to_dict(unet, diffusion), count_parameters(unet),
+                list(manifest.classes), dist.world_size, str(device), format_memory(memory)), manifest
 
 
 # -- training -----------------------------------------------------------------------------------
@@ -166,7 +169,6 @@ def run_training(given: RunConfig) -> tuple[Plan, TrainResult | None]:
 
 
 def _train(plan: Plan, manifest: Any, dist: Distributed, device: torch.device) -> TrainResult:
-    from .diffusion import DDPM, DDPMConfig
     from .ema import EMA
     from .metrics import MetricsLog, ProgressDisplay
 
@@ -178,7 +180,9 @@ def _train(plan: Plan, manifest: Any, dist: Distributed, device: torch.device) -
         # Rewritten on resume too, so the next --resume continues with the options in force now.
         write_document(plan.run_dir, plan.document())
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
-    model = DDPM.from_config(DDPMConfig(**plan.model_config)).to(device)
+    model = DDPM.from_dict(plan.model_config).to(device)
+    if cfg.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
     precision, autocast = autocast_for(cfg.precision, device)
     channels_last = device.type == "cuda"
     if channels_last:
@@ -197,8 +201,8 @@ def _train(plan: Plan, manifest: Any, dist: Distributed, device: torch.device) -
     parts = TrainParts(
         model=model, step_model=step_model, ema=ema, optimizer=optimizer, scaler=scaler,
         batches=_BatchIterator(reader), augment=Augmenter(config.augment, manifest.size), generator=generator,
-        val=_validation(config, manifest, model.config.num_timesteps) if dist.is_main else None,
-        autocast=autocast, use_aug_params=model.config.aug_dim > 0, channels_last=channels_last)
+        val=_validation(config, manifest, model.diffusion_config.num_timesteps) if dist.is_main else None,
+        autocast=autocast, use_aug_params=model.unet_config.aug_dim > 0, channels_last=channels_last)
     state = TrainState()
     warning = None
     if plan.resume_from is not None:

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from . import checkpoint as ckpt
-from .diffusion import DDPM, DDPMConfig, Sampler
+from .diffusion import DDPM, Sampler
 from .runtime import pick_device
 
 
@@ -50,7 +50,7 @@ def load_model(path: str | Path, ema: bool = True, device: str | torch.device = 
     file = ckpt.resolve_checkpoint(path)
     state = ckpt.load_checkpoint(file)
     try:
-        model = DDPM.from_config(DDPMConfig(**state["model_config"]))
+        model = DDPM.from_dict(state["model_config"])
         weights = state["ema"]["module"] if ema and state.get("ema") else state["model"]
         model.load_state_dict(weights)
     except (TypeError, KeyError, RuntimeError, ValueError) as error:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from .choices import parse_choice
+from .choices import parse_choice, plain_dict
 
 
 class UpsampleMode(str, Enum):
@@ -33,27 +35,35 @@ class UpsampleMode(str, Enum):
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """Architecture of the U-Net. Validated on construction (ValueError naming the field)."""
+    """The architecture of the U-Net: the one place its settings are declared. A preset
+    (`ddpm_model.presets.PRESETS`) is an instance; an override is `dataclasses.replace`.
+    Validated on construction (ValueError naming the field and the fix)."""
 
-    image_size: int                           # input height = width, pixels
-    model_channels: int                       # channels of the first stage
-    channel_multipliers: tuple[int, ...]      # stage i has model_channels * multipliers[i] channels
-    num_res_blocks: int                       # residual blocks per down stage (up stages: +1)
-    use_attention: tuple[bool, ...]           # self-attention after each block of stage i
-    num_classes: int                          # class labels 0..num_classes-1; num_classes = null
-    in_channels: int = 3                      # 1 (grey) or 3 (RGB); output has the same
-    dropout: float = 0.1                      # inside residual blocks
-    upsample: str = "bilinear"                # an UpsampleMode value
-    aug_dim: int = 0                          # augmentation parameters per image; 0 = no input
-    norm_groups: int = 32                     # GroupNorm groups; must divide every channel count
-    attention_head_channels: int = 64         # channels per attention head
+    image_size: int                      # height = width, pixels; divisible by 2^(stages-1)
+    model_channels: int                  # width of stage 1; the embedding is 4x as wide
+    channel_multipliers: tuple[int, ...]  # stage i: model_channels * m[i] ch at image_size / 2^i
+    num_res_blocks: int                  # per down stage; up stages get one more (extra skip)
+    use_attention: tuple[bool, ...]      # per stage; cost grows with pixels^2: low resolutions
+    num_classes: int = 2                 # labels 0..num_classes-1; num_classes = null (guidance)
+    in_channels: int = 3                 # 1 (grey) or 3 (RGB); the output has as many
+    dropout: float = 0.1                 # in residual blocks; small data sets overfit without it
+    upsample: UpsampleMode = UpsampleMode.BILINEAR  # interpolation + conv: no checkerboards
+    aug_dim: int = 0                     # augmentation parameters fed to the embedding; 0 = none
+    norm_groups: int = 32                # GroupNorm groups; must divide every stage's channels
+    attention_head_channels: int = 64    # channels per head; heads = channels / this
 
     def __post_init__(self) -> None:
-        # Accept lists (from JSON) and 0/1 flags (from the CLI); store canonical tuples.
+        # Accept lists (from JSON), 0/1 flags (from the CLI) and strings; store tuples and the Enum.
         object.__setattr__(self, "channel_multipliers",
                            tuple(int(m) for m in self.channel_multipliers))
         object.__setattr__(self, "use_attention", tuple(bool(a) for a in self.use_attention))
+        object.__setattr__(self, "upsample", parse_choice(UpsampleMode, self.upsample, "upsample"))
         self._validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (lists, strings, numbers) for JSON and `torch.load(weights_only=True)`;
+        `UNetConfig(**d)` reads it back."""
+        return plain_dict(self)
 
     def _validate(self) -> None:
         mults, attention = self.channel_multipliers, self.use_attention
@@ -80,7 +90,6 @@ class UNetConfig:
             raise ValueError(f"aug_dim: {self.aug_dim} must be >= 0 (0 = no augmentation input)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: {self.dropout} must be in [0, 1)")
-        parse_choice(UpsampleMode, self.upsample, "upsample")
         for i, channels in enumerate(self.stage_channels):
             if channels % self.norm_groups:
                 raise ValueError(
@@ -206,7 +215,22 @@ class Upsample(nn.Module):
         return self.conv(x)
 
 
-class DownStage(nn.Module):
+class Checkpointed(nn.Module):
+    """A part of the U-Net that calls its residual and attention blocks through `run`, which
+    recomputes their activations in the backward pass instead of keeping them when
+    `gradient_checkpointing` is set (Chen et al. 2016, arXiv 1604.06174)."""
+
+    gradient_checkpointing = False  # set by UNet.enable_gradient_checkpointing
+
+    def run(self, block: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # Non-reentrant: works under DDP and torch.compile; the RNG state is replayed, so
+            # dropout draws the same mask in the recomputation and gradients are unchanged.
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+
+class DownStage(Checkpointed):
     """Res blocks (+ attention) at one resolution, then optionally a downsample.
     Appends every block output and the downsampled output to `skips`."""
 
@@ -220,9 +244,9 @@ class DownStage(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor, skips: list[torch.Tensor]
                 ) -> torch.Tensor:
         for i, block in enumerate(self.blocks):
-            x = block(x, emb)
+            x = self.run(block, x, emb)
             if self.attentions is not None:
-                x = self.attentions[i](x)
+                x = self.run(self.attentions[i], x)
             skips.append(x)
         if self.downsample is not None:
             x = self.downsample(x)
@@ -230,7 +254,7 @@ class DownStage(nn.Module):
         return x
 
 
-class UpStage(nn.Module):
+class UpStage(Checkpointed):
     """Res blocks (+ attention), each on [x, skip] concatenated, then optionally an upsample."""
 
     def __init__(self, blocks: list[nn.Module], attentions: list[nn.Module] | None,
@@ -243,15 +267,15 @@ class UpStage(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor, skips: list[torch.Tensor]
                 ) -> torch.Tensor:
         for i, block in enumerate(self.blocks):
-            x = block(torch.cat([x, skips.pop()], dim=1), emb)
+            x = self.run(block, torch.cat([x, skips.pop()], dim=1), emb)
             if self.attentions is not None:
-                x = self.attentions[i](x)
+                x = self.run(self.attentions[i], x)
         if self.upsample is not None:
             x = self.upsample(x)
         return x
 
 
-class Middle(nn.Module):
+class Middle(Checkpointed):
     """Res block, self-attention, res block at the smallest resolution."""
 
     def __init__(self, channels: int, config: UNetConfig):
@@ -263,7 +287,8 @@ class Middle(nn.Module):
         self.block2 = ResBlock(channels, channels, *args)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        return self.block2(self.attention(self.block1(x, emb)), emb)
+        x = self.run(self.block1, x, emb)
+        return self.run(self.block2, self.run(self.attention, x), emb)
 
 
 class UNet(nn.Module):
@@ -280,7 +305,7 @@ class UNet(nn.Module):
         self.config = config
         c = config
         emb_dim = c.embedding_dim
-        mode = parse_choice(UpsampleMode, c.upsample, "upsample")
+        mode = c.upsample
         block_args = (emb_dim, c.dropout, c.norm_groups)
 
         def attention(channels: int) -> SelfAttention:
@@ -326,6 +351,19 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(c.norm_groups, channels)
         self.conv_out = _zero(nn.Conv2d(channels, c.in_channels, 3, padding=1))
 
+    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute the residual and attention blocks' activations in backward instead of
+        storing them (training with gradients only; sampling is unaffected): the same
+        gradients and less memory, for a second forward pass through those blocks.
+        (The name is diffusers'.)"""
+        for module in self.modules():
+            if isinstance(module, Checkpointed):
+                module.gradient_checkpointing = enabled
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.middle.gradient_checkpointing
+
     def embed(self, t: torch.Tensor, labels: torch.Tensor,
               aug_params: torch.Tensor | None) -> torch.Tensor:
         """(N, emb_dim) conditioning vector: timestep + class (+ augmentation) embeddings."""
@@ -356,8 +394,14 @@ class UNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-def count_parameters(module: nn.Module) -> int:
+def _numel(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def count_parameters(config: UNetConfig) -> int:
+    """Parameters of `UNet(config)`, built on the meta device: no memory, no initialisation."""
+    with torch.device("meta"):
+        return _numel(UNet(config))
 
 
 def describe(config: UNetConfig) -> str:
@@ -367,13 +411,13 @@ def describe(config: UNetConfig) -> str:
         unet = UNet(config)
     c = config
     sizes, chans = c.stage_sizes, c.stage_channels
-    mode = parse_choice(UpsampleMode, c.upsample, "upsample")
+    mode = c.upsample
 
     def res(s: int) -> str:
         return f"{s}×{s}"
 
     def millions(module: nn.Module) -> str:
-        return f"{count_parameters(module) / 1e6:.2f}M"
+        return f"{_numel(module) / 1e6:.2f}M"
 
     lines = [f"Input: {res(c.image_size)}×{c.in_channels} → conv {c.in_channels}→"
              f"{c.model_channels}"]
@@ -397,10 +441,11 @@ def describe(config: UNetConfig) -> str:
     embeddings = [unet.time_embed, unet.class_embed, unet.conv_in, unet.norm_out, unet.conv_out]
     if unet.aug_embed is not None:
         embeddings.append(unet.aug_embed)
-    rest = sum(count_parameters(m) for m in embeddings)
+    rest = sum(_numel(m) for m in embeddings)
     lines.append(f"{'└─ Embeddings, conv in/out':<76}{rest / 1e6:>7.2f}M")
     lines.append(f"Output: {res(c.image_size)}×{c.in_channels}")
-    lines.append(f"Parameters: {count_parameters(unet):,} ({count_parameters(unet) / 1e6:.1f}M); "
+    total = _numel(unet)
+    lines.append(f"Parameters: {total:,} ({total / 1e6:.1f}M); "
                  f"bottleneck {res(sizes[-1])} = {sizes[-1] ** 2} pixels; attention at "
                  + (", ".join(res(s) for s, a in zip(sizes, c.use_attention) if a) or "none")
                  + " and the middle")

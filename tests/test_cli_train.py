@@ -56,10 +56,16 @@ def test_dry_run_prints_the_resolved_config_and_writes_nothing(shards, tmp_path)
                       "--channel-multipliers", "1,2", "--use-attention", "0,1", "--model-channels", "32",
                       "--num-res-blocks", "2", "--upsample", "bilinear")
     document = json.loads(result.output[: result.output.rindex("}") + 1])
-    assert document["model"]["channel_multipliers"] == [1, 2]
-    assert document["model"]["use_attention"] == [False, True]
-    assert document["model"]["image_size"] == 16 and document["classes"] == ["abnormal", "normal"]
-    assert document["model"]["aug_dim"] == 9  # conditioned on the augmentation parameters
+    unet = document["model"]["unet"]
+    assert unet["channel_multipliers"] == [1, 2] and unet["use_attention"] == [False, True]
+    assert unet["image_size"] == 16 and document["classes"] == ["abnormal", "normal"]
+    assert unet["aug_dim"] == 9  # conditioned on the augmentation parameters
+    assert document["model"]["diffusion"] == {"num_timesteps": 1000, "beta_schedule": "cosine",
+                                              "prediction": "eps", "class_dropout": 0.1}
+    # only the options given are recorded, as overrides of the preset
+    assert document["run"]["model"] == {"preset": None, "aug_conditioning": True, "overrides": {
+        "channel_multipliers": [1, 2], "use_attention": [0, 1], "model_channels": 32,
+        "num_res_blocks": 2, "upsample": "bilinear"}}
     assert f"parameters: {document['parameters']:,}" in result.output
     assert not (tmp_path / "run").exists()
 
@@ -123,7 +129,7 @@ def test_existing_run_folder_needs_resume_or_overwrite(shards, tmp_path):
     (["--shards", "{missing}"], "manifest.json: folder missing; run 'ddpm-data build"),
     (["--out", "{tmp}/nothing", "--resume"], "config.json: missing; --out is not a run folder"),
     ([], "--shards: required"),
-    (["--shards", "{shards}", "--preset", "huge"], "--preset: 'huge' unknown; valid: 40, 96, 128, 256, tiny"),
+    (["--shards", "{shards}", "--preset", "huge"], "preset: 'huge' unknown; valid: 40, 96, 128, 256, tiny"),
     (["--shards", "{shards}", "--channel-multipliers", "1,2,x"], "--channel-multipliers '1,2,x': expected comma-separated integers"),
     (["--shards", "{shards}", "--channel-multipliers", "1,2", "--use-attention", "0,0,1"], "use_attention: 3 flags"),
     (["--shards", "{shards}", "--precision", "fp8"], "'fp8' is not one of 'auto'"),

@@ -5,7 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from ddpm_model import DDPM, DDPMConfig, create_ddpm
+from ddpm_model import DDPM, DiffusionConfig, UNetConfig, create_ddpm
+from ddpm_model.diffusion import configs_from_dict
+from ddpm_model.schedule import BetaSchedule
 from ddpm_model.schedule import cosine_betas
 
 
@@ -82,13 +84,48 @@ def test_misconfiguration_is_named(overrides, message):
 
 def test_config_round_trips_through_json():
     model = tiny(use_attention=(0, 1), aug_dim=3, prediction="v", upsample="nearest")
-    saved = json.loads(json.dumps(dataclasses.asdict(model.config)))
-    config = DDPMConfig(**saved)
-    assert config == model.config
-    rebuilt = DDPM.from_config(config)
+    saved = json.loads(json.dumps(model.to_dict()))
+    assert set(saved) == {"unet", "diffusion"} and saved["diffusion"]["prediction"] == "v"
+    rebuilt = DDPM.from_dict(saved)
+    assert (rebuilt.unet_config, rebuilt.diffusion_config) == (model.unet_config,
+                                                               model.diffusion_config)
     rebuilt.load_state_dict(model.state_dict())  # strict: same architecture
     assert set(model.state_dict()) == set(rebuilt.state_dict())
     assert not any(k.startswith("schedule.") for k in model.state_dict())
+
+
+def test_diffusion_config_stores_enums_and_plain_data():
+    config = DiffusionConfig(beta_schedule="linear", prediction="v")
+    assert config.beta_schedule is BetaSchedule.LINEAR and config.to_dict() == {
+        "num_timesteps": 1000, "beta_schedule": "linear", "prediction": "v", "class_dropout": 0.1}
+    assert DiffusionConfig(**config.to_dict()) == config
+
+
+def test_create_ddpm_is_the_two_configs():
+    model = tiny(num_timesteps=20, class_dropout=0.2)
+    assert model.unet_config == UNetConfig(8, 16, (1, 2), 1, (False, True), num_classes=2,
+                                           norm_groups=8, dropout=0.0)
+    assert model.diffusion_config == DiffusionConfig(num_timesteps=20, class_dropout=0.2)
+
+
+# The model_config of a checkpoint written before the two configs (all fields in one dict).
+OLD_FLAT_CONFIG = {
+    "image_size": 8, "model_channels": 16, "channel_multipliers": [1, 2], "num_res_blocks": 1,
+    "use_attention": [False, True], "num_classes": 2, "num_timesteps": 20,
+    "beta_schedule": "cosine", "in_channels": 3, "dropout": 0.0, "upsample": "bilinear",
+    "aug_dim": 0, "class_dropout": 0.1, "prediction": "eps", "norm_groups": 8,
+    "attention_head_channels": 64}
+
+
+def test_old_flat_configs_still_load():
+    unet, diffusion = configs_from_dict(OLD_FLAT_CONFIG)
+    assert unet == tiny().unet_config and diffusion == tiny().diffusion_config
+    model = DDPM.from_dict(OLD_FLAT_CONFIG)
+    model.load_state_dict(tiny().state_dict())
+    with pytest.raises(ValueError, match=r"model config: unknown keys \['colour'\]"):
+        configs_from_dict({**OLD_FLAT_CONFIG, "colour": 1})
+    with pytest.raises(ValueError, match=r"model config: unet: unknown fields \['colour'\]"):
+        configs_from_dict({"unet": {**unet.to_dict(), "colour": 1}, "diffusion": {}})
 
 
 # ---------------------------------------------------------------- loss
@@ -129,9 +166,8 @@ def test_loss_target_follows_the_prediction(prediction):
     model.unet = Oracle()
     t = torch.tensor([1, 5, 10, 15])  # away from t = T-1, where eps_from_x0 loses precision
     assert model.loss(x0, torch.zeros(4), t=t, generator=seeded(0)).item() < 1e-8
-    model.config = dataclasses.replace(model.config, prediction="eps" if prediction == "v"
-                                       else "v")
-    model.prediction = type(model.prediction)(model.config.prediction)
+    model.diffusion_config = dataclasses.replace(model.diffusion_config,
+                                                 prediction="eps" if prediction == "v" else "v")
     assert model.loss(x0, torch.zeros(4), t=t, generator=seeded(0)).item() > 1e-2
 
 

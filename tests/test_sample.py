@@ -8,15 +8,19 @@ import torch
 from PIL import Image
 
 from ddpm_model import checkpoint as ckpt
+from ddpm_model.diffusion import DDPM, DiffusionConfig
 from ddpm_model.presets import PRESETS
 from ddpm_model.sample import SampleConfig, load_model, sample_to_folder
 
 
-def write_checkpoint(run_dir, channels: int = 3):
+def write_checkpoint(run_dir, channels: int = 3, flat_config: bool = False):
     torch.manual_seed(0)
-    model = PRESETS["tiny"].create(2, image_size=16, model_channels=16, num_timesteps=50, in_channels=channels)
+    unet = dataclasses.replace(PRESETS["tiny"], image_size=16, model_channels=16, in_channels=channels)
+    model = DDPM(unet, DiffusionConfig(num_timesteps=50))
     ema_weights = {k: v + 0.01 for k, v in model.state_dict().items()}
-    state = {"step": 4, "images_seen": 32, "model_config": dataclasses.asdict(model.config),
+    # flat_config: the one-dict model_config that checkpoints held before the two configs
+    model_config = {**unet.to_dict(), **model.diffusion_config.to_dict()} if flat_config else model.to_dict()
+    state = {"step": 4, "images_seen": 32, "model_config": model_config,
              "classes": ["abnormal", "normal"], "model": model.state_dict(),
              "ema": {"module": ema_weights, "decay": 0.9, "warmup": True, "num_updates": 4}}
     return ckpt.save_checkpoint(state, ckpt.step_path(run_dir, 4)), model, ema_weights
@@ -58,6 +62,13 @@ def test_ema_weights_by_default(tmp_path):
     assert classes == ["abnormal", "normal"] and not ema_model.training
 
 
+def test_checkpoints_with_the_old_flat_config_still_load(tmp_path):
+    _, model, _ = write_checkpoint(tmp_path / "run", flat_config=True)
+    loaded, _, _ = load_model(tmp_path / "run", ema=False)
+    assert (loaded.unet_config, loaded.diffusion_config) == (model.unet_config, model.diffusion_config)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
 def test_unknown_class_lists_the_valid_ones(tmp_path):
     write_checkpoint(tmp_path / "run")
     with pytest.raises(ValueError, match=r"--class: 'tumour' not in .*valid: abnormal, normal"):
@@ -67,7 +78,7 @@ def test_unknown_class_lists_the_valid_ones(tmp_path):
 def test_corrupt_and_mismatched_checkpoints(tmp_path):
     path, _, _ = write_checkpoint(tmp_path / "run")
     state = ckpt.load_checkpoint(path)
-    state["model_config"] = {**state["model_config"], "model_channels": 24}
+    state["model_config"]["unet"]["model_channels"] = 24
     bad = ckpt.save_checkpoint(state, tmp_path / "mismatch.pt")
     with pytest.raises(ckpt.CheckpointError, match="mismatch.pt: model does not match its saved config"):
         load_model(bad)

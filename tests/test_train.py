@@ -2,6 +2,7 @@
 cleanly, a signal saves a checkpoint, validation is comparable, config errors name the flag."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from ddpm_model import checkpoint as ckpt
+from ddpm_model.diffusion import DDPM, DiffusionConfig
 from ddpm_model.ema import EMA
 from ddpm_model.presets import PRESETS
 from ddpm_model.train import (
@@ -56,7 +58,8 @@ def centre(images: torch.Tensor, generator: torch.Generator):
 
 def build(tmp_path, config: TrainConfig, augment=centre, with_val: bool = True, samples=None):
     torch.manual_seed(config.seed)
-    model = PRESETS["tiny"].create(2, image_size=SIZE, model_channels=16, num_timesteps=100)
+    model = DDPM(dataclasses.replace(PRESETS["tiny"], image_size=SIZE, model_channels=16),
+                 DiffusionConfig(num_timesteps=100))
     images, labels = dataset()
     val = None
     if with_val:

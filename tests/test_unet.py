@@ -1,9 +1,12 @@
+import dataclasses
+import json
+
 import pytest
 import torch
 from torch import nn
 
 from ddpm_model.presets import PRESETS
-from ddpm_model.unet import (DownStage, SelfAttention, UNet, UNetConfig, UpsampleMode,
+from ddpm_model.unet import (DownStage, ResBlock, SelfAttention, UNet, UNetConfig, UpsampleMode,
                              count_parameters, describe, timestep_embedding)
 
 
@@ -40,7 +43,7 @@ def forward(unet: UNet, n: int, seed: int = 0, **kwargs) -> torch.Tensor:
     pytest.param("256", 256, 1, marks=pytest.mark.slow),
     ("tiny", 16, 2), ("tiny", 32, 2)])
 def test_preset_output_shape(name, size, batch):
-    config = PRESETS[name].config(num_classes=2, image_size=size).unet_config()
+    config = dataclasses.replace(PRESETS[name], image_size=size)
     unet = UNet(config).eval()
     assert forward(unet, batch).shape == (batch, 3, size, size)
 
@@ -52,7 +55,7 @@ def test_grey_and_rgb(in_channels):
 
 
 def test_stages_halve_the_resolution_and_attend_where_flagged():
-    """The analysis' 96 px flow: 96 -> 48 -> 24 -> 12, attention at 24, 12 and the middle."""
+    """The 96 px flow: 96 -> 48 -> 24 -> 12, attention at 24, 12 and the middle."""
     config = UNetConfig(image_size=96, model_channels=32, channel_multipliers=(1, 2, 2, 4),
                         num_res_blocks=2, use_attention=(False, False, True, True),
                         num_classes=2)
@@ -145,10 +148,9 @@ def test_timestep_embedding():
 
 
 def test_describe_counts_the_real_model():
-    config = PRESETS["96"].config(num_classes=2).unet_config()
+    config = PRESETS["96"]
     text = describe(config)
-    with torch.device("meta"):
-        total = count_parameters(UNet(config))
+    total = count_parameters(config)
     assert f"Parameters: {total:,}" in text
     for fragment in ("Down1: 96×96, 64 → 64 ch", "Down4: 12×12, 128 → 256 ch, 2 res blocks + "
                      "attention", "Middle: 12×12, 256 ch", "then ↑ 96×96 (bilinear)"):
@@ -167,3 +169,71 @@ def test_down_stage_keeps_every_skip():
     h = unet.down[0](torch.zeros(1, 16, 16, 16), emb, skips)
     assert isinstance(unet.down[0], DownStage)
     assert len(skips) == 3 and h.shape[-1] == 8  # two blocks + the downsampled output
+
+
+def test_config_stores_enums_and_round_trips_as_plain_data():
+    config = small_config(upsample="nearest", channel_multipliers=[1, 2, 2],
+                          use_attention=[0, 0, 1])
+    assert config.upsample is UpsampleMode.NEAREST
+    assert config.channel_multipliers == (1, 2, 2) and config.use_attention == (False, False, True)
+    plain = config.to_dict()
+    assert plain["upsample"] == "nearest" and type(plain["upsample"]) is str
+    assert UNetConfig(**json.loads(json.dumps(plain))) == config
+    # num_classes and in_channels default to 2 classes of RGB images
+    assert UNetConfig(16, 16, (1,), 1, (0,), norm_groups=8).num_classes == 2
+
+
+@pytest.mark.parametrize("config", [small_config(), small_config(aug_dim=3, in_channels=1),
+                                    PRESETS["96"]], ids=["small", "aug-grey", "96"])
+def test_count_parameters_on_meta_equals_the_real_count(config):
+    real = sum(p.numel() for p in UNet(config).parameters())
+    assert count_parameters(config) == real
+
+
+def _gradients_and_saved_bytes(checkpointing: bool) -> tuple[dict[str, torch.Tensor], int]:
+    torch.manual_seed(0)
+    unet = randomise_output(UNet(small_config(dropout=0.3, num_res_blocks=2)))
+    unet.enable_gradient_checkpointing(checkpointing)
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 3, 16, 16, generator=g), torch.tensor([3, 700])
+    saved: dict[int, int] = {}
+
+    def pack(tensor):
+        saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    torch.manual_seed(1)  # the dropout masks
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = unet(x, t, torch.tensor([0, 2]))
+    out.square().mean().backward()
+    parameters = {p.untyped_storage().data_ptr() for p in unet.parameters()}
+    kept = sum(n for ptr, n in saved.items() if ptr not in parameters)
+    return {name: p.grad for name, p in unet.named_parameters()}, kept
+
+
+def test_gradient_checkpointing_gives_the_same_gradients_with_less_saved():
+    plain, plain_bytes = _gradients_and_saved_bytes(False)
+    checkpointed, checkpointed_bytes = _gradients_and_saved_bytes(True)
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:  # the recomputation replays the RNG state: same dropout masks
+        assert torch.allclose(plain[name], checkpointed[name], rtol=0, atol=1e-6), name
+    assert checkpointed_bytes < 0.6 * plain_bytes
+
+
+def test_gradient_checkpointing_only_while_training_with_gradients(monkeypatch):
+    import ddpm_model.unet
+
+    calls = []
+    checkpoint = ddpm_model.unet.checkpoint
+    monkeypatch.setattr(ddpm_model.unet, "checkpoint",
+                        lambda *args, **kwargs: calls.append(1) or checkpoint(*args, **kwargs))
+    unet = UNet(small_config())
+    unet.enable_gradient_checkpointing()
+    assert unet.is_gradient_checkpointing
+    forward(unet.eval(), 1)  # eval mode without gradients: sampling is untouched
+    assert not calls
+    unet.train()(torch.zeros(1, 3, 16, 16), torch.tensor([1]), torch.tensor([0]))
+    blocks = [m for m in unet.modules() if isinstance(m, (ResBlock, SelfAttention))]
+    assert len(calls) == len(blocks) == 15  # each residual and attention block, once
+    unet.enable_gradient_checkpointing(False)
+    assert not unet.is_gradient_checkpointing
