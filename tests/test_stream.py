@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
+from ddpm_data import shardformat, stream
 from ddpm_data.balance import Balance
 from ddpm_data.manifest import ManifestError, load_manifest
+from ddpm_data.shardformat import decode_png, iter_shard
 from ddpm_data.stream import OnError, ReaderConfig, ReaderMode, ShardError, load_split, open_reader, split_units
 
 
@@ -135,19 +137,92 @@ def damage(path, how: str) -> None:
     path.write_bytes(data[: len(data) // 2] if how == "truncate" else data[:600] + bytes([data[600] ^ 0xFF]) + data[601:])
 
 
+def pixels_of(shard) -> set[bytes]:
+    return {decode_png(members["png"]).tobytes() for _, members in iter_shard(shard)}
+
+
 @pytest.mark.parametrize("how", ["truncate", "flip"])
-def test_bad_shard_is_named_or_skipped_and_counted(copy_shards, how):
+def test_bad_shard_is_named_or_skipped_when_read(tiny_shards, copy_shards, how):
+    """Contents are checked when a shard is read, so a damaged one surfaces with the batch that reads it."""
     shard_dir = copy_shards()
     bad = shard_dir / "train-abnormal-000001.tar"
     damage(bad, how)
-    with pytest.raises(ShardError, match="train-abnormal-000001.tar.*--skip-bad-shards"):
+    reader = open_reader(shard_dir, ReaderConfig(mode="stream", balance="balanced"))
+    with pytest.raises(ShardError, match="train-abnormal-000001.tar: fails its sha256.*--skip-bad-shards"):
+        take(reader, 20)  # 80 abnormal draws: more than a pass over the class's 15 samples
+    reader = open_reader(shard_dir, ReaderConfig(mode="stream", on_error=OnError.skip, balance="balanced"))
+    with pytest.warns(UserWarning, match="train-abnormal-000001.tar"):
+        batches = take(reader, 20)
+    assert [entry["path"] for entry in reader.skipped] == [str(bad)]
+    assert reader.counts == {"abnormal": 15, "normal": 34}  # as opened: the probabilities do not move
+    delivered = {image.numpy().tobytes() for images, _ in batches for image in images}
+    assert not delivered & pixels_of(tiny_shards / bad.name)
+    assert set(torch.cat([labels for _, labels in batches]).tolist()) == {0, 1}
+
+
+def test_missing_shard_is_named_or_skipped_at_open(copy_shards):
+    shard_dir = copy_shards()
+    missing = shard_dir / "train-abnormal-000001.tar"
+    missing.unlink()
+    with pytest.raises(ShardError, match="train-abnormal-000001.tar: missing.*--skip-bad-shards"):
         open_reader(shard_dir, ReaderConfig(mode="stream"))
     with pytest.warns(UserWarning, match="train-abnormal-000001.tar"):
         reader = open_reader(shard_dir, ReaderConfig(mode="stream", on_error=OnError.skip, balance="balanced"))
-    assert [entry["path"] for entry in reader.skipped] == [str(bad)]
+    assert reader.skipped == [{"path": str(missing), "reason": "missing"}]
     assert reader.counts == {"abnormal": 11, "normal": 34}
-    labels = torch.cat([labels for _, labels in take(reader, 10)])
-    assert set(labels.tolist()) == {0, 1}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_passes_over_a_skipped_shard_as_an_uninterrupted_run(copy_shards, workers):
+    shard_dir = copy_shards()
+    damage(shard_dir / "train-abnormal-000002.tar", "flip")
+    config = ReaderConfig(batch_size=8, balance="balanced", mode="stream", workers=workers, seed=2, on_error="skip")
+    reader = open_reader(shard_dir, config)
+    with pytest.warns(UserWarning, match="train-abnormal-000002.tar"):
+        take(reader, 9)
+    state = reader.state_dict()
+    expected = take(reader, 9)
+    reader.close()
+    resumed = open_reader(shard_dir, config)
+    resumed.load_state_dict(state)
+    with pytest.warns(UserWarning, match="train-abnormal-000002.tar"):  # passed over again after the resume
+        got = take(resumed, 9)
+    resumed.close()
+    assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(expected, got))
+
+
+def test_stream_mode_hashes_each_shard_once_per_read(copy_shards, monkeypatch):
+    """No checksum pass at open; each read hashes the shard's bytes exactly once, a bad shard included."""
+    shard_dir = copy_shards()
+    damage(shard_dir / "train-abnormal-000001.tar", "flip")
+    monkeypatch.setattr(stream, "sha256_file", lambda path: pytest.fail(f"{path} hashed outside a read"))
+    hashed, reads = [], []
+    real_sha256, real_read_shard = shardformat.hashlib.sha256, stream.read_shard
+
+    class CountingHash:
+        def __init__(self):
+            self.inner, self.bytes = real_sha256(), 0
+            hashed.append(self)
+
+        def update(self, data):
+            self.bytes += len(data)
+            self.inner.update(data)
+
+        def hexdigest(self):
+            return self.inner.hexdigest()
+
+    def spy(root, entry):
+        reads.append(root / entry.path)
+        return real_read_shard(root, entry)
+
+    monkeypatch.setattr(shardformat.hashlib, "sha256", CountingHash)
+    monkeypatch.setattr(stream, "read_shard", spy)
+    reader = open_reader(shard_dir, ReaderConfig(mode="stream", on_error="skip", balance="balanced"))
+    assert hashed == [] and reads == []
+    with pytest.warns(UserWarning, match="train-abnormal-000001.tar"):
+        take(reader, 20)
+    assert reads.count(shard_dir / "train-abnormal-000001.tar") == 1  # a bad shard is not read again
+    assert [h.bytes for h in hashed] == [path.stat().st_size for path in reads]
 
 
 def test_shard_damaged_after_opening_is_named(copy_shards):
