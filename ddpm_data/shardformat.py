@@ -188,9 +188,10 @@ class ShardWriter:
 # ---------------------------------------------------------------- tar shards: read
 
 
-def _first_arg(error: Exception) -> str:
-    # webdataset appends context to `args`; the first one is the message.
-    return str(error.args[0]) if error.args else type(error).__name__
+def _message(error: Exception, path: Path) -> str:
+    # webdataset appends " @ <file>" to the first of `args` and more context after it.
+    message = str(error.args[0]) if error.args else type(error).__name__
+    return message.removesuffix(f" @ {path}")
 
 
 def _open_for_reading(path: Path) -> _HashingFile:
@@ -222,7 +223,7 @@ def iter_shard(path: str | Path, sha256: str | None = None) -> Iterator[tuple[st
                 yield sample["__key__"], {name: value for name, value in sample.items() if not name.startswith("__")}
         except Exception as error:  # tarfile and webdataset raise several types for a broken archive
             file.drain()
-            reason = f"unreadable tar after {count} samples ({_first_arg(error)})"
+            reason = f"unreadable tar after {count} samples ({_message(error, path)})"
             if sha256 and file.hexdigest() != sha256:
                 reason = f"{CHECKSUM_REASON}; {reason}"
             raise FormatError(path, reason) from error

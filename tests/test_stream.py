@@ -1,13 +1,14 @@
 """The shard reader: class shares, rank/worker splitting, determinism, resume, bad shards."""
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 
 import pytest
 import torch
 
-from ddpm_data import shardformat, stream
+from ddpm_data import stream
 from ddpm_data.balance import Balance
 from ddpm_data.manifest import ManifestError, load_manifest
 from ddpm_data.shardformat import decode_png, iter_shard
@@ -197,7 +198,7 @@ def test_stream_mode_hashes_each_shard_once_per_read(copy_shards, monkeypatch):
     damage(shard_dir / "train-abnormal-000001.tar", "flip")
     monkeypatch.setattr(stream, "sha256_file", lambda path: pytest.fail(f"{path} hashed outside a read"))
     hashed, reads = [], []
-    real_sha256, real_read_shard = shardformat.hashlib.sha256, stream.read_shard
+    real_sha256, real_read_shard = hashlib.sha256, stream.read_shard
 
     class CountingHash:
         def __init__(self):
@@ -215,7 +216,7 @@ def test_stream_mode_hashes_each_shard_once_per_read(copy_shards, monkeypatch):
         reads.append(root / entry.path)
         return real_read_shard(root, entry)
 
-    monkeypatch.setattr(shardformat.hashlib, "sha256", CountingHash)
+    monkeypatch.setattr(hashlib, "sha256", CountingHash)
     monkeypatch.setattr(stream, "read_shard", spy)
     reader = open_reader(shard_dir, ReaderConfig(mode="stream", on_error="skip", balance="balanced"))
     assert hashed == [] and reads == []
