@@ -17,10 +17,9 @@ from ddpm_data.shardformat import (
     ChecksumError, FormatError, Hdf5Writer, ShardEntry, ShardWriter, decode_png, iter_shard, member_name,
     parse_member_name, read_hdf5_split, read_shard, sample_key, sample_problems,
 )
-from helpers_data import flip_byte
+from helpers_data import count_hashing, flip_byte
 
 DIGEST = hashlib.sha256(b"x").hexdigest()
-_SHA256 = hashlib.sha256  # the real one, while a test counts what is hashed
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -143,39 +142,21 @@ def test_hdf5_errors_name_the_file(tmp_path):
         read_hdf5_split(path, "train", (3, 6, 6))
 
 
-class _CountingHash:
-    """Stands in for hashlib.sha256 and records how many bytes each instance hashed."""
-
-    made: list["_CountingHash"] = []
-
-    def __init__(self):
-        self.inner, self.bytes = _SHA256(), 0
-        _CountingHash.made.append(self)
-
-    def update(self, data):
-        self.bytes += len(data)
-        self.inner.update(data)
-
-    def hexdigest(self):
-        return self.inner.hexdigest()
-
-
 def test_a_corrupted_shard_is_detected_once_per_read(tmp_path, monkeypatch):
     entry = _write_shard(tmp_path, _samples(4))
     path = tmp_path / entry.path
     flip_byte(path, 600)  # padding after the first .cls payload: the tar still parses
-    monkeypatch.setattr(hashlib, "sha256", _CountingHash)
-    _CountingHash.made = []
+    hashed = count_hashing(monkeypatch)
     keys = []
     with pytest.raises(ChecksumError, match=f"{entry.path}: fails its sha256 checksum") as raised:
         for key, _ in iter_shard(path, entry.sha256):
             keys.append(key)
     assert len(keys) == 4 and raised.value.reason == shardformat.CHECKSUM_REASON  # checked after the last sample
-    assert [h.bytes for h in _CountingHash.made] == [path.stat().st_size]  # every byte hashed, once
-    _CountingHash.made = []
+    assert [h.bytes for h in hashed] == [path.stat().st_size]  # every byte hashed, once
+    hashed.clear()
     with pytest.raises(ChecksumError):
         read_shard(tmp_path, entry)  # no samples are released
-    assert [h.bytes for h in _CountingHash.made] == [path.stat().st_size]
+    assert [h.bytes for h in hashed] == [path.stat().st_size]
 
 
 def test_truncated_or_missing_shards_name_the_file(tmp_path):

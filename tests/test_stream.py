@@ -1,7 +1,6 @@
 """The shard reader: class shares, rank/worker splitting, determinism, resume, bad shards."""
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 
@@ -13,6 +12,7 @@ from ddpm_data.balance import Balance
 from ddpm_data.manifest import ManifestError, load_manifest
 from ddpm_data.shardformat import decode_png, iter_shard
 from ddpm_data.stream import OnError, ReaderConfig, ReaderMode, ShardError, load_split, open_reader, split_units
+from helpers_data import count_hashing
 
 
 def identities(shard_dir) -> dict[bytes, int]:
@@ -197,26 +197,13 @@ def test_stream_mode_hashes_each_shard_once_per_read(copy_shards, monkeypatch):
     shard_dir = copy_shards()
     damage(shard_dir / "train-abnormal-000001.tar", "flip")
     monkeypatch.setattr(stream, "sha256_file", lambda path: pytest.fail(f"{path} hashed outside a read"))
-    hashed, reads = [], []
-    real_sha256, real_read_shard = hashlib.sha256, stream.read_shard
-
-    class CountingHash:
-        def __init__(self):
-            self.inner, self.bytes = real_sha256(), 0
-            hashed.append(self)
-
-        def update(self, data):
-            self.bytes += len(data)
-            self.inner.update(data)
-
-        def hexdigest(self):
-            return self.inner.hexdigest()
+    reads, real_read_shard = [], stream.read_shard
+    hashed = count_hashing(monkeypatch)
 
     def spy(root, entry):
         reads.append(root / entry.path)
         return real_read_shard(root, entry)
 
-    monkeypatch.setattr(hashlib, "sha256", CountingHash)
     monkeypatch.setattr(stream, "read_shard", spy)
     reader = open_reader(shard_dir, ReaderConfig(mode="stream", on_error="skip", balance="balanced"))
     assert hashed == [] and reads == []
