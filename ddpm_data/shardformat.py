@@ -107,7 +107,7 @@ class _HashingFile:
 
     def __init__(self, path: Path, mode: str) -> None:
         self.name = str(path)
-        self._file: BinaryIO = open(path, mode)  # noqa: SIM115 (closed by close())
+        self._file: BinaryIO = open(path, mode)
         self._hash = hashlib.sha256()
 
     def read(self, size: int = -1) -> bytes:

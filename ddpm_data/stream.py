@@ -351,17 +351,16 @@ class _ShardSource:
         return found
 
 
-def decode_sample(key: str, members: dict[str, bytes], shard: _Shard, class_name: str,
-                  shape: tuple[int, int, int]) -> np.ndarray:
+def _decode_sample(key: str, members: dict[str, bytes], shard: _Shard, shape: tuple[int, int, int]) -> np.ndarray:
     """One sample -> uint8 (C, S, S); ShardError naming the shard when it breaks the format."""
-    problems = sample_problems(key, members, class_name, shard.label)
+    where = f"{shard.path}: sample {key}"
+    problems = sample_problems(key, members, shard.entry.class_name, shard.label)
+    if problems:
+        raise ShardError(f"{where}: {problems[0]}; rebuild with 'ddpm-data build'")
     try:
-        if problems:
-            raise FormatError(shard.path, problems[0])
         return decode_png(members["png"], shape)
     except FormatError as error:
-        reason = error.reason if problems else f".png {error.reason}"
-        raise ShardError(f"{shard.path}: sample {key}: {reason}; rebuild with 'ddpm-data build'") from error
+        raise ShardError(f"{where}: .png {error.reason}; rebuild with 'ddpm-data build'") from error
 
 
 class _ClassStream:
@@ -390,7 +389,7 @@ class _ClassStream:
                 continue
             for item in items:
                 self.position += 1
-                yield decode_sample(*samples[item], shard, self.class_name, self.shape)
+                yield _decode_sample(*samples[item], shard, self.shape)
 
     def _check_some_usable(self) -> None:
         owned = [self.shards[unit].path for unit, items in enumerate(self.sequence.units) if items]
