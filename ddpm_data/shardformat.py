@@ -28,6 +28,8 @@ MEMBERS = ("cls", "json", "png")      # a sample's tar members, in the order the
 HDF5_NAME = "data.h5"
 HDF5_DATASETS = ("images", "labels", "keys")
 HDF5_FLUSH_ROWS = 256                 # rows buffered per split before an HDF5 write
+TAR_RECORD_BYTES = tarfile.RECORDSIZE   # 10240: tarfile pads every archive to whole records
+TAR_END_BYTES = 2 * tarfile.BLOCKSIZE    # the zero blocks that end an archive
 CHECKSUM_REASON = "fails its sha256 checksum (truncated or modified)"
 _READ_CHUNK = 1 << 20
 
@@ -201,6 +203,25 @@ def _open_for_reading(path: Path) -> _HashingFile:
         raise FormatError(path, "missing") from None
     except OSError as error:
         raise FormatError(path, f"unreadable ({error.strerror or error})") from None
+
+
+def shard_file_problem(path: str | Path) -> str | None:
+    """A look at a shard without reading it through: "missing", or "truncated ..." when its size is
+    not whole tar records or it does not end in the end-of-archive blocks (every tar the build
+    writes is padded to whole records); None otherwise. Its contents are checked when it is read."""
+    try:
+        with open(path, "rb") as file:
+            size = file.seek(0, io.SEEK_END)
+            if size < TAR_END_BYTES or size % TAR_RECORD_BYTES:
+                return f"truncated ({size} bytes, not a whole number of {TAR_RECORD_BYTES}-byte tar records)"
+            file.seek(size - TAR_END_BYTES)
+            if file.read(TAR_END_BYTES).strip(b"\0"):
+                return "truncated (no end-of-archive blocks)"
+    except FileNotFoundError:
+        return "missing"
+    except OSError as error:
+        return f"unreadable ({error.strerror or error})"
+    return None
 
 
 def iter_shard(path: str | Path, sha256: str | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:

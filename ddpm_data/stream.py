@@ -15,12 +15,14 @@ reader goes on with exactly the batches an uninterrupted one would have delivere
 - stream: tar shards are read by DataLoader workers, PNGs decoded there (`shardformat`, on
   webdataset's tar parsing); the shard order and mixing are ours because
   `ResampledShards`/`RandomMix` cannot restore a position without replaying the whole stream.
-  Checks, and when: at open, that every shard file exists; on every read of a shard, its sha256
+  Checks, and when: at open, that every shard file exists and is whole tar records ending in the
+  end-of-archive blocks (`shard_file_problem`: no hashing); on every read of a shard, its sha256
   (computed while reading, once) and sample count, before any of its samples is used; per sample
-  used, its key, .cls/.json and PNG shape. A shard that fails while reading raises ShardError naming
-  it, or with `OnError.skip` is listed in `skipped` (and warned about) when the batch that passed
-  over it is delivered; its positions are passed over, so `counts` and the class probabilities
-  stay as opened and a resumed reader passes over the same positions.
+  used, its key, .cls/.json and PNG shape. A shard failing at open raises ShardError naming it, or
+  with `OnError.skip` is left out of `counts` and listed in `skipped`. One failing when read
+  raises ShardError naming it, or with `OnError.skip` is listed in `skipped` (and warned about)
+  when the batch that passed over it is delivered; its positions are passed over, so `counts` and
+  the class probabilities stay as opened and a resumed reader passes over the same positions.
 - auto: memory when the split fits `memory_budget_mb`.
 """
 from __future__ import annotations
@@ -37,7 +39,8 @@ import torch
 
 from ddpm_data.balance import Balance, class_probabilities, epoch_samples
 from ddpm_data.manifest import Manifest, load_manifest, sha256_file
-from ddpm_data.shardformat import FormatError, ShardEntry, decode_png, read_hdf5_split, read_shard, sample_problems
+from ddpm_data.shardformat import (FormatError, ShardEntry, decode_png, read_hdf5_split, read_shard, sample_problems,
+                                   shard_file_problem)
 
 
 class ReaderMode(str, Enum):
@@ -457,20 +460,21 @@ class StreamReader(_ReaderBase):
         self._loader_iter = None
 
     def _usable_shards(self, manifest: Manifest, config: ReaderConfig) -> list[list[_Shard]]:
-        """The split's shards per label; a missing file is skipped or raises now, the contents are
-        checked when read (see the module docstring)."""
+        """The split's shards per label; a missing or truncated file is skipped or raises now, the
+        contents are checked when read (see the module docstring)."""
         self._skipped: list[dict[str, str]] = []
         shards: list[list[_Shard]] = [[] for _ in manifest.classes]
         for entry in manifest.shards:
             if entry.split != config.split:
                 continue
             shard = _Shard(entry, manifest.root / entry.path, manifest.label(entry.class_name))
-            if shard.path.is_file():
+            reason = shard_file_problem(shard.path)
+            if reason is None:
                 shards[shard.label].append(shard)
             elif config.on_error is OnError.skip:
-                self._report_skipped([{"path": str(shard.path), "reason": "missing"}], stacklevel=4)
+                self._report_skipped([{"path": str(shard.path), "reason": reason}], stacklevel=4)
             else:
-                raise ShardError(f"{shard.path}: missing; rebuild with 'ddpm-data build --size {manifest.size}', "
+                raise ShardError(f"{shard.path}: {reason}; rebuild with 'ddpm-data build --size {manifest.size}', "
                                  f"{_SKIP_HINT}")
         return shards
 

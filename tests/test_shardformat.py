@@ -15,7 +15,7 @@ from ddpm_data.images import encode_png
 from ddpm_data.manifest import manifest_to_json, sha256_file
 from ddpm_data.shardformat import (
     ChecksumError, FormatError, Hdf5Writer, ShardEntry, ShardWriter, decode_png, iter_shard, member_name,
-    parse_member_name, read_hdf5_split, read_shard, sample_key, sample_problems,
+    parse_member_name, read_hdf5_split, read_shard, sample_key, sample_problems, shard_file_problem,
 )
 from helpers_data import count_hashing, flip_byte
 
@@ -162,10 +162,17 @@ def test_a_corrupted_shard_is_detected_once_per_read(tmp_path, monkeypatch):
 def test_truncated_or_missing_shards_name_the_file(tmp_path):
     entry = _write_shard(tmp_path, _samples(4))
     path = tmp_path / entry.path
+    assert shard_file_problem(path) is None
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-10240])  # whole records, but the end-of-archive blocks are gone
+    assert shard_file_problem(path) == "truncated (no end-of-archive blocks)"
+    path.write_bytes(whole)
     path.write_bytes(path.read_bytes()[:2600])  # inside the first PNG payload
+    assert shard_file_problem(path) == "truncated (2600 bytes, not a whole number of 10240-byte tar records)"
     with pytest.raises(FormatError, match=f"{entry.path}: fails its sha256 checksum.*unreadable tar after 0 samples"):
         read_shard(tmp_path, entry)
     path.unlink()
+    assert shard_file_problem(path) == "missing"
     with pytest.raises(FormatError, match=f"{entry.path}: missing"):
         read_shard(tmp_path, entry)
     with pytest.raises(FormatError, match="holds 0 samples, the manifest says 4"):

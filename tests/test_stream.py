@@ -134,6 +134,9 @@ def test_missing_manifest_says_to_build(tmp_path):
 
 
 def damage(path, how: str) -> None:
+    if how == "missing":
+        path.unlink()
+        return
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2] if how == "truncate" else data[:600] + bytes([data[600] ^ 0xFF]) + data[601:])
 
@@ -142,12 +145,31 @@ def pixels_of(shard) -> set[bytes]:
     return {decode_png(members["png"]).tobytes() for _, members in iter_shard(shard)}
 
 
-@pytest.mark.parametrize("how", ["truncate", "flip"])
-def test_bad_shard_is_named_or_skipped_when_read(tiny_shards, copy_shards, how):
-    """Contents are checked when a shard is read, so a damaged one surfaces with the batch that reads it."""
+@pytest.mark.parametrize("how", ["truncate", "missing"])
+def test_truncated_or_missing_shard_is_named_or_skipped_and_counted_at_open(copy_shards, how):
     shard_dir = copy_shards()
     bad = shard_dir / "train-abnormal-000001.tar"
     damage(bad, how)
+    with pytest.raises(ShardError, match="train-abnormal-000001.tar.*--skip-bad-shards"):
+        open_reader(shard_dir, ReaderConfig(mode="stream"))
+    with pytest.warns(UserWarning, match="train-abnormal-000001.tar"):
+        reader = open_reader(shard_dir, ReaderConfig(mode="stream", on_error=OnError.skip, balance="balanced"))
+    assert [entry["path"] for entry in reader.skipped] == [str(bad)]
+    assert reader.counts == {"abnormal": 11, "normal": 34}
+    labels = torch.cat([labels for _, labels in take(reader, 10)])
+    assert set(labels.tolist()) == {0, 1}
+
+
+def pixels_of(shard) -> set[bytes]:
+    return {decode_png(members["png"]).tobytes() for _, members in iter_shard(shard)}
+
+
+def test_modified_shard_is_named_or_skipped_when_read(tiny_shards, copy_shards):
+    """A flipped byte shows only in the checksum, computed as the shard is read: it surfaces with the
+    batch that reads it, and none of its samples is used."""
+    shard_dir = copy_shards()
+    bad = shard_dir / "train-abnormal-000001.tar"
+    damage(bad, "flip")
     reader = open_reader(shard_dir, ReaderConfig(mode="stream", balance="balanced"))
     with pytest.raises(ShardError, match="train-abnormal-000001.tar: fails its sha256.*--skip-bad-shards"):
         take(reader, 20)  # 80 abnormal draws: more than a pass over the class's 15 samples
@@ -159,18 +181,6 @@ def test_bad_shard_is_named_or_skipped_when_read(tiny_shards, copy_shards, how):
     delivered = {image.numpy().tobytes() for images, _ in batches for image in images}
     assert not delivered & pixels_of(tiny_shards / bad.name)
     assert set(torch.cat([labels for _, labels in batches]).tolist()) == {0, 1}
-
-
-def test_missing_shard_is_named_or_skipped_at_open(copy_shards):
-    shard_dir = copy_shards()
-    missing = shard_dir / "train-abnormal-000001.tar"
-    missing.unlink()
-    with pytest.raises(ShardError, match="train-abnormal-000001.tar: missing.*--skip-bad-shards"):
-        open_reader(shard_dir, ReaderConfig(mode="stream"))
-    with pytest.warns(UserWarning, match="train-abnormal-000001.tar"):
-        reader = open_reader(shard_dir, ReaderConfig(mode="stream", on_error=OnError.skip, balance="balanced"))
-    assert reader.skipped == [{"path": str(missing), "reason": "missing"}]
-    assert reader.counts == {"abnormal": 11, "normal": 34}
 
 
 @pytest.mark.parametrize("workers", [0, 2])
