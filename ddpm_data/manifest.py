@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ddpm_data.shardformat import ShardEntry
+
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SPLITS = ("train", "val")
@@ -36,7 +38,7 @@ class Manifest:
     channels: int                   # 1 (L) or 3 (RGB)
     classes: list[str]              # sorted class names; label = position
     counts: dict[str, dict[str, int]]   # {"train": {class: n}, "val": {class: n}}
-    shards: list[dict[str, Any]]    # [{"path", "split", "class", "count", "sha256"}]
+    shards: list[ShardEntry]        # every tar shard, sorted by path
     hdf5: dict[str, str]            # {"path": "data.h5", "sha256": ...}
     skipped: list[dict[str, str]] = field(default_factory=list)   # [{"path", "reason"}]
     mean: list[float] = field(default_factory=list)   # per channel, [0, 1] units
@@ -52,9 +54,9 @@ class Manifest:
         if class_name is not None and class_name not in self.classes:
             raise ValueError(f"class {class_name!r}: unknown; valid: {', '.join(self.classes)}")
         return [
-            self.root / shard["path"]
+            self.root / shard.path
             for shard in self.shards
-            if shard["split"] == split and (class_name is None or shard["class"] == class_name)
+            if shard.split == split and (class_name is None or shard.class_name == class_name)
         ]
 
     @property
@@ -76,6 +78,7 @@ class Manifest:
         """The JSON document (without `root`), as written to `manifest.json`."""
         document = asdict(self)
         del document["root"]
+        document["shards"] = [shard.to_json() for shard in self.shards]
         return document
 
 
@@ -154,7 +157,9 @@ def load_manifest(folder: str | Path) -> Manifest:
     if "path" not in document["hdf5"]:
         raise ManifestError(f"{path}: field 'hdf5' lacks 'path'; {hint} to rebuild it")
     known = {f.name for f in fields(Manifest)} - {"root"}
-    return Manifest(root=root, **{key: value for key, value in document.items() if key in known})
+    values = {key: value for key, value in document.items() if key in known}
+    values["shards"] = [ShardEntry.from_json(shard) for shard in document["shards"]]
+    return Manifest(root=root, **values)
 
 
 def sha256_file(path: str | Path) -> str:

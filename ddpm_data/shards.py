@@ -6,15 +6,13 @@ per stored size (`images`), streaming results back in storage order while the ma
 appends them to the tar shards and the HDF5 file of every size (`parallel.OrderedPool`). At most a few images per worker
 are in flight, so memory does not grow with the folder. Output is written atomically
 (`atomic.atomic_folder`) and is byte-deterministic (fixed tar headers, metadata-free PNG, HDF5
-without timestamps). The on-disk format is specified in docs/data-format.md.
+without timestamps). The files themselves are written by `shardformat` (specified in
+docs/data-format.md).
 """
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import os
-import tarfile
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -27,10 +25,10 @@ from ddpm_data.atomic import atomic_folder
 from ddpm_data.images import DEFAULT_MAX_PIXELS, Fit
 from ddpm_data.manifest import FORMAT_VERSION, SPLITS, Manifest, load_manifest, sha256_file, write_manifest
 from ddpm_data.parallel import OrderedPool
+from ddpm_data.shardformat import HDF5_NAME, Hdf5Writer, ShardEntry, ShardWriter
 from ddpm_data.split import SourceItem, SourcePlan, find_classes, plan_source
 
-HDF5_NAME = "data.h5"
-DEFAULT_MARGIN = 12       # px per 128 px: the analysis' resize-140 / random-crop-128 recipe
+DEFAULT_MARGIN = 12       # px per 128 px: resize to 140, random-crop 128
 # 64 samples per shard: at size 96 (stored 105 px) a shard is ~1.5 MB (~3 MB at size 128), big
 # enough that opening it costs nothing next to reading it on local disk, small enough that the
 # sample data (437 normal / 85 abnormal) gives 7 + 2 train shards, so ranks x loader workers can
@@ -178,112 +176,55 @@ def _decode_one(settings: _DecodeSettings, item: tuple[str, str]) -> _Decoded:
 # ---------------------------------------------------------------- writer side
 
 
-def _tar_member(name: str, payload: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
-    # Fixed header fields: byte-identical tars for identical content (webdataset's TarWriter stamps the clock).
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(payload), 0, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info, io.BytesIO(payload)
-
-
 class _SizeWriter:
     """Writes one output folder: tar shards, data.h5 and the train-split pixel statistics."""
 
     def __init__(self, folder: Path, size: int, stored_size: int, plan: SourcePlan, config: BuildConfig) -> None:
-        import h5py
-
         self.folder, self.size, self.stored_size = folder, size, stored_size
         self.classes, self.channels, self.shard_size = plan.classes, config.channels, config.shard_size
         self.counts = {split: {name: 0 for name in plan.classes} for split in SPLITS}
-        self.shards: list[dict[str, Any]] = []
+        self.shards: list[ShardEntry] = []  # closed shards
         self.source_sizes: dict[str, int] = {}
-        self._tars: dict[str, tuple[tarfile.TarFile, dict[str, Any]]] = {}  # split -> open shard
+        self._tars: dict[str, ShardWriter] = {}  # split -> open shard
+        self._started: dict[tuple[str, str], int] = {}  # (split, class) -> shards begun
         self._sum = np.zeros(self.channels, dtype=np.int64)      # exact integer sums: order-free
         self._sum_sq = np.zeros(self.channels, dtype=np.int64)
-        self._h5 = h5py.File(folder / HDF5_NAME, "w", libver="earliest", track_order=False)
-        self._buffers: dict[str, list[tuple[np.ndarray, int, str]]] = {split: [] for split in SPLITS}
-        self._h5_rows = {split: 0 for split in SPLITS}
-        shape = (self.channels, stored_size, stored_size)
-        rows_per_chunk = max(1, (1 << 20) // int(np.prod(shape)))  # ~1 MiB chunks
-        for split in SPLITS:
-            group = self._h5.create_group(split, track_order=False)
-            group.create_dataset("images", shape=(0, *shape), maxshape=(None, *shape), dtype="uint8",
-                                 chunks=(rows_per_chunk, *shape), track_times=False)
-            group.create_dataset("labels", shape=(0,), maxshape=(None,), dtype="int64", chunks=(1024,),
-                                 track_times=False)
-            group.create_dataset("keys", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"),
-                                 chunks=(1024,), track_times=False)
-        self._h5.attrs["size"] = size
-        self._h5.attrs["stored_size"] = stored_size
-        self._h5.attrs["channels"] = self.channels
-        self._h5.attrs["classes"] = json.dumps(plan.classes)
+        self._h5 = Hdf5Writer(folder / HDF5_NAME, size, stored_size, self.channels, plan.classes, SPLITS)
 
     def add(self, item: SourceItem, width: int, height: int, stored: _Stored) -> None:
         """Append one sample (its PNG, (C, S, S) uint8 pixels and pixel sums) to its split."""
         split = item.split
-        tar, entry = self._open_tar(split, item.class_name)
         sidecar = {"source": item.relpath, "class": item.class_name, "label": item.label,
                    "width": width, "height": height}
-        for suffix, payload in (("cls", str(item.label).encode("ascii")),
-                                ("json", json.dumps(sidecar, sort_keys=True).encode("utf-8")),
-                                ("png", stored.png)):
-            tar.addfile(*_tar_member(f"{item.key}.{suffix}", payload))
-        entry["count"] += 1
+        self._shard_for(split, item.class_name).add(item.key, item.label, sidecar, stored.png)
         self.counts[split][item.class_name] += 1
         size_key = f"{width}x{height}"
         self.source_sizes[size_key] = self.source_sizes.get(size_key, 0) + 1
         if split == "train":
             self._sum += stored.channel_sum
             self._sum_sq += stored.channel_sum_sq
-        self._buffers[split].append((stored.pixels, item.label, item.key))
-        if len(self._buffers[split]) >= 256:
-            self._flush(split)
+        self._h5.add(split, stored.pixels, item.label, item.key)
 
-    def _open_tar(self, split: str, class_name: str) -> tuple[tarfile.TarFile, dict[str, Any]]:
+    def _shard_for(self, split: str, class_name: str) -> ShardWriter:
         current = self._tars.get(split)
-        if current is not None and (current[1]["class"] != class_name or current[1]["count"] >= self.shard_size):
-            self._close_tar(split)
+        if current is not None and (current.class_name != class_name or current.count >= self.shard_size):
+            self.shards.append(self._tars.pop(split).close())
             current = None
         if current is None:
-            index = sum(1 for s in self.shards if s["split"] == split and s["class"] == class_name)
-            entry = {"path": f"{split}-{class_name}-{index:06d}.tar", "split": split, "class": class_name,
-                     "count": 0, "sha256": ""}
-            self.shards.append(entry)
-            tar = tarfile.open(self.folder / entry["path"], "w", format=tarfile.GNU_FORMAT, encoding="utf-8")
-            current = self._tars[split] = (tar, entry)
+            index = self._started.get((split, class_name), 0)
+            self._started[split, class_name] = index + 1
+            current = self._tars[split] = ShardWriter(self.folder, split, class_name, index)
         return current
-
-    def _close_tar(self, split: str) -> None:
-        tar, entry = self._tars.pop(split)
-        tar.close()
-        entry["sha256"] = sha256_file(self.folder / entry["path"])
-
-    def _flush(self, split: str) -> None:
-        rows = self._buffers[split]
-        if not rows:
-            return
-        start, stop = self._h5_rows[split], self._h5_rows[split] + len(rows)
-        group = self._h5[split]
-        for name in ("images", "labels", "keys"):
-            group[name].resize(stop, axis=0)
-        group["images"][start:stop] = np.stack([row[0] for row in rows])
-        group["labels"][start:stop] = np.array([row[1] for row in rows], dtype=np.int64)
-        group["keys"][start:stop] = [row[2] for row in rows]
-        self._h5_rows[split] = stop
-        rows.clear()
 
     def abort(self) -> None:
         for split in list(self._tars):
-            self._tars.pop(split)[0].close()
-        self._h5.close()
+            self._tars.pop(split).abort()
+        self._h5.abort()
 
     def finish(self, plan: SourcePlan, skipped: list[tuple[str, str]], config: BuildConfig) -> dict[str, Any]:
         """Close every file and return the manifest document."""
         for split in list(self._tars):
-            self._close_tar(split)
-        for split in SPLITS:
-            self._flush(split)
+            self.shards.append(self._tars.pop(split).close())
         self._h5.close()
         n = sum(self.counts["train"].values()) * self.stored_size * self.stored_size
         mean = (self._sum / (255.0 * n)) if n else np.zeros(self.channels)
@@ -296,7 +237,7 @@ class _SizeWriter:
             "channels": self.channels,
             "classes": list(plan.classes),
             "counts": self.counts,
-            "shards": sorted(self.shards, key=lambda entry: entry["path"]),
+            "shards": [entry.to_json() for entry in sorted(self.shards, key=lambda entry: entry.path)],
             "hdf5": {"path": HDF5_NAME, "sha256": sha256_file(self.folder / HDF5_NAME)},
             "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
             "mean": [round(float(m), 6) for m in mean],

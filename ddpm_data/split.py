@@ -20,6 +20,7 @@ from typing import Callable, Iterable
 
 from ddpm_data.images import IMAGE_EXTENSIONS
 from ddpm_data.manifest import sha256_file
+from ddpm_data.shardformat import sample_key
 
 SPLIT_HASH_HEX = 16  # hash hex digits that decide the split (64 bits)
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -61,11 +62,6 @@ class SourcePlan:
 def is_hidden(relative: Path) -> bool:
     """True when any component of `relative` starts with a dot (".masks/x.png", ".DS_Store")."""
     return any(part.startswith(".") for part in relative.parts)
-
-
-def sample_key(class_name: str, sha256: str) -> str:
-    """WebDataset key `{class}-{16 hex}`; dots in the class name become "_" (a dot splits a key)."""
-    return f"{class_name.replace('.', '_')}-{sha256[:SPLIT_HASH_HEX]}"
 
 
 def split_of(sha256: str, val_fraction: float) -> str:

@@ -1,16 +1,14 @@
 """`ddpm-data stats`: summarise a shard folder from its manifest, and draw a contact sheet."""
 from __future__ import annotations
 
-import io
-import tarfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from ddpm_data.grid import save_grid
 from ddpm_data.manifest import SPLITS, Manifest, load_manifest
+from ddpm_data.shardformat import FormatError, decode_png, iter_shard
 
 
 def collect_stats(folder: str | Path) -> dict[str, Any]:
@@ -19,8 +17,8 @@ def collect_stats(folder: str | Path) -> dict[str, Any]:
     manifest = load_manifest(folder)
     shards = []
     for entry in manifest.shards:
-        path = manifest.root / entry["path"]
-        shards.append({**entry, "bytes": path.stat().st_size if path.exists() else None})
+        path = manifest.root / entry.path
+        shards.append({**entry.to_json(), "bytes": path.stat().st_size if path.exists() else None})
     hdf5 = manifest.hdf5_path
     return {
         "folder": str(Path(folder)),
@@ -76,31 +74,21 @@ def format_stats(stats: dict[str, Any], max_sizes: int = 10) -> str:
     return "\n".join(lines)
 
 
-def iter_tar_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Yield (key, {extension: payload}) per sample of one tar shard, in file order."""
-    current_key, parts = None, {}
-    with tarfile.open(path, "r") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, extension = member.name.partition(".")
-            if key != current_key and current_key is not None:
-                yield current_key, parts
-                parts = {}
-            current_key = key
-            parts[extension] = tar.extractfile(member).read()
-    if current_key is not None:
-        yield current_key, parts
+def _decode(path: Path, key: str, members: dict[str, bytes]) -> np.ndarray:
+    try:
+        return decode_png(members.get("png", b""))
+    except FormatError as error:
+        raise FormatError(path, f"sample {key}: .png {error.reason}; run 'ddpm-data verify {path.parent}'") from error
 
 
 def sample_images(manifest: Manifest, per_class: int) -> dict[str, list[np.ndarray]]:
-    """Up to `per_class` stored images per class (train shards first, then val), (H, W[, C]) uint8."""
+    """Up to `per_class` stored images per class (train shards first, then val), uint8 (C, S, S)."""
     rows: dict[str, list[np.ndarray]] = {}
     for name in manifest.classes:
         images: list[np.ndarray] = []
         for path in manifest.shard_paths("train", name) + manifest.shard_paths("val", name):
-            for _, parts in iter_tar_samples(path):
-                images.append(np.asarray(Image.open(io.BytesIO(parts["png"]))))
+            for key, members in iter_shard(path):  # the first few samples: not checksummed (see verify)
+                images.append(_decode(path, key, members))
                 if len(images) == per_class:
                     break
             if len(images) == per_class:

@@ -7,20 +7,26 @@ is empty and no sample is read by two parts. A part makes batch j by drawing `ba
 from the class probabilities (balance.py) with a generator seeded by (seed, part, j); the t-th
 draw of class c is position t of the part's class-c sequence, which runs through its subset in
 passes, each pass in a fresh seeded order. A position is therefore just the counts
-(batches made, draws per class) per part; `state_dict()` holds them and a restored reader goes on
-with exactly the batches an uninterrupted one would have delivered.
+(batches made, sequence positions per class) per part; `state_dict()` holds them and a restored
+reader goes on with exactly the batches an uninterrupted one would have delivered.
 
 - memory: the split is read once from data.h5 into host or device memory; a part is a rank and
   batches are index lookups there (fast; no worker processes).
-- stream: tar shards are read (and checked against their sha256) by DataLoader workers, PNGs
-  decoded there. webdataset's tar parsing is used; the shard order and mixing are ours because
+- stream: tar shards are read by DataLoader workers, PNGs decoded there (`shardformat`, on
+  webdataset's tar parsing); the shard order and mixing are ours because
   `ResampledShards`/`RandomMix` cannot restore a position without replaying the whole stream.
+  Checks, and when: at open, that every shard file exists and is whole tar records ending in the
+  end-of-archive blocks (`shard_file_problem`: no hashing); on every read of a shard, its sha256
+  (computed while reading, once) and sample count, before any of its samples is used; per sample
+  used, its key, .cls/.json and PNG shape. A shard failing at open raises ShardError naming it, or
+  with `OnError.skip` is left out of `counts` and listed in `skipped`. One failing when read
+  raises ShardError naming it, or with `OnError.skip` is listed in `skipped` (and warned about)
+  when the batch that passed over it is delivered; its positions are passed over, so `counts` and
+  the class probabilities stay as opened and a resumed reader passes over the same positions.
 - auto: memory when the split fits `memory_budget_mb`.
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -33,6 +39,8 @@ import torch
 
 from ddpm_data.balance import Balance, class_probabilities, epoch_samples
 from ddpm_data.manifest import Manifest, load_manifest, sha256_file
+from ddpm_data.shardformat import (FormatError, ShardEntry, decode_png, read_hdf5_split, read_shard, sample_problems,
+                                   shard_file_problem)
 
 
 class ReaderMode(str, Enum):
@@ -175,17 +183,18 @@ def split_units(unit_sizes: list[int], part: int, parts: int) -> list[list[int]]
 
 
 class _Position:
-    """Per part: batches made and draws per class; plain ints so it survives weights_only loads."""
+    """Per part: batches made and positions reached in each class sequence (the draws, plus the
+    positions of shards skipped as bad); plain ints so it survives weights_only loads."""
 
     def __init__(self, parts: int, classes: int):
         self.batches = [0] * parts
         self.consumed = [[0] * classes for _ in range(parts)]
         self.delivered = 0
 
-    def advance(self, part: int, labels: list[int]) -> None:
+    def advance(self, part: int, consumed: list[int]) -> None:
+        """One batch of `part` delivered; its class sequences now stand at `consumed`."""
         self.batches[part] += 1
-        for label in labels:
-            self.consumed[part][label] += 1
+        self.consumed[part] = list(consumed)
         self.delivered += 1
 
 
@@ -250,26 +259,16 @@ class _ReaderBase:
 
 
 def _read_hdf5(manifest: Manifest, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    import h5py
-
-    path = manifest.hdf5_path
-    if not path.is_file():
-        raise ShardError(f"{path}: missing; run 'ddpm-data build --size {manifest.size}' again")
+    path, rebuild = manifest.hdf5_path, f"run 'ddpm-data build --size {manifest.size}' again"
     expected = manifest.hdf5.get("sha256")
-    if expected and sha256_file(path) != expected:
-        raise ShardError(f"{path}: fails its sha256 checksum (truncated or modified); run 'ddpm-data build "
-                         f"--size {manifest.size}' again, or read the tar shards with --mode stream")
+    if path.is_file() and expected and sha256_file(path) != expected:
+        raise ShardError(f"{path}: fails its sha256 checksum (truncated or modified); {rebuild}, "
+                         f"or read the tar shards with --mode stream")
     try:
-        with h5py.File(path, "r") as file:
-            images = torch.from_numpy(file[f"{split}/images"][...])
-            labels = torch.from_numpy(file[f"{split}/labels"][...].astype(np.int64))
-    except (OSError, KeyError) as error:
-        raise ShardError(f"{path}: cannot read /{split} ({error}); "
-                         f"run 'ddpm-data build --size {manifest.size}' again") from error
-    shape = (manifest.channels, manifest.stored_size, manifest.stored_size)
-    if tuple(images.shape[1:]) != shape or images.shape[0] != labels.shape[0]:
-        raise ShardError(f"{path}: /{split}/images has shape {tuple(images.shape)}, the manifest says (N, *{shape})")
-    return images, labels
+        arrays = read_hdf5_split(path, split, (manifest.channels, manifest.stored_size, manifest.stored_size))
+    except FormatError as error:
+        raise ShardError(f"{error}; {rebuild}") from error
+    return torch.from_numpy(arrays.images), torch.from_numpy(arrays.labels)
 
 
 def load_split(shard_dir: str | Path, split: str = "val") -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,7 +300,7 @@ class MemoryReader(_ReaderBase):
             slots = [i for i, value in enumerate(drawn) if value == label]
             for slot, row in zip(slots, self.sequences[label].take(position.consumed[0][label], len(slots))):
                 rows[slot] = row
-        position.advance(0, drawn)
+        position.advance(0, [count + drawn.count(label) for label, count in enumerate(position.consumed[0])])
         # index_select: ~20x faster than advanced indexing for whole rows on the CPU
         return self.images.index_select(0, torch.tensor(rows, device=self.device)), labels.to(self.device)
 
@@ -318,84 +317,118 @@ def _check_part_sizes(counts: dict[str, int], probabilities: dict[str, float], p
 
 @dataclass(frozen=True)
 class _Shard:
-    path: Path
+    entry: ShardEntry
+    path: Path    # absolute
     label: int
-    count: int
-    sha256: str
 
 
-def _check_shard(shard: _Shard) -> str | None:
-    """None when the file is present and matches its checksum, else the reason."""
-    if not shard.path.is_file():
-        return "missing"
-    if sha256_file(shard.path) != shard.sha256:
-        return "fails its sha256 checksum (truncated or modified)"
-    return None
+_SKIP_HINT = "or pass --skip-bad-shards to leave it out"
 
 
-def read_shard(shard: _Shard) -> list[dict[str, bytes]]:
-    """The shard's samples in tar order ({"png", "cls", ...} bytes), checksum and count verified."""
-    from webdataset.tariterators import group_by_keys, tar_file_iterator
+class _ShardSource:
+    """One part's shard reads: each read checks the shard once (`shardformat.read_shard`).
 
-    data = shard.path.read_bytes() if shard.path.is_file() else b""
-    if hashlib.sha256(data).hexdigest() != shard.sha256:
-        reason = "fails its sha256 checksum (truncated or modified)" if data else "missing"
-        raise ShardError(f"{shard.path}: {reason}; rebuild with 'ddpm-data build', "
-                         f"or pass --skip-bad-shards to leave it out")
+    A bad shard raises ShardError, or under OnError.skip reads as None: it is remembered (not
+    read again by this part) and queued in `found` for the reader to report.
+    """
+
+    def __init__(self, root: Path, on_error: OnError, size: int):
+        self.root, self.on_error, self.size = root, on_error, size
+        self.bad: dict[Path, str] = {}
+        self.found: list[dict[str, str]] = []  # bad shards not yet reported
+
+    def samples(self, shard: _Shard) -> list[tuple[str, dict[str, bytes]]] | None:
+        if shard.path in self.bad:
+            return None
+        try:
+            return read_shard(self.root, shard.entry)
+        except FormatError as error:
+            if self.on_error is not OnError.skip:
+                raise ShardError(f"{error}; rebuild with 'ddpm-data build --size {self.size}', {_SKIP_HINT}") from error
+            self.bad[shard.path] = error.reason
+            self.found.append({"path": str(shard.path), "reason": error.reason})
+            return None
+
+    def take_found(self) -> list[dict[str, str]]:
+        found, self.found = self.found, []
+        return found
+
+
+def _decode_sample(key: str, members: dict[str, bytes], shard: _Shard, shape: tuple[int, int, int]) -> np.ndarray:
+    """One sample -> uint8 (C, S, S); ShardError naming the shard when it breaks the format."""
+    where = f"{shard.path}: sample {key}"
+    problems = sample_problems(key, members, shard.entry.class_name, shard.label)
+    if problems:
+        raise ShardError(f"{where}: {problems[0]}; rebuild with 'ddpm-data build'")
     try:
-        files = ({**f, "__url__": str(shard.path)} for f in tar_file_iterator(io.BytesIO(data)))
-        samples = list(group_by_keys(files))
-    except Exception as error:  # tarfile/webdataset raise several types for a broken archive
-        raise ShardError(f"{shard.path}: unreadable tar ({error}); rebuild with 'ddpm-data build'") from error
-    if len(samples) != shard.count or any("png" not in s or "cls" not in s for s in samples):
-        raise ShardError(f"{shard.path}: holds {len(samples)} samples, the manifest says {shard.count} with png+cls each; "
-                         f"rebuild with 'ddpm-data build'")
-    return samples
+        return decode_png(members["png"], shape)
+    except FormatError as error:
+        raise ShardError(f"{where}: .png {error.reason}; rebuild with 'ddpm-data build'") from error
 
 
-def decode_sample(sample: dict[str, bytes], shard: _Shard, channels: int, stored_size: int) -> np.ndarray:
-    """PNG -> uint8 (C, S, S); checks the label and the shape against the manifest."""
-    from PIL import Image
+class _ClassStream:
+    """Pixels of one class for one part, from sequence position `position` on.
 
-    if int(sample["cls"]) != shard.label:
-        raise ShardError(f"{shard.path}: sample {sample['__key__']} has label {int(sample['cls'])}, "
-                         f"expected {shard.label}")
-    with Image.open(io.BytesIO(sample["png"])) as image:
-        pixels = np.asarray(image)
-    pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-    if pixels.shape != (channels, stored_size, stored_size):
-        raise ShardError(f"{shard.path}: sample {sample['__key__']} has shape {pixels.shape}, "
-                         f"expected {(channels, stored_size, stored_size)}")
-    return pixels
+    `position` counts the positions passed: the draws, plus those of shards skipped as bad, so a
+    reader resumed at `position` passes over the same shards.
+    """
+
+    def __init__(self, sequence: ClassSequence, shards: list[_Shard], source: _ShardSource, class_name: str,
+                 shape: tuple[int, int, int], start: int):
+        self.sequence, self.shards, self.source = sequence, shards, source
+        self.class_name, self.shape, self.position = class_name, shape, start
+        self._pixels = self._walk(start)
+
+    def __next__(self) -> np.ndarray:
+        return next(self._pixels)
+
+    def _walk(self, start: int) -> Iterator[np.ndarray]:
+        for unit, items in self.sequence.walk(start):
+            shard = self.shards[unit]
+            samples = self.source.samples(shard)
+            if samples is None:
+                self.position += len(items)
+                self._check_some_usable()
+                continue
+            for item in items:
+                self.position += 1
+                yield _decode_sample(*samples[item], shard, self.shape)
+
+    def _check_some_usable(self) -> None:
+        owned = [self.shards[unit].path for unit, items in enumerate(self.sequence.units) if items]
+        if all(path in self.source.bad for path in owned):
+            raise ShardError(f"class {self.class_name}: every shard this reader part reads is bad "
+                             f"({', '.join(str(path) for path in owned)}); rebuild with "
+                             f"'ddpm-data build --size {self.source.size}', or use fewer --workers")
 
 
 class _PartStream:
     """Batches of one part (one rank x worker), from its start position on."""
 
-    def __init__(self, shards: list[list[_Shard]], probs: torch.Tensor, config: ReaderConfig, part: int, parts: int,
-                 channels: int, stored_size: int):
-        self.shards, self.probs, self.config, self.part = shards, probs, config, part
-        self.channels, self.stored_size = channels, stored_size
+    def __init__(self, reader: "StreamReader", part: int):
+        self.config, self.part, self.probs = reader.config, part, reader._probs
+        self.source = _ShardSource(reader.manifest.root, reader.config.on_error, reader.manifest.size)
+        self.shape = (reader.manifest.channels, reader.manifest.stored_size, reader.manifest.stored_size)
+        self.shards, self.classes = reader.shards, reader.classes
         self.sequences = [
-            ClassSequence(split_units([s.count for s in class_shards], part, parts), config.seed, part, label)
-            if probs[label] > 0 else None
-            for label, class_shards in enumerate(shards)
+            ClassSequence(split_units([s.entry.count for s in class_shards], part, reader.total_parts),
+                          reader.config.seed, part, label)
+            if self.probs[label] > 0 else None
+            for label, class_shards in enumerate(self.shards)
         ]
 
-    def _class_pixels(self, label: int, start: int) -> Iterator[np.ndarray]:
-        for unit, items in self.sequences[label].walk(start):
-            shard = self.shards[label][unit]
-            samples = read_shard(shard)
-            for item in items:
-                yield decode_sample(samples[item], shard, self.channels, self.stored_size)
-
-    def batches(self, batch: int, consumed: list[int]) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-        """(uint8 (N, C, S, S), int64 labels (N,), part) forever, starting at batch number `batch`."""
-        streams = {label: self._class_pixels(label, consumed[label]) for label, seq in enumerate(self.sequences) if seq}
+    def batches(self, batch: int, consumed: list[int]) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[int], list]]:
+        """(uint8 (N, C, S, S), int64 labels (N,), positions per class after it, bad shards found) forever,
+        starting at batch number `batch` with the class sequences at `consumed`."""
+        streams = {label: _ClassStream(seq, self.shards[label], self.source, self.classes[label], self.shape,
+                                       consumed[label])
+                   for label, seq in enumerate(self.sequences) if seq}
         while True:
             labels = draw_classes(self.config.seed, self.part, batch, self.probs, self.config.batch_size)
             pixels = np.stack([next(streams[label]) for label in labels.tolist()])
-            yield torch.from_numpy(pixels), labels, self.part
+            positions = [streams[label].position if label in streams else consumed[label]
+                         for label in range(len(consumed))]
+            yield torch.from_numpy(pixels), labels, positions, self.source.take_found()
             batch += 1
 
 
@@ -418,7 +451,7 @@ class StreamReader(_ReaderBase):
     def __init__(self, manifest: Manifest, config: ReaderConfig, rank: int, world_size: int):
         workers = max(config.workers, 1)
         self.shards = self._usable_shards(manifest, config)
-        counts = {name: sum(s.count for s in self.shards[label]) for label, name in enumerate(manifest.classes)}
+        counts = {name: sum(s.entry.count for s in self.shards[label]) for label, name in enumerate(manifest.classes)}
         super().__init__(manifest, config, counts, rank, world_size, parts=workers)
         self.skipped = self._skipped
         self.total_parts = world_size * workers
@@ -427,31 +460,36 @@ class StreamReader(_ReaderBase):
         self._loader_iter = None
 
     def _usable_shards(self, manifest: Manifest, config: ReaderConfig) -> list[list[_Shard]]:
+        """The split's shards per label; a missing or truncated file is skipped or raises now, the
+        contents are checked when read (see the module docstring)."""
         self._skipped: list[dict[str, str]] = []
         shards: list[list[_Shard]] = [[] for _ in manifest.classes]
         for entry in manifest.shards:
-            if entry["split"] != config.split:
+            if entry.split != config.split:
                 continue
-            shard = _Shard(manifest.root / entry["path"], manifest.label(entry["class"]), int(entry["count"]),
-                           entry["sha256"])
-            reason = _check_shard(shard)
+            shard = _Shard(entry, manifest.root / entry.path, manifest.label(entry.class_name))
+            reason = shard_file_problem(shard.path)
             if reason is None:
                 shards[shard.label].append(shard)
             elif config.on_error is OnError.skip:
-                self._skipped.append({"path": str(shard.path), "reason": reason})
-                warnings.warn(f"{shard.path}: {reason}; skipped (--skip-bad-shards)", stacklevel=3)
+                self._report_skipped([{"path": str(shard.path), "reason": reason}], stacklevel=4)
             else:
                 raise ShardError(f"{shard.path}: {reason}; rebuild with 'ddpm-data build --size {manifest.size}', "
-                                 f"or pass --skip-bad-shards to leave it out")
+                                 f"{_SKIP_HINT}")
         return shards
 
-    def part_batches(self, local: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    def _report_skipped(self, found: list[dict[str, str]], stacklevel: int) -> None:
+        for bad in found:
+            if all(bad["path"] != known["path"] for known in self._skipped):
+                self._skipped.append(bad)
+                warnings.warn(f"{bad['path']}: {bad['reason']}; skipped (--skip-bad-shards)", stacklevel=stacklevel)
+
+    def part_batches(self, local: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int, list[int], list]]:
         """Batches of this rank's `local`-th part (a worker), from its saved position."""
-        part = self.rank * self.parts + local
-        stream = _PartStream(self.shards, self._probs, self.config, part, self.total_parts,
-                             self.manifest.channels, self.manifest.stored_size)
-        for images, labels, _ in stream.batches(self.position.batches[local], self.position.consumed[local]):
-            yield images, labels, local
+        stream = _PartStream(self, self.rank * self.parts + local)
+        for images, labels, positions, found in stream.batches(self.position.batches[local],
+                                                               self.position.consumed[local]):
+            yield images, labels, local, positions, found
 
     def _iterator(self):
         if self.config.workers == 0:
@@ -464,11 +502,12 @@ class StreamReader(_ReaderBase):
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._loader_iter is None:
             self._loader_iter = self._iterator()
-        images, labels, local = next(self._loader_iter)
+        images, labels, local, positions, found = next(self._loader_iter)
         expected = self.position.delivered % self.parts
         if int(local) != expected:
             raise RuntimeError(f"internal: batch from worker {int(local)}, expected {expected} (DataLoader order changed)")
-        self.position.advance(expected, labels.tolist())
+        self._report_skipped(found, stacklevel=3)
+        self.position.advance(expected, [int(p) for p in positions])
         return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
     def _restart(self) -> None:

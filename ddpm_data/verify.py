@@ -1,5 +1,7 @@
 """`ddpm-data verify`: recompute every checksum and decode every sample of a shard folder.
 
+Each file is read once (`shardformat`): a shard's sha256 is computed while its samples are read.
+
 Checks, per file: the SHA-256 recorded in the manifest; every tar sample has a decodable
 `.png` of stored_size x stored_size in the manifest's mode, a `.cls` equal to its class label
 and a `.json` sidecar naming that class; per-shard and per-class counts match the manifest;
@@ -9,17 +11,15 @@ sample with the same key (and no key is missing on either side).
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ddpm_data.manifest import MANIFEST_NAME, SPLITS, Manifest, ManifestError, load_manifest, sha256_file
-from ddpm_data.stats import iter_tar_samples
+from ddpm_data.shardformat import (ChecksumError, FormatError, ShardEntry, decode_png, iter_shard, key_prefix,
+                                   read_hdf5_split, sample_problems)
 
 HDF5_BLOCK = 256  # rows read at a time
 _UNTRUSTED = b""  # pixel digest placeholder for a tar sample from a damaged shard
@@ -62,7 +62,7 @@ def _pixel_digest(pixels: np.ndarray) -> bytes:
 class _Checker:
     def __init__(self, manifest: Manifest, report: VerifyReport) -> None:
         self.manifest, self.report = manifest, report
-        self.mode = "RGB" if manifest.channels == 3 else "L"
+        self.shape = (manifest.channels, manifest.stored_size, manifest.stored_size)
         self.tar_pixels: dict[str, dict[str, bytes]] = {split: {} for split in SPLITS}  # split -> key -> digest
         self.tar_counts: dict[str, dict[str, int]] = {split: defaultdict(int) for split in SPLITS}
         # a shard that is missing or unreadable: do not blame the manifest counts or the HDF5 file for it
@@ -72,76 +72,44 @@ class _Checker:
     def problem(self, path: str, message: str) -> None:
         self.report.problems.append(Problem(path, message))
 
-    def check_checksum(self, relative: str, expected: str | None) -> bool | None:
-        """True: checksum matches; False: it differs; None: the file is missing."""
-        path = self.manifest.root / relative
+    def check_shard(self, entry: ShardEntry) -> None:
+        """Read the shard once: each sample as it comes, the sha256 when the file is exhausted.
+
+        Pixel digests are kept aside until then, so a shard that fails its checksum does not judge
+        the HDF5 file (a flipped bit may still decode)."""
         self.report.files_checked += 1
-        if not path.is_file():
-            self.problem(relative, "missing")
-            return None
-        if expected and sha256_file(path) != expected:
-            self.problem(relative, "sha256 differs from the manifest (file changed or corrupted)")
-            return False
-        return True
-
-    def check_shard(self, entry: dict) -> None:
-        relative, class_name = entry["path"], entry["class"]
-        intact = self.check_checksum(relative, entry["sha256"])
-        if intact is None:
-            self.damaged_splits.add(entry["split"])
-            self.damaged_classes.add((entry["split"], class_name))
-            return
-        label, count = self.manifest.classes.index(class_name), 0
+        label, digests = self.manifest.label(entry.class_name), {}
         try:
-            for key, parts in iter_tar_samples(self.manifest.root / relative):
-                count += 1
-                self.check_sample(relative, entry["split"], class_name, label, key, parts, trusted=intact)
-        except Exception as error:  # any tar-level failure means the file is bad; keep checking others
-            self.problem(relative, f"unreadable tar after {count} samples: {error}")
-            self.damaged_splits.add(entry["split"])
-            self.damaged_classes.add((entry["split"], class_name))
+            for key, members in iter_shard(self.manifest.root / entry.path, entry.sha256):
+                if key in digests or key in self.tar_pixels[entry.split]:
+                    self.problem(entry.path, f"sample {key}: key appears twice in split {entry.split}")
+                digests[key] = self.check_sample(entry, label, key, members)
+        except ChecksumError as error:
+            self.problem(entry.path, error.reason)
+            digests = dict.fromkeys(digests, _UNTRUSTED)
+        except FormatError as error:  # missing or unreadable: its samples cannot be counted
+            self.problem(entry.path, error.reason)
+            self.damaged_splits.add(entry.split)
+            self.damaged_classes.add((entry.split, entry.class_name))
             return
-        if count != entry["count"]:
-            self.problem(relative, f"holds {count} samples, manifest says {entry['count']}")
-        self.tar_counts[entry["split"]][class_name] += count
+        if len(digests) != entry.count:
+            self.problem(entry.path, f"holds {len(digests)} samples, manifest says {entry.count}")
+        self.tar_pixels[entry.split].update({key: d for key, d in digests.items() if d is not None})
+        self.tar_counts[entry.split][entry.class_name] += len(digests)
 
-    def check_sample(self, relative: str, split: str, class_name: str, label: int, key: str, parts: dict,
-                     trusted: bool) -> None:
-        """Check one tar sample; `trusted` is False when its shard failed its checksum, so its
-        pixels are not used to judge the HDF5 file (a flipped bit may still decode)."""
+    def check_sample(self, entry: ShardEntry, label: int, key: str, members: dict[str, bytes]) -> bytes | None:
+        """Check one tar sample; returns its pixel digest, _UNTRUSTED when its PNG is bad, None
+        when it has no PNG to compare."""
         self.report.samples_checked += 1
-        if "." in key or not key.startswith(class_name.replace(".", "_") + "-"):
-            self.problem(relative, f"sample {key!r}: key does not match its class {class_name!r}")
-        missing = {"png", "cls", "json"} - parts.keys()
-        if missing:
-            self.problem(relative, f"sample {key}: missing {', '.join(sorted(missing))}")
-            return
-        if parts["cls"].strip() != str(label).encode():
-            self.problem(relative, f"sample {key}: .cls {parts['cls']!r} is not the label {label} of {class_name!r}")
+        for reason in sample_problems(key, members, entry.class_name, label):
+            self.problem(entry.path, f"sample {key}: {reason}")
+        if "png" not in members:
+            return None
         try:
-            sidecar = json.loads(parts["json"])
-            if sidecar.get("class") != class_name or sidecar.get("label") != label:
-                self.problem(relative, f"sample {key}: .json names class {sidecar.get('class')!r}")
-        except (ValueError, AttributeError) as error:
-            self.problem(relative, f"sample {key}: .json unreadable ({error})")
-        try:
-            image = Image.open(io.BytesIO(parts["png"]))
-            image.load()
-        except Exception as error:
-            self.problem(relative, f"sample {key}: .png does not decode ({error})")
-            self.tar_pixels[split][key] = _UNTRUSTED  # the HDF5 row cannot be compared; not its fault
-            return
-        size = self.manifest.stored_size
-        if image.size != (size, size) or image.mode != self.mode:
-            self.problem(relative, f"sample {key}: .png is {image.mode} {image.width}x{image.height}, "
-                                   f"expected {self.mode} {size}x{size}")
-            self.tar_pixels[split][key] = _UNTRUSTED
-            return
-        if key in self.tar_pixels[split]:
-            self.problem(relative, f"sample {key}: key appears twice in split {split}")
-        pixels = np.asarray(image)
-        self.tar_pixels[split][key] = (
-            _pixel_digest(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)) if trusted else _UNTRUSTED)
+            return _pixel_digest(decode_png(members["png"], self.shape))
+        except FormatError as error:
+            self.problem(entry.path, f"sample {key}: .png {error.reason}")
+            return _UNTRUSTED  # the HDF5 row cannot be compared; not its fault
 
     def check_counts(self) -> None:
         for split in SPLITS:
@@ -154,46 +122,46 @@ class _Checker:
 
     def check_hdf5(self) -> None:
         relative = self.manifest.hdf5["path"]
-        if self.check_checksum(relative, self.manifest.hdf5.get("sha256")) is None:
+        path = self.manifest.root / relative
+        self.report.files_checked += 1
+        if not path.is_file():
+            self.problem(relative, "missing")
             return
-        import h5py
+        expected = self.manifest.hdf5.get("sha256")
+        if expected and sha256_file(path) != expected:
+            self.problem(relative, "sha256 differs from the manifest (file changed or corrupted)")
+        for split in SPLITS:
+            try:
+                self.check_hdf5_split(relative, split)
+            except FormatError as error:
+                self.problem(relative, error.reason)
 
-        try:
-            with h5py.File(self.manifest.root / relative, "r") as h5:
-                for split in SPLITS:
-                    self.check_hdf5_split(relative, h5, split)
-        except Exception as error:  # h5py raises OSError/KeyError/ValueError for damaged files
-            self.problem(relative, f"unreadable HDF5: {error}")
-
-    def check_hdf5_split(self, relative: str, h5, split: str) -> None:
-        manifest, size = self.manifest, self.manifest.stored_size
-        images, labels, keys = h5[f"{split}/images"], h5[f"{split}/labels"], h5[f"{split}/keys"]
-        n = manifest.num_samples(split)
-        expected_shape = (n, manifest.channels, size, size)
-        if images.shape != expected_shape or images.dtype != np.uint8:
-            self.problem(relative, f"/{split}/images is {images.dtype} {images.shape}, expected uint8 {expected_shape}")
-            return
-        if labels.shape != (n,) or keys.shape != (n,):
-            self.problem(relative, f"/{split}/labels or /{split}/keys length differs from {n}")
-            return
-        tar_pixels, seen = self.tar_pixels[split], set()
-        for start in range(0, n, HDF5_BLOCK):
-            block = images[start:start + HDF5_BLOCK]
-            block_labels = labels[start:start + HDF5_BLOCK]
-            block_keys = keys.asstr()[start:start + HDF5_BLOCK]
-            for pixels, label, key in zip(block, block_labels, block_keys):
-                self.report.samples_checked += 1
+    def check_hdf5_split(self, relative: str, split: str) -> None:
+        """Every row of /{split}, HDF5_BLOCK rows at a time, against the tar samples."""
+        n, tar_pixels, seen = self.manifest.num_samples(split), self.tar_pixels[split], set()
+        start, total = 0, None
+        while total is None or start < total:
+            block = read_hdf5_split(self.manifest.root / relative, split, self.shape, slice(start, start + HDF5_BLOCK))
+            total, start = block.total, start + HDF5_BLOCK
+            if total != n:
+                self.problem(relative, f"/{split} holds {total} rows, the manifest says {n}")
+                return
+            for pixels, label, key in zip(block.images, block.labels, block.keys):
                 seen.add(key)
-                class_name = manifest.classes[label] if 0 <= label < len(manifest.classes) else None
-                if class_name is None or not key.startswith(class_name.replace(".", "_") + "-"):
-                    self.problem(relative, f"/{split} row {key}: label {label} does not match the key")
-                digest = tar_pixels.get(key)
-                if digest is None and split not in self.damaged_splits:
-                    self.problem(relative, f"/{split} row {key}: no tar sample with this key")
-                elif digest not in (None, _UNTRUSTED) and digest != _pixel_digest(pixels):
-                    self.problem(relative, f"/{split} row {key}: pixels differ from the tar sample")
+                self.check_hdf5_row(relative, split, pixels, int(label), key)
         for key in sorted(set(tar_pixels) - seen) if split not in self.damaged_splits else []:
             self.problem(relative, f"/{split}: tar sample {key} is missing")
+
+    def check_hdf5_row(self, relative: str, split: str, pixels: np.ndarray, label: int, key: str) -> None:
+        self.report.samples_checked += 1
+        classes = self.manifest.classes
+        if not 0 <= label < len(classes) or not key.startswith(key_prefix(classes[label])):
+            self.problem(relative, f"/{split} row {key}: label {label} does not match the key")
+        digest = self.tar_pixels[split].get(key)
+        if digest is None and split not in self.damaged_splits:
+            self.problem(relative, f"/{split} row {key}: no tar sample with this key")
+        elif digest not in (None, _UNTRUSTED) and digest != _pixel_digest(pixels):
+            self.problem(relative, f"/{split} row {key}: pixels differ from the tar sample")
 
 
 def verify(folder: str | Path) -> VerifyReport:

@@ -68,36 +68,21 @@ def center_crop(images: np.ndarray, size: int) -> np.ndarray:
 
 def load_real(shard_dir: str | Path) -> RealData:
     """Read /train and /val of `shard_dir`/data.h5 per its manifest (contract in docs/data-format.md)."""
-    import h5py
     from ddpm_data.manifest import load_manifest
+    from ddpm_data.shardformat import FormatError, read_hdf5_split
 
     manifest = load_manifest(shard_dir)
-    root = manifest.root
-    h5_path = manifest.hdf5_path
-    rebuild = f"run 'ddpm-data build --size {manifest.size}' first"
-    if not h5_path.is_file():
-        raise EvalInputError(f"{h5_path}: missing; {rebuild}")
-    expected = (manifest.channels, manifest.stored_size, manifest.stored_size)
+    shape = (manifest.channels, manifest.stored_size, manifest.stored_size)
     splits = {}
-    try:
-        with h5py.File(h5_path, "r") as h5:
-            for split in ("train", "val"):
-                missing = [name for name in ("images", "labels", "keys") if f"{split}/{name}" not in h5]
-                if missing:
-                    raise EvalInputError(f"{h5_path}: no /{split}/{missing[0]} dataset; {rebuild}")
-                images = h5[f"{split}/images"][()]
-                if images.dtype != np.uint8 or images.shape[1:] != expected:
-                    raise EvalInputError(
-                        f"{h5_path}: /{split}/images is {images.dtype} {images.shape}, expected uint8 (N, *{expected}) "
-                        f"as manifest.json says; {rebuild}"
-                    )
-                labels = h5[f"{split}/labels"][()].astype(np.int64)
-                keys = tuple(str(key) for key in h5[f"{split}/keys"].asstr()[()])
-                splits[split] = ImageSet(center_crop(images, manifest.size), labels, keys)
-    except OSError as error:
-        raise EvalInputError(f"{h5_path}: unreadable HDF5 ({error}); {rebuild}") from error
-    digest = hashlib.sha256((root / "manifest.json").read_bytes()).hexdigest()
-    return RealData(root, tuple(manifest.classes), manifest.size, manifest.channels, digest, splits["train"], splits["val"])
+    for split in ("train", "val"):
+        try:
+            arrays = read_hdf5_split(manifest.hdf5_path, split, shape)
+        except FormatError as error:
+            raise EvalInputError(f"{error}; run 'ddpm-data build --size {manifest.size}' first") from error
+        splits[split] = ImageSet(center_crop(arrays.images, manifest.size), arrays.labels, arrays.keys)
+    digest = hashlib.sha256((manifest.root / "manifest.json").read_bytes()).hexdigest()
+    return RealData(manifest.root, tuple(manifest.classes), manifest.size, manifest.channels, digest,
+                    splits["train"], splits["val"])
 
 
 def _visible(path: Path) -> bool:

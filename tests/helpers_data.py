@@ -51,3 +51,23 @@ def flip_byte(path: Path, offset: int) -> None:
     data = bytearray(path.read_bytes())
     data[offset] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+def count_hashing(monkeypatch) -> list:
+    """Replace hashlib.sha256 for this test; returns the list of hashers made, each with `.bytes` hashed."""
+    real, made = hashlib.sha256, []
+
+    class CountingHash:
+        def __init__(self):
+            self.inner, self.bytes = real(), 0
+            made.append(self)
+
+        def update(self, data):
+            self.bytes += len(data)
+            self.inner.update(data)
+
+        def hexdigest(self):
+            return self.inner.hexdigest()
+
+    monkeypatch.setattr(hashlib, "sha256", CountingHash)
+    return made

@@ -21,7 +21,7 @@ from ddpm_data import shards
 from ddpm_data.images import Fit
 from ddpm_data.manifest import load_manifest
 from ddpm_data.shards import BuildConfig, BuildError, build, parse_sizes
-from ddpm_data.stats import iter_tar_samples
+from ddpm_data.shardformat import decode_png, iter_shard
 from ddpm_data.verify import verify
 from helpers_data import bomb_png, make_folder, sha256_tree, write_image
 
@@ -39,9 +39,8 @@ def _tar_arrays(manifest) -> dict[str, dict[str, np.ndarray]]:
     """{split: {key: (C, S, S) uint8}} decoded from the tar shards."""
     arrays: dict[str, dict[str, np.ndarray]] = {"train": {}, "val": {}}
     for entry in manifest.shards:
-        for key, parts in iter_tar_samples(manifest.root / entry["path"]):
-            pixels = np.asarray(Image.open(io.BytesIO(parts["png"])))
-            arrays[entry["split"]][key] = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+        for key, parts in iter_shard(manifest.root / entry.path, entry.sha256):
+            arrays[entry.split][key] = decode_png(parts["png"])
     return arrays
 
 
@@ -55,23 +54,23 @@ def test_round_trip_matches_the_contract(tmp_path):
     assert manifest.source_sizes == {"40x32": 19} and manifest.skipped == [] and manifest.ignored == 0
     assert manifest.options["size"] == [32] and manifest.options["fit"] == "crop"
     for entry in manifest.shards:
-        assert entry["path"].startswith(f"{entry['split']}-{entry['class']}-") and entry["count"] <= 4
-        label = manifest.classes.index(entry["class"])
-        with tarfile.open(manifest.root / entry["path"]) as tar:
+        assert entry.path.startswith(f"{entry.split}-{entry.class_name}-") and entry.count <= 4
+        label = manifest.classes.index(entry.class_name)
+        with tarfile.open(manifest.root / entry.path) as tar:
             names = tar.getnames()
             assert all(m.mtime == 0 and m.uid == 0 and m.uname == "" for m in tar.getmembers())
-        assert len(names) == 3 * entry["count"] and all(name.count(".") == 1 for name in names)
-        for key, parts in iter_tar_samples(manifest.root / entry["path"]):
-            assert key.startswith(entry["class"] + "-") and len(key.split("-")[-1]) == 16
+        assert len(names) == 3 * entry.count and all(name.count(".") == 1 for name in names)
+        for key, parts in iter_shard(manifest.root / entry.path):
+            assert key.startswith(entry.class_name + "-") and len(key.split("-")[-1]) == 16
             assert parts["cls"] == str(label).encode()
             sidecar = json.loads(parts["json"])
-            assert sidecar["class"] == entry["class"] and sidecar["label"] == label
+            assert sidecar["class"] == entry.class_name and sidecar["label"] == label
             assert (sidecar["width"], sidecar["height"]) == (40, 32)
             assert (tmp_path / "src" / sidecar["source"]).is_file()
             assert Image.open(io.BytesIO(parts["png"])).size == (35, 35)
-    per_class = {(e["split"], e["class"]): 0 for e in manifest.shards}
+    per_class = {(e.split, e.class_name): 0 for e in manifest.shards}
     for entry in manifest.shards:
-        per_class[entry["split"], entry["class"]] += entry["count"]
+        per_class[entry.split, entry.class_name] += entry.count
     assert all(manifest.counts[split][name] == n for (split, name), n in per_class.items())
 
 
@@ -180,7 +179,7 @@ def test_existing_output_needs_overwrite_and_source_is_untouched(tmp_path):
         build(_config(tmp_path))
     build(_config(tmp_path, overwrite=True, val_fraction=0.0))
     manifest = load_manifest(tmp_path / "shards" / "32")
-    assert manifest.num_samples("val") == 0 and all(e["split"] == "train" for e in manifest.shards)
+    assert manifest.num_samples("val") == 0 and all(e.split == "train" for e in manifest.shards)
     assert sha256_tree(src) == source_before
     assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["32"]  # no temp folders left
     with pytest.raises(BuildError, match="inside --src"):
@@ -258,7 +257,7 @@ def test_config_validation_names_the_flag():
 def test_shard_size_rotates_shards(tmp_path):
     make_folder(tmp_path / "src", {"normal": 11})
     (manifest,) = build(_config(tmp_path, val_fraction=0.0, shard_size=5))
-    assert [(e["path"], e["count"]) for e in manifest.shards] == [
+    assert [(e.path, e.count) for e in manifest.shards] == [
         ("train-normal-000000.tar", 5), ("train-normal-000001.tar", 5), ("train-normal-000002.tar", 1)]
 
 

@@ -24,7 +24,7 @@ def test_collect_stats_mirrors_the_manifest(built):
     stats = collect_stats(built.root)
     assert stats["counts"] == built.counts and stats["classes"] == ["abnormal", "normal"]
     assert stats["totals"]["train"] + stats["totals"]["val"] == 12
-    assert [s["path"] for s in stats["shards"]] == [s["path"] for s in built.shards]
+    assert [s["path"] for s in stats["shards"]] == [s.path for s in built.shards]
     assert all(s["bytes"] == (built.root / s["path"]).stat().st_size for s in stats["shards"])
     assert stats["skipped"] == [{"path": "normal/empty.png", "reason": "empty file (0 bytes)"}]
     assert stats["ignored"] == 1 and stats["source_sizes"] == {"40x32": 12}

@@ -7,9 +7,12 @@ import math
 import pytest
 import torch
 
+from ddpm_data import stream
 from ddpm_data.balance import Balance
 from ddpm_data.manifest import ManifestError, load_manifest
+from ddpm_data.shardformat import decode_png, iter_shard
 from ddpm_data.stream import OnError, ReaderConfig, ReaderMode, ShardError, load_split, open_reader, split_units
+from helpers_data import count_hashing
 
 
 def identities(shard_dir) -> dict[bytes, int]:
@@ -131,12 +134,19 @@ def test_missing_manifest_says_to_build(tmp_path):
 
 
 def damage(path, how: str) -> None:
+    if how == "missing":
+        path.unlink()
+        return
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2] if how == "truncate" else data[:600] + bytes([data[600] ^ 0xFF]) + data[601:])
 
 
-@pytest.mark.parametrize("how", ["truncate", "flip"])
-def test_bad_shard_is_named_or_skipped_and_counted(copy_shards, how):
+def pixels_of(shard) -> set[bytes]:
+    return {decode_png(members["png"]).tobytes() for _, members in iter_shard(shard)}
+
+
+@pytest.mark.parametrize("how", ["truncate", "missing"])
+def test_truncated_or_missing_shard_is_named_or_skipped_and_counted_at_open(copy_shards, how):
     shard_dir = copy_shards()
     bad = shard_dir / "train-abnormal-000001.tar"
     damage(bad, how)
@@ -148,6 +158,69 @@ def test_bad_shard_is_named_or_skipped_and_counted(copy_shards, how):
     assert reader.counts == {"abnormal": 11, "normal": 34}
     labels = torch.cat([labels for _, labels in take(reader, 10)])
     assert set(labels.tolist()) == {0, 1}
+
+
+def pixels_of(shard) -> set[bytes]:
+    return {decode_png(members["png"]).tobytes() for _, members in iter_shard(shard)}
+
+
+def test_modified_shard_is_named_or_skipped_when_read(tiny_shards, copy_shards):
+    """A flipped byte shows only in the checksum, computed as the shard is read: it surfaces with the
+    batch that reads it, and none of its samples is used."""
+    shard_dir = copy_shards()
+    bad = shard_dir / "train-abnormal-000001.tar"
+    damage(bad, "flip")
+    reader = open_reader(shard_dir, ReaderConfig(mode="stream", balance="balanced"))
+    with pytest.raises(ShardError, match="train-abnormal-000001.tar: fails its sha256.*--skip-bad-shards"):
+        take(reader, 20)  # 80 abnormal draws: more than a pass over the class's 15 samples
+    reader = open_reader(shard_dir, ReaderConfig(mode="stream", on_error=OnError.skip, balance="balanced"))
+    with pytest.warns(UserWarning, match="train-abnormal-000001.tar"):
+        batches = take(reader, 20)
+    assert [entry["path"] for entry in reader.skipped] == [str(bad)]
+    assert reader.counts == {"abnormal": 15, "normal": 34}  # as opened: the probabilities do not move
+    delivered = {image.numpy().tobytes() for images, _ in batches for image in images}
+    assert not delivered & pixels_of(tiny_shards / bad.name)
+    assert set(torch.cat([labels for _, labels in batches]).tolist()) == {0, 1}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_passes_over_a_skipped_shard_as_an_uninterrupted_run(copy_shards, workers):
+    shard_dir = copy_shards()
+    damage(shard_dir / "train-abnormal-000002.tar", "flip")
+    config = ReaderConfig(batch_size=8, balance="balanced", mode="stream", workers=workers, seed=2, on_error="skip")
+    reader = open_reader(shard_dir, config)
+    with pytest.warns(UserWarning, match="train-abnormal-000002.tar"):
+        take(reader, 9)
+    state = reader.state_dict()
+    expected = take(reader, 9)
+    reader.close()
+    resumed = open_reader(shard_dir, config)
+    resumed.load_state_dict(state)
+    with pytest.warns(UserWarning, match="train-abnormal-000002.tar"):  # passed over again after the resume
+        got = take(resumed, 9)
+    resumed.close()
+    assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(expected, got))
+
+
+def test_stream_mode_hashes_each_shard_once_per_read(copy_shards, monkeypatch):
+    """No checksum pass at open; each read hashes the shard's bytes exactly once, a bad shard included."""
+    shard_dir = copy_shards()
+    damage(shard_dir / "train-abnormal-000001.tar", "flip")
+    monkeypatch.setattr(stream, "sha256_file", lambda path: pytest.fail(f"{path} hashed outside a read"))
+    reads, real_read_shard = [], stream.read_shard
+    hashed = count_hashing(monkeypatch)
+
+    def spy(root, entry):
+        reads.append(root / entry.path)
+        return real_read_shard(root, entry)
+
+    monkeypatch.setattr(stream, "read_shard", spy)
+    reader = open_reader(shard_dir, ReaderConfig(mode="stream", on_error="skip", balance="balanced"))
+    assert hashed == [] and reads == []
+    with pytest.warns(UserWarning, match="train-abnormal-000001.tar"):
+        take(reader, 20)
+    assert reads.count(shard_dir / "train-abnormal-000001.tar") == 1  # a bad shard is not read again
+    assert [h.bytes for h in hashed] == [path.stat().st_size for path in reads]
 
 
 def test_shard_damaged_after_opening_is_named(copy_shards):
