@@ -11,18 +11,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from ddpm_data.config import AugmentConfig, Interpolation
-from ddpm_model.config import ModelOptions, Precision, RunConfig, TrainConfig
+from ddpm_data.config import AugmentConfig, Fit, Interpolation, ReaderConfig, ReaderMode
+from ddpm_model.choices import BetaSchedule, Prediction, Sampler, UpsampleMode
+from ddpm_model.config import ModelOptions, Precision, RunConfig, SampleConfig, TrainConfig
 
-data_app = typer.Typer(
-    help="Prepare image folders: synthesise sample data, build shards, inspect them.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-train_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-sample_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-eval_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+# Plain (not boxed) usage errors: one line naming the option, like every other error here.
+APP_SETTINGS = dict(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+data_app = typer.Typer(help="Prepare image folders: synthesise sample data, build shards, inspect them.",
+                       no_args_is_help=True, **APP_SETTINGS)
+train_app = typer.Typer(**APP_SETTINGS)
+sample_app = typer.Typer(**APP_SETTINGS)
+eval_app = typer.Typer(**APP_SETTINGS)
 
 
 @data_app.callback()
@@ -36,7 +35,7 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def int_list(text: Optional[str], flag: str) -> Optional[tuple[int, ...]]:
+def int_list(text: Optional[str], flag: str, example: str = "1,2,2,4") -> Optional[tuple[int, ...]]:
     """'1,2,2,4' -> (1, 2, 2, 4); None stays None. The one parser of comma-separated options."""
     if text is None:
         return None
@@ -45,7 +44,7 @@ def int_list(text: Optional[str], flag: str) -> Optional[tuple[int, ...]]:
     except ValueError:
         values = ()
     if not values:
-        fail(f"{flag} {text!r}: expected comma-separated integers, e.g. 1,2,2,4")
+        fail(f"{flag} {text!r}: expected comma-separated integers, e.g. {example}")
     return values
 
 
@@ -66,6 +65,12 @@ ZoomOption = Annotated[Optional[float], typer.Option(help="Zoom factor range [1/
 BrightnessOption = Annotated[Optional[float], typer.Option(help="Brightness factor range [1-b, 1+b] (0 = off). [default: preset's, 0.1]", show_default=False)]
 ContrastOption = Annotated[Optional[float], typer.Option(help="Contrast factor range [1-c, 1+c] (0 = off). [default: preset's, 0.1]", show_default=False)]
 InterpolationOption = Annotated[Optional[Interpolation], typer.Option(help="Resampling of rotated/zoomed samples. [default: preset's, bilinear]", show_default=False)]
+# Reader: any field of ddpm_data.config.ReaderConfig.
+BalanceOption = Annotated[str, typer.Option(help="Class balance: natural, balanced, sqrt, or class weights like normal=1,abnormal=3 (an epoch follows it).")]
+ModeOption = Annotated[ReaderMode, typer.Option(help="Reader: auto (memory if the split fits --memory-budget-mb), memory (data.h5 in RAM/GPU), stream (tar shards).")]
+WorkersOption = Annotated[int, typer.Option(help="Stream mode: DataLoader worker processes per GPU (0 = read in this process).")]
+MemoryBudgetOption = Annotated[float, typer.Option(help="Mode auto: hold the split in memory when its pixels fit this many MiB.")]
+SkipBadShardsOption = Annotated[bool, typer.Option(help="Leave out (and list) shards that fail their checksum instead of stopping.")]
 AUGMENT_FIELDS = ("crop", "hflip", "vflip", "degrees", "zoom", "brightness", "contrast", "interpolation")
 
 
@@ -111,7 +116,7 @@ def build(
     size: Annotated[str, typer.Option(help="Training resolution(s) in px; '40,96,128' builds all in one pass.")] = "96",
     out: Annotated[str, typer.Option(help="Output folder; '{size}' is replaced by each size.")] = "shards/{size}",
     margin: Annotated[int, typer.Option(help="Crop margin in px per 128 px: stored = round(size*(128+margin)/128); 0 = none.")] = 12,
-    fit: Annotated[str, typer.Option(help="Non-square images: crop (centre), squash, or pad (black borders).")] = "crop",
+    fit: Annotated[Fit, typer.Option(help="Non-square images: crop (centre), squash, or pad (black borders).")] = Fit.CROP,
     channels: Annotated[int, typer.Option(help="3 = RGB, 1 = greyscale.")] = 3,
     val_fraction: Annotated[float, typer.Option(help="Share of each class held out for validation (by content hash).")] = 0.1,
     shard_size: Annotated[int, typer.Option(help="Samples per tar shard (64: several shards per class for multi-worker readers).")] = 64,
@@ -122,15 +127,11 @@ def build(
 ) -> None:
     """Build resolution-specific WebDataset tar shards, data.h5 and manifest.json from an image folder."""
     from ddpm_data.images import Fit
-    from ddpm_data.shards import BuildConfig, BuildError, build as build_shards, parse_sizes
+    from ddpm_data.shards import BuildConfig, BuildError, build as build_shards
     from ddpm_data.split import SourceError
 
     try:
-        fit_mode = Fit(fit)
-    except ValueError:
-        fail(f"--fit {fit!r}: unknown; valid: {', '.join(f.value for f in Fit)}")
-    try:
-        config = BuildConfig(src=src, size=parse_sizes(size), out=out, margin=margin, fit=fit_mode,
+        config = BuildConfig(src=src, size=int_list(size, "--size", "96 or 40,96,128"), out=out, margin=margin, fit=fit,
                              channels=channels, val_fraction=val_fraction, shard_size=shard_size,
                              workers=workers, max_pixels=max_pixels, strict=strict, overwrite=overwrite)
         manifests = build_shards(config, progress=True)
@@ -192,13 +193,13 @@ def preview(
     ctx: typer.Context,
     folder: Annotated[Path, typer.Argument(help="Shard folder written by 'ddpm-data build' (e.g. shards/96).")],
     n: Annotated[int, typer.Option("--n", help="Samples to draw for the class shares.")] = 1000,
-    balance: Annotated[str, typer.Option(help="natural | balanced | sqrt | class weights, e.g. normal=1,abnormal=3.")] = "natural",
-    mode: Annotated[str, typer.Option(help="auto | stream | memory (auto: memory when the split fits --memory-budget-mb).")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 8,
-    seed: Annotated[int, typer.Option(help="Seed of the sampling order and the augmentation.")] = 0,
-    workers: Annotated[int, typer.Option(help="Stream mode: DataLoader worker processes (0 = in-process).")] = 0,
-    memory_budget_mb: Annotated[float, typer.Option(help="Auto mode: largest split (pixels, MiB) held in memory.")] = 2048.0,
-    skip_bad_shards: Annotated[bool, typer.Option(help="Leave out (and list) shards failing their checksum instead of stopping.")] = False,
+    balance: BalanceOption = str(ReaderConfig.balance),
+    mode: ModeOption = ReaderConfig.mode,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = ReaderConfig.batch_size,
+    seed: Annotated[int, typer.Option(help="Seed of the sampling order and the augmentation.")] = ReaderConfig.seed,
+    workers: WorkersOption = ReaderConfig.workers,
+    memory_budget_mb: MemoryBudgetOption = ReaderConfig.memory_budget_mb,
+    skip_bad_shards: SkipBadShardsOption = False,
     augment: AugmentPreset = "default",
     crop: CropOption = None,
     hflip: HflipOption = None,
@@ -248,19 +249,19 @@ def train(
     channel_multipliers: Annotated[Optional[str], typer.Option(help="Per-stage channel multipliers, e.g. 1,2,2,4 (96 px) or 1,2,2,4,8 (128 px). [default: preset's]", show_default=False)] = None,
     num_res_blocks: Annotated[Optional[int], typer.Option(help="Residual blocks per stage. [default: preset's, 2]", show_default=False)] = None,
     use_attention: Annotated[Optional[str], typer.Option(help="Self-attention per stage as 0/1, e.g. 0,0,1,1. [default: preset's]", show_default=False)] = None,
-    upsample: Annotated[Optional[str], typer.Option(help="Up-path resampling: bilinear, bicubic, nearest, conv_transpose. [default: bilinear]", show_default=False)] = None,
+    upsample: Annotated[Optional[UpsampleMode], typer.Option(help="Up-path resampling (interpolation + conv avoids checkerboard artefacts). [default: bilinear]", show_default=False)] = None,
     dropout: Annotated[Optional[float], typer.Option(help="Dropout in residual blocks. [default: 0.1]", show_default=False)] = None,
     class_dropout: Annotated[Optional[float], typer.Option(help="Label dropout for classifier-free guidance (0 disables). [default: 0.1]", show_default=False)] = None,
     num_timesteps: Annotated[Optional[int], typer.Option(help="Diffusion steps T. [default: 1000]", show_default=False)] = None,
-    beta_schedule: Annotated[Optional[str], typer.Option(help="Noise schedule: cosine or linear. [default: cosine]", show_default=False)] = None,
-    prediction: Annotated[Optional[str], typer.Option(help="Network target: eps or v. [default: eps]", show_default=False)] = None,
+    beta_schedule: Annotated[Optional[BetaSchedule], typer.Option(help="Noise schedule. [default: cosine]", show_default=False)] = None,
+    prediction: Annotated[Optional[Prediction], typer.Option(help="Network target. [default: eps]", show_default=False)] = None,
     aug_conditioning: Annotated[bool, typer.Option(help="Condition the model on the augmentation parameters (non-leaking augmentation).")] = ModelOptions.aug_conditioning,
     # reader
-    balance: Annotated[str, typer.Option(help="Class balance: natural, balanced, sqrt, or weights like normal=1,abnormal=3 (an epoch follows it).")] = "natural",
-    mode: Annotated[str, typer.Option(help="Reader: auto (memory if it fits), memory (data.h5 in RAM/GPU), stream (tar shards).")] = "auto",
-    workers: Annotated[int, typer.Option(help="Stream mode: DataLoader worker processes per GPU (0 = read in the training process).")] = 0,
-    memory_budget_mb: Annotated[float, typer.Option(help="Mode auto: hold the train split in memory when it fits this many MB.")] = 2048.0,
-    skip_bad_shards: Annotated[bool, typer.Option(help="Stream mode: leave out shards that fail their checksum instead of stopping.")] = False,
+    balance: BalanceOption = str(ReaderConfig.balance),
+    mode: ModeOption = ReaderConfig.mode,
+    workers: WorkersOption = ReaderConfig.workers,
+    memory_budget_mb: MemoryBudgetOption = ReaderConfig.memory_budget_mb,
+    skip_bad_shards: SkipBadShardsOption = False,
     # augmentation (the same flags as `ddpm-data preview`)
     augment: AugmentPreset = "default",
     crop: CropOption = None,
@@ -361,28 +362,25 @@ def sample(
     checkpoint: Annotated[Path, typer.Option(help="A checkpoint file, or a run folder (uses its latest checkpoint).")],
     out: Annotated[Path, typer.Option(help="Output folder: writes OUT/<class>/0000.png ... and OUT/<class>-grid.png.")],
     class_name: Annotated[Optional[list[str]], typer.Option("--class", help="Class to sample (repeatable; default: every class).")] = None,
-    n: Annotated[int, typer.Option(help="Images per class.")] = 64,
-    sampler: Annotated[str, typer.Option(help="ddim (fast, --steps) or ddpm (all diffusion steps).")] = "ddim",
-    steps: Annotated[int, typer.Option(help="DDIM steps.")] = 50,
-    eta: Annotated[float, typer.Option(help="DDIM stochasticity: 0 = deterministic, 1 = as noisy as DDPM (smoother from a briefly trained model).")] = 0.0,
-    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = none).")] = 2.0,
-    seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same images.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
-    ema: Annotated[bool, typer.Option(help="Use the EMA weights (--no-ema: the raw training weights).")] = True,
+    n: Annotated[int, typer.Option(help="Images per class.")] = SampleConfig.n,
+    sampler: Annotated[Sampler, typer.Option(help="ddim (fast, --steps) or ddpm (all diffusion steps).")] = SampleConfig.sampler,
+    steps: Annotated[int, typer.Option(help="DDIM steps.")] = SampleConfig.steps,
+    eta: Annotated[float, typer.Option(help="DDIM stochasticity: 0 = deterministic, 1 = as noisy as DDPM (smoother from a briefly trained model).")] = SampleConfig.eta,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = none).")] = SampleConfig.guidance,
+    seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same images.")] = SampleConfig.seed,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = SampleConfig.batch_size,
+    ema: Annotated[bool, typer.Option(help="Use the EMA weights (--no-ema: the raw training weights).")] = SampleConfig.ema,
     device: Annotated[str, typer.Option(help="'auto', 'cpu', 'cuda', 'cuda:1'.")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace the PNGs already in OUT/<class>/ (else refuse).")] = False,
 ) -> None:
     """Generate images of one or more classes from a trained checkpoint."""
     from ddpm_data.grid import save_grid
     from ddpm_model.checkpoint import CheckpointError
-    from ddpm_model.diffusion import Sampler
-    from ddpm_model.sample import SampleConfig, sample_to_folder
+    from ddpm_model.sample import sample_to_folder
 
-    if sampler not in {s.value for s in Sampler}:
-        fail(f"--sampler {sampler!r}: unknown; valid: {', '.join(s.value for s in Sampler)}")
     try:
         config = SampleConfig(checkpoint=checkpoint, out=out, classes=tuple(class_name or ()), n=n,
-                              sampler=Sampler(sampler), steps=steps, eta=eta, guidance=guidance, seed=seed,
+                              sampler=sampler, steps=steps, eta=eta, guidance=guidance, seed=seed,
                               batch_size=batch_size, ema=ema, device=device, overwrite=overwrite)
         results = sample_to_folder(config)
     except (CheckpointError, ValueError) as error:

@@ -1,11 +1,11 @@
-"""Benchmark the training data path: augmented batches per second at 96 px, ours vs the analysis.
+"""Benchmark the training data path: augmented batches per second at 96 px, ours vs transform-resize.
 
 In one run, on one generated source folder (`ddpm_data.synth`: 437 normal + 85 abnormal RGB
 images of 128 px) and the same cores:
 - ours, memory mode: shards built at 96 px (stored 105), split held in memory, `Augmenter` with
   the default recipe (crop, flip 0.5, rotation +-10 deg, brightness/contrast 0.1) on the device;
 - ours, stream mode: the tar shards decoded by `--workers` DataLoader workers, same augmentation;
-- baseline, the analysis' "Approach 1": torchvision `ImageFolder` on the source PNGs with
+- baseline, "Approach 1" of docs/design.md (transform-resize): torchvision `ImageFolder` on the source PNGs with
   Resize(105) -> RandomCrop(96) -> RandomHorizontalFlip -> RandomRotation(10) -> ColorJitter(0.1,
   0.1) -> ToTensor -> Normalize(0.5, 0.5) (the 140 -> 128 recipe scaled to 96 px), DataLoader with
   the same workers and batch size, batches moved to the device;
@@ -129,7 +129,7 @@ def bare_grid_sample(reader, args, device: torch.device):
 
 
 def baseline_source(src: Path, args, device: torch.device, batch_size: int):
-    """The analysis' Approach 1 at 96 px: the 140 -> 128 recipe scaled to 105 -> 96."""
+    """Transform-resize (docs/design.md) at 96 px: the 140 -> 128 recipe scaled to 105 -> 96."""
     from torchvision import datasets, transforms
 
     stored = round(SIZE * 140 / 128)

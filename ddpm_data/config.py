@@ -1,12 +1,23 @@
-"""The options of the data side that the commands take: augmentation (and the reader's).
+"""The options of the data side that the commands take: image fitting, the reader, augmentation.
 
 Standard library only, so `cli.py` takes its option defaults from here without importing torch
 (`--help` stays instant). Each field is one command-line option of the same name.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from enum import Enum
+from typing import Any
+
+from ddpm_data.balance import Balance, BalanceMode
+
+
+class Fit(str, Enum):
+    """How a non-square image becomes square before resizing."""
+
+    CROP = "crop"      # centre crop to the shorter side (no distortion, loses the edges)
+    SQUASH = "squash"  # resize both sides to the target (keeps everything, distorts)
+    PAD = "pad"        # pad the shorter side with PAD_FILL (keeps everything, adds borders)
 
 
 class Interpolation(str, Enum):
@@ -68,3 +79,50 @@ def augment_config(preset: str = "default", **overrides) -> AugmentConfig:
     if preset not in AUGMENT_PRESETS:
         raise ValueError(f"--augment {preset!r}: unknown; valid: {', '.join(AUGMENT_PRESETS)}")
     return AUGMENT_PRESETS[preset].replace(**{key: value for key, value in overrides.items() if value is not None})
+
+
+class ReaderMode(str, Enum):
+    auto = "auto"
+    stream = "stream"
+    memory = "memory"
+
+
+class OnError(str, Enum):
+    """What a shard that fails its checksum or does not parse does."""
+
+    raise_ = "raise"  # stop with an error naming the shard
+    skip = "skip"  # leave it out, listed in `reader.skipped`
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    """How batches are drawn; 1:1 with the reader's CLI options."""
+
+    batch_size: int = 8  # images per batch on each rank
+    balance: Balance = Balance(BalanceMode.sqrt)  # class probabilities (balance.py); docs/design.md says why sqrt
+    mode: ReaderMode = ReaderMode.auto
+    memory_budget_mb: float = 2048.0  # auto picks memory when the split's pixels fit in this
+    seed: int = 0
+    workers: int = 0  # stream mode: DataLoader worker processes (0: read in this process)
+    device: str = "cpu"  # where batches are delivered; memory mode keeps the split there
+    on_error: OnError = OnError.raise_
+    split: str = "train"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", _enum(ReaderMode, self.mode, "--mode"))
+        object.__setattr__(self, "on_error", _enum(OnError, self.on_error, "on_error"))
+        if isinstance(self.balance, str):
+            object.__setattr__(self, "balance", Balance.parse(self.balance))
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size: must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise ValueError(f"--workers: must be >= 0, got {self.workers}")
+        if self.memory_budget_mb < 0:
+            raise ValueError(f"--memory-budget-mb: must be >= 0, got {self.memory_budget_mb}")
+
+
+def _enum(kind: type[Enum], value: Any, flag: str) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"{flag} {value!r}: unknown; valid: {', '.join(item.value for item in kind)}") from None

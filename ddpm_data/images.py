@@ -13,11 +13,12 @@ import contextlib
 import io
 import struct
 import warnings
-from enum import Enum
 from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ddpm_data.config import Fit  # noqa: F401 (re-exported)
 
 # Lower-case extensions a build treats as images; any other file is ignored (and counted).
 IMAGE_EXTENSIONS = frozenset(
@@ -30,14 +31,6 @@ DEFAULT_MAX_PIXELS = 100_000_000    # larger images are refused as decompression
 PNG_COMPRESS_LEVEL = 1              # fixed zlib level: 2-3x faster than 6 for ~15 % larger files
 
 
-class Fit(str, Enum):
-    """How a non-square image becomes square before resizing."""
-
-    CROP = "crop"      # centre crop to the shorter side (no distortion, loses the edges)
-    SQUASH = "squash"  # resize both sides to the target (keeps everything, distorts)
-    PAD = "pad"        # pad the shorter side with PAD_FILL (keeps everything, adds borders)
-
-
 class BadImage(Exception):
     """A source file that cannot become a training image; the message is the skip reason."""
 
@@ -45,7 +38,7 @@ class BadImage(Exception):
 def stored_size_for(size: int, margin: int) -> int:
     """Side of the stored image for training size `size` and crop `margin` (px per 128 px).
 
-    The analysis' recipe resizes to 140 and random-crops 128, i.e. margin 12:
+    The augmentation recipe of docs/design.md resizes to 140 and random-crops 128, i.e. margin 12:
     stored = round(size * (128 + margin) / 128); margin 0 stores exactly `size`.
     """
     return int(round(size * (128 + margin) / 128))

@@ -106,14 +106,6 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def parse_sizes(text: str) -> tuple[int, ...]:
-    """"40,96,128" -> (40, 96, 128); BuildError naming --size on anything else."""
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise BuildError(f"--size {text!r}: expected integers separated by commas, e.g. 96 or 40,96,128") from None
-
-
 # ---------------------------------------------------------------- worker side
 
 

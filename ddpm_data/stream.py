@@ -29,69 +29,22 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from ddpm_data.balance import Balance, class_probabilities, epoch_samples
+from ddpm_data.balance import class_probabilities, epoch_samples
+from ddpm_data.config import OnError, ReaderConfig, ReaderMode  # noqa: F401 (re-exported)
 from ddpm_data.manifest import Manifest, load_manifest, sha256_file
 from ddpm_data.shardformat import (FormatError, ShardEntry, decode_png, read_hdf5_split, read_shard, sample_problems,
                                    shard_file_problem)
 
 
-class ReaderMode(str, Enum):
-    auto = "auto"
-    stream = "stream"
-    memory = "memory"
-
-
-class OnError(str, Enum):
-    """What a shard that fails its checksum or does not parse does."""
-
-    raise_ = "raise"  # stop with an error naming the shard
-    skip = "skip"  # leave it out, listed in `reader.skipped`
-
-
 class ShardError(ValueError):
     """A shard or data.h5 is missing, truncated, or fails its checksum; the message names it."""
-
-
-@dataclass(frozen=True)
-class ReaderConfig:
-    """How batches are drawn; 1:1 with the reader's CLI options."""
-
-    batch_size: int = 8  # images per batch on each rank
-    balance: Balance = field(default_factory=Balance)  # class probabilities (balance.py)
-    mode: ReaderMode = ReaderMode.auto
-    memory_budget_mb: float = 2048.0  # auto picks memory when the split's pixels fit in this
-    seed: int = 0
-    workers: int = 0  # stream mode: DataLoader worker processes (0: read in this process)
-    device: str = "cpu"  # where batches are delivered; memory mode keeps the split there
-    on_error: OnError = OnError.raise_
-    split: str = "train"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "mode", _enum(ReaderMode, self.mode, "--mode"))
-        object.__setattr__(self, "on_error", _enum(OnError, self.on_error, "on_error"))
-        if isinstance(self.balance, str):
-            object.__setattr__(self, "balance", Balance.parse(self.balance))
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size: must be >= 1, got {self.batch_size}")
-        if self.workers < 0:
-            raise ValueError(f"--workers: must be >= 0, got {self.workers}")
-        if self.memory_budget_mb < 0:
-            raise ValueError(f"--memory-budget-mb: must be >= 0, got {self.memory_budget_mb}")
-
-
-def _enum(kind: type[Enum], value: Any, flag: str) -> Any:
-    try:
-        return kind(value)
-    except ValueError:
-        raise ValueError(f"{flag} {value!r}: unknown; valid: {', '.join(item.value for item in kind)}") from None
 
 
 # ---------------------------------------------------------------- seeded order

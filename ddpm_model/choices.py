@@ -1,4 +1,6 @@
-"""String options of the model (`beta_schedule="cosine"`, `upsample="bilinear"`, ...) as Enums.
+"""The model's string options as Enums (`beta_schedule="cosine"`, `upsample="bilinear"`, ...).
+
+Standard library only, so the CLI types its options with them without importing torch.
 
 Configs accept the string or the member and store the member, a `str` Enum, so code dispatches
 on it and `json.dumps` still writes the plain string; `plain_dict` turns a config into the
@@ -37,3 +39,32 @@ def plain(value: Any) -> Any:
 def plain_dict(config: Any) -> dict[str, Any]:
     """A flat config dataclass as {field: plain value}."""
     return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
+
+
+class BetaSchedule(str, Enum):
+    """How beta_t grows with t."""
+
+    LINEAR = "linear"  # Ho et al. 2020 (arXiv 2006.11239), sec. 4
+    COSINE = "cosine"  # Nichol & Dhariwal 2021 (arXiv 2102.09672), eq. 17
+
+
+class UpsampleMode(str, Enum):
+    """How the up path doubles the resolution. Interpolation + 3x3 convolution avoids the
+    checkerboard artefacts of a strided transposed convolution (Odena et al. 2016)."""
+
+    BILINEAR = "bilinear"
+    BICUBIC = "bicubic"
+    NEAREST = "nearest"
+    CONV_TRANSPOSE = "conv_transpose"  # the original nn.ConvTranspose2d(k=4, s=2, p=1)
+
+
+class Prediction(str, Enum):
+    """What the network outputs."""
+
+    EPS = "eps"  # the added noise (Ho et al. 2020, eq. 14)
+    V = "v"      # v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0 (Salimans & Ho 2022, sec. 4)
+
+
+class Sampler(str, Enum):
+    DDPM = "ddpm"  # ancestral sampling over all T steps (Ho et al. 2020, algorithm 2)
+    DDIM = "ddim"  # `steps` evenly spaced steps, stochasticity eta (Song et al. 2021, eq. 12)

@@ -1,4 +1,4 @@
-"""The options of `ddpm-train` that are not the architecture: optimisation, duration, intervals.
+"""The options of `ddpm-train` (besides the architecture) and of `ddpm-sample`.
 
 Standard library only, so `cli.py` takes its option defaults from here without importing torch
 (`--help` stays instant). Each field is one `ddpm-train` option of the same name.
@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .choices import Sampler
 
 if TYPE_CHECKING:  # the data side's configs; imported for real where a run is assembled
     from ddpm_data.config import AugmentConfig
@@ -123,3 +125,31 @@ class RunConfig:
     augment: AugmentConfig | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     given: tuple[str, ...] = ()                  # field names typed on the command line
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Options of `ddpm-sample`, one field per CLI option."""
+
+    checkpoint: Path                     # a checkpoint file, or a run folder (its latest checkpoint)
+    out: Path                            # writes OUT/<class>/NNNN.png
+    classes: tuple[str, ...] = ()        # class names; empty = every class of the checkpoint
+    n: int = 64                          # images per class
+    sampler: Sampler = Sampler.DDIM
+    steps: int = 50                      # DDIM steps (DDPM always uses all num_timesteps)
+    eta: float = 0.0                     # DDIM stochasticity; 0 = deterministic
+    guidance: float = 2.0                # classifier-free guidance scale; 1 = conditional only
+    seed: int = 0
+    batch_size: int = 16                 # images per forward pass
+    ema: bool = True                     # EMA weights (False: the raw training weights)
+    device: str = "auto"                 # "auto" = cuda if available, else cpu
+    overwrite: bool = False              # replace images already in OUT/<class>/
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"--n: {self.n} must be >= 1")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size: {self.batch_size} must be >= 1")
+        if self.steps < 1:
+            raise ValueError(f"--steps: {self.steps} must be >= 1")
+        object.__setattr__(self, "sampler", Sampler(self.sampler))

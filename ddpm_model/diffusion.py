@@ -8,28 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .choices import parse_choice, plain_dict
+from .choices import Prediction, Sampler, parse_choice, plain_dict  # noqa: F401 (re-exported)
 from .schedule import BetaSchedule, NoiseSchedule
 from .unet import UNet, UNetConfig
-
-
-class Prediction(str, Enum):
-    """What the network outputs."""
-
-    EPS = "eps"  # the added noise (Ho et al. 2020, eq. 14)
-    V = "v"      # v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0 (Salimans & Ho 2022, sec. 4)
-
-
-class Sampler(str, Enum):
-    DDPM = "ddpm"  # ancestral sampling over all T steps (Ho et al. 2020, algorithm 2)
-    DDIM = "ddim"  # `steps` evenly spaced steps, stochasticity eta (Song et al. 2021, eq. 12)
 
 
 @dataclass(frozen=True)

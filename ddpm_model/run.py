@@ -27,7 +27,7 @@ from .codec import to_jsonable
 from .config import ModelOptions, Precision, RunConfig, TrainConfig
 from .runfolder import RunError, resolve_run, write_document
 from .diffusion import DDPM, DiffusionConfig, configs_to_dict
-from .memory import estimate_step_memory, format_memory
+from .memory import estimate_step_memory, format_memory, measure_step_memory
 from .presets import PRESETS, default_batch_size, preset_for_size, resolve_model
 from .runtime import (
     Distributed, autocast_for, pick_device, resolve_precision, setup_distributed, teardown_distributed,
@@ -55,9 +55,11 @@ def resolve_architecture(manifest: Manifest, options: ModelOptions, aug_dim: int
 
 def _preset_name(size: int) -> str:
     """The name of the preset `preset_for_size` picks, or 'derived' for a size without one."""
-    chosen = preset_for_size(size)
-    return next((name for name, preset in PRESETS.items()
-                 if dataclasses.replace(preset, image_size=size) == chosen), f"derived ({size} px)")
+    def shape(config: UNetConfig) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(config).items() if k != "image_size"}
+
+    chosen = shape(preset_for_size(size))
+    return next((name for name, preset in PRESETS.items() if shape(preset) == chosen), f"derived ({size} px)")
 
 
 # -- plan ---------------------------------------------------------------------------------------
@@ -156,13 +158,23 @@ def _validation(config: RunConfig, manifest: Manifest, num_timesteps: int) -> An
                         config.train.batch_size * 2, config.train.val_images)
 
 
+def _measured(plan: Plan, device: torch.device) -> Plan:
+    """The plan with the memory of one real training step on this CUDA device (--dry-run)."""
+    cfg = plan.config.train
+    model = DDPM.from_dict(plan.model_config).to(device)
+    if cfg.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+    precision = resolve_precision(cfg.precision, device).value
+    return dataclasses.replace(plan, memory=format_memory(measure_step_memory(model, cfg.batch_size, device, precision)))
+
+
 def run_training(given: RunConfig) -> tuple[Plan, TrainResult | None]:
     """Train as configured; (plan, result). With --dry-run: (plan, None), nothing written."""
     dist, device = setup_distributed(given.device)
     try:
         plan, manifest = prepare(given, dist, device)
         if plan.config.dry_run:
-            return plan, None
+            return (_measured(plan, device) if device.type == "cuda" else plan), None
         return plan, _train(plan, manifest, dist, device)
     finally:
         teardown_distributed(dist)

@@ -6,43 +6,15 @@ Writes ``OUT/<class>/0000.png ...``; the CLI adds a contact sheet per class next
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from . import checkpoint as ckpt
+from .config import SampleConfig
 from .diffusion import DDPM, Sampler
 from .runtime import pick_device
-
-
-@dataclass(frozen=True)
-class SampleConfig:
-    """Options of `ddpm-sample`, one field per CLI option."""
-
-    checkpoint: Path                     # a checkpoint file, or a run folder (its latest checkpoint)
-    out: Path                            # writes OUT/<class>/NNNN.png
-    classes: tuple[str, ...] = ()        # class names; empty = every class of the checkpoint
-    n: int = 64                          # images per class
-    sampler: Sampler = Sampler.DDIM
-    steps: int = 50                      # DDIM steps (DDPM always uses all num_timesteps)
-    eta: float = 0.0                     # DDIM stochasticity; 0 = deterministic
-    guidance: float = 2.0                # classifier-free guidance scale; 1 = conditional only
-    seed: int = 0
-    batch_size: int = 16                 # images per forward pass
-    ema: bool = True                     # EMA weights (False: the raw training weights)
-    device: str = "auto"                 # "auto" = cuda if available, else cpu
-    overwrite: bool = False              # replace images already in OUT/<class>/
-
-    def __post_init__(self) -> None:
-        if self.n < 1:
-            raise ValueError(f"--n: {self.n} must be >= 1")
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size: {self.batch_size} must be >= 1")
-        if self.steps < 1:
-            raise ValueError(f"--steps: {self.steps} must be >= 1")
-        object.__setattr__(self, "sampler", Sampler(self.sampler))
 
 
 def load_model(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> tuple[DDPM, list[str], Path]:

@@ -6,19 +6,11 @@ the first noising step (almost clean) and `alpha_bar[T-1]` is almost pure noise.
 from __future__ import annotations
 
 import math
-from enum import Enum
 
 import torch
 from torch import nn
 
-from .choices import parse_choice
-
-
-class BetaSchedule(str, Enum):
-    """How beta_t grows with t."""
-
-    LINEAR = "linear"  # Ho et al. 2020 (arXiv 2006.11239), sec. 4
-    COSINE = "cosine"  # Nichol & Dhariwal 2021 (arXiv 2102.09672), eq. 17
+from .choices import BetaSchedule, parse_choice  # noqa: F401 (BetaSchedule re-exported)
 
 
 def linear_betas(num_timesteps: int) -> torch.Tensor:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 import torch
@@ -20,17 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .choices import parse_choice, plain_dict
-
-
-class UpsampleMode(str, Enum):
-    """How the up path doubles the resolution. Interpolation + 3x3 convolution avoids the
-    checkerboard artefacts of a strided transposed convolution (Odena et al. 2016)."""
-
-    BILINEAR = "bilinear"
-    BICUBIC = "bicubic"
-    NEAREST = "nearest"
-    CONV_TRANSPOSE = "conv_transpose"  # the original nn.ConvTranspose2d(k=4, s=2, p=1)
+from .choices import UpsampleMode, parse_choice, plain_dict  # noqa: F401 (UpsampleMode re-exported)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import pytest
 
 from ddpm_data.balance import Balance, BalanceMode, class_probabilities, draws_per_image, epoch_samples
 
-COUNTS = {"abnormal": 85, "normal": 437}  # the analysis' dataset
+COUNTS = {"abnormal": 85, "normal": 437}  # the reference dataset (docs/design.md)
 
 
 def test_parse_modes_and_custom_weights():

@@ -39,3 +39,23 @@ def test_every_console_script_is_wired():
         "ddpm-data": "data_app", "ddpm-train": "train_app", "ddpm-sample": "sample_app", "ddpm-eval": "eval_app"
     }
     assert all(isinstance(app, typer.Typer) for app in APPS.values())
+
+
+def test_one_comma_list_parser_names_the_flag_and_an_example():
+    import cli
+
+    assert cli.int_list("40, 96,128", "--size") == (40, 96, 128)
+    assert cli.int_list(None, "--size") is None
+    for text in ("96px", "", ","):
+        with pytest.raises(typer.Exit):
+            cli.int_list(text, "--size", "96 or 40,96,128")
+
+
+def test_help_does_not_import_torch():
+    """Option defaults come from the torch-free config modules, so --help answers at once."""
+    import subprocess
+    import sys
+
+    code = "import sys, cli; cli.train_app(['--help'], standalone_mode=False); assert 'torch' not in sys.modules"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -100,10 +100,10 @@ def test_resume_takes_new_training_options_but_not_new_data_or_model(shards, tmp
     train_ok("--shards", shards, "--out", run, "--max-steps", "2", *FAST)
     result = invoke(cli.train_app, "--out", run, "--resume", "--batch-size", "8")
     assert result.exit_code == 2 and "--batch-size 8 (the run has 4)" in result.output
-    result = invoke(cli.train_app, "--out", run, "--resume", "--model-channels", "32", "--balance", "sqrt",
+    result = invoke(cli.train_app, "--out", run, "--resume", "--model-channels", "32", "--balance", "balanced",
                     "--degrees", "5")
     assert result.exit_code == 2
-    for message in ("--model-channels 32 (the run has 16)", "--balance sqrt (the run has natural)",
+    for message in ("--model-channels 32 (the run has 16)", "--balance balanced (the run has sqrt)",
                     "--degrees 5.0 (the run has 10.0)"):
         assert message in result.output
     result = train_ok("--out", run, "--resume", "--max-steps", "3", "--lr", "5e-4", "--no-progress")
@@ -133,7 +133,7 @@ def test_existing_run_folder_needs_resume_or_overwrite(shards, tmp_path):
     (["--shards", "{shards}", "--channel-multipliers", "1,2,x"], "--channel-multipliers '1,2,x': expected comma-separated integers"),
     (["--shards", "{shards}", "--channel-multipliers", "1,2", "--use-attention", "0,0,1"], "use_attention: 3 flags"),
     (["--shards", "{shards}", "--precision", "fp8"], "'fp8' is not one of 'auto'"),
-    (["--shards", "{shards}", "--mode", "disk"], "--mode 'disk': unknown; valid: auto, stream, memory"),
+    (["--shards", "{shards}", "--mode", "disk"], "'disk' is not one of 'auto', 'stream', 'memory'"),
     (["--shards", "{shards}", "--balance", "even"], "--balance 'even': unknown"),
     (["--shards", "{shards}", "--batch-size", "0"], "--batch-size"),
 ])
@@ -157,7 +157,7 @@ def test_sample_from_a_run_folder_and_its_errors(shards, tmp_path):
     result = invoke(cli.sample_app, "--checkpoint", run, "--class", "tumour", "--out", out)
     assert result.exit_code == 2 and "valid: abnormal, normal" in result.output
     result = invoke(cli.sample_app, "--checkpoint", run, "--sampler", "euler", "--out", out)
-    assert result.exit_code == 2 and "--sampler 'euler': unknown; valid: ddpm, ddim" in result.output
+    assert result.exit_code == 2 and "Invalid value for '--sampler': Value error, 'euler' is not one of 'ddpm', 'ddim'" in result.output
     broken = tmp_path / "broken.pt"
     broken.write_bytes(ckpt.latest_checkpoint(run).read_bytes()[:500])
     result = invoke(cli.sample_app, "--checkpoint", broken, "--out", out)
@@ -243,3 +243,15 @@ def test_img_size_picks_or_checks_the_shard_folder(shards, tmp_path, monkeypatch
     (tmp_path / "shards" / "16").symlink_to(shards)
     result = invoke(cli.train_app, "--img-size", "16", "--dry-run", *FAST)
     assert result.exit_code == 0, result.output
+
+
+def test_dry_run_reports_step_memory_and_the_presets_batch_size(shards, tmp_path):
+    def dry(*extra: str) -> tuple[dict, str]:
+        result = train_ok("--shards", shards, "--out", tmp_path / "run", "--dry-run", "--preset", "tiny", *extra)
+        return json.loads(result.output[: result.output.rindex("}") + 1]), result.output.splitlines()[-1]
+
+    document, memory = dry()
+    assert document["run"]["train"]["batch_size"] == 16  # tiny's recommended batch, not a global default
+    assert memory.startswith("one training step at batch 16 (fp32): ~") and "estimated" in memory
+    document, memory = dry("--batch-size", "3", "--gradient-checkpointing")
+    assert document["run"]["train"]["batch_size"] == 3 and "gradient checkpointing" in memory

@@ -20,7 +20,7 @@ from PIL import Image
 from ddpm_data import shards
 from ddpm_data.images import Fit
 from ddpm_data.manifest import load_manifest
-from ddpm_data.shards import BuildConfig, BuildError, build, parse_sizes
+from ddpm_data.shards import BuildConfig, BuildError, build
 from ddpm_data.shardformat import decode_png, iter_shard
 from ddpm_data.verify import verify
 from helpers_data import bomb_png, make_folder, sha256_tree, write_image
@@ -249,9 +249,6 @@ def test_config_validation_names_the_flag():
                             ({"size": (96, 96), "out": "s/{size}"}, "--size"), ({"fit": "zoom"}, "--fit")]:
         with pytest.raises(BuildError, match=flag):
             BuildConfig(**overrides)
-    assert parse_sizes("40,96,128") == (40, 96, 128)
-    with pytest.raises(BuildError, match="--size"):
-        parse_sizes("96px")
 
 
 def test_shard_size_rotates_shards(tmp_path):
