@@ -50,6 +50,8 @@ class TrainConfig:
     sample_guidance: float = 2.0        # classifier-free guidance scale for the grids
     sample_eta: float = 1.0             # DDIM eta for the grids; 1 (stochastic) forgives an early model's errors
     val_images: int = 256               # at most this many validation images (fixed t, noise)
+    quality_every: int = 1000           # steps between sample-quality scores (SWD to val); 0 = off
+    quality_samples: int = 16           # images per class drawn (fixed seed) for each score
     keep: int = 3                       # step checkpoints kept (best.pt is extra)
     seed: int = 0                       # model init, data order, noise; rank r adds r
     precision: Precision = Precision.AUTO
@@ -68,6 +70,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"--{name.replace('_', '-')}: {value} must be > 0")
+        if self.quality_every < 0 or self.quality_samples < 2:
+            raise ValueError("--quality-every must be >= 0 (0 = off) and --quality-samples >= 2")
         if self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0 or self.sample_every < 0:
             raise ValueError("--lr must be > 0; --warmup-steps, --grad-clip, --sample-every >= 0")
         if not 0.0 <= self.ema_decay < 1.0:

@@ -28,6 +28,7 @@ from .config import ModelOptions, Precision, RunConfig, TrainConfig
 from .runfolder import RunError, resolve_run, write_document
 from .diffusion import DDPM, DiffusionConfig, configs_to_dict
 from .memory import estimate_step_memory, format_memory, measure_step_memory
+from .quality import make_quality_scorer
 from .presets import PRESETS, default_batch_size, preset_for_size, resolve_model
 from .runtime import (
     Distributed, autocast_for, pick_device, resolve_precision, setup_distributed, teardown_distributed,
@@ -149,13 +150,12 @@ def make_sample_writer(run_dir: Path, classes: list[str], config: TrainConfig):
     return write
 
 
-def _validation(config: RunConfig, manifest: Manifest, num_timesteps: int) -> Any:
+def _val_split(config: RunConfig, manifest: Manifest) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The val split centre-cropped to the training size, float (N, C, S, S) in [-1, 1], and labels."""
     if sum(manifest.counts.get("val", {}).values()) == 0:
         return None
     images, labels = load_split(config.shards, "val")
-    images = center_crop(torch.as_tensor(images), manifest.size)
-    return make_val_set(images, torch.as_tensor(labels), num_timesteps, config.train.seed,
-                        config.train.batch_size * 2, config.train.val_images)
+    return center_crop(torch.as_tensor(images), manifest.size), torch.as_tensor(labels)
 
 
 def _measured(plan: Plan, device: torch.device) -> Plan:
@@ -210,10 +210,12 @@ def _train(plan: Plan, manifest: Any, dist: Distributed, device: torch.device) -
             step_model, device_ids=[device.index] if device.type == "cuda" else None)
     reader = open_reader(config.shards, config.reader, rank=dist.rank, world_size=dist.world_size)
     generator = torch.Generator(device).manual_seed(cfg.seed + 1_000_003 * dist.rank)
+    val_split = _val_split(config, manifest) if dist.is_main else None
     parts = TrainParts(
         model=model, step_model=step_model, ema=ema, optimizer=optimizer, scaler=scaler,
         batches=_BatchIterator(reader), augment=Augmenter(config.augment, manifest.size), generator=generator,
-        val=_validation(config, manifest, model.diffusion_config.num_timesteps) if dist.is_main else None,
+        val=make_val_set(*val_split, model.diffusion_config.num_timesteps, cfg.seed, cfg.batch_size * 2,
+                         cfg.val_images) if val_split is not None else None,
         autocast=autocast, use_aug_params=model.unet_config.aug_dim > 0, channels_last=channels_last)
     state = TrainState()
     warning = None
@@ -229,8 +231,9 @@ def _train(plan: Plan, manifest: Any, dist: Distributed, device: torch.device) -
         if plan.resume_from is not None:
             metrics.truncate_after(state.step)
         meta = {"model_config": plan.model_config, "classes": plan.classes, "run_config": to_jsonable(config)}
+        scorer = make_quality_scorer(*val_split, len(plan.classes), cfg) if val_split is not None else None
         io = RunIO(plan.run_dir, meta, make_sample_writer(plan.run_dir, plan.classes, cfg),
-                   ProgressDisplay(total_steps, state.step, enabled=config.progress))
+                   ProgressDisplay(total_steps, state.step, enabled=config.progress), scorer)
         if warning:
             print(f"warning: {warning}", flush=True)
         if plan.resume_from is not None:

@@ -35,6 +35,7 @@ class BatchSource(Protocol):
 
 AugmentFn = Callable[[torch.Tensor, torch.Generator], "tuple[torch.Tensor, torch.Tensor]"]
 SampleWriter = Callable[[nn.Module, int], "Path | None"]
+QualityScorer = Callable[[nn.Module], float]
 
 
 class LossModule(nn.Module):
@@ -98,6 +99,7 @@ class RunIO:
     checkpoint_meta: dict[str, Any]
     write_samples: SampleWriter | None = None
     progress: ProgressDisplay | None = None
+    score_quality: QualityScorer | None = None   # model -> distance of its samples to real images
 
     @property
     def metrics(self) -> MetricsLog:
@@ -109,6 +111,7 @@ class TrainState:
     step: int = 0
     images_seen: int = 0
     best_val_loss: float = math.inf
+    best_quality: float = math.inf        # lowest sample-quality distance so far (quality_swd)
     images_per_epoch: float = 0.0         # for the `epoch` column; 0 = unknown
     # running sums since the last metrics line
     loss_sum: float = 0.0
@@ -279,12 +282,39 @@ def maybe_validate(parts: TrainParts, io: RunIO | None, config: TrainConfig, sta
     score = record.get("val_loss_ema", record["val_loss"])
     if math.isfinite(score) and score < state.best_val_loss:
         state.best_val_loss = score
-        rank_state = {"rng": [capture_rng(parts.generator)], "reader": [parts.batches.state_dict()]}
-        ckpt.save_checkpoint(checkpoint_state(parts, io, state, rank_state, dist), ckpt.checkpoint_dir(io.run_dir) / ckpt.BEST_NAME)
+        save_best(parts, io, state, dist, ckpt.BEST_NAME)
     if io.progress is not None:
         io.progress.message(f"step {state.step}: val loss {record['val_loss']:.4f}"
                             + (f", EMA {record['val_loss_ema']:.4f}" if "val_loss_ema" in record else ""))
     return record
+
+
+def maybe_score(parts: TrainParts, io: RunIO | None, config: TrainConfig, state: TrainState,
+                dist: Distributed, final: bool = False) -> dict[str, Any] | None:
+    """Every `quality_every` steps on rank 0: how far samples of the EMA weights are from real
+    images (`quality_swd`, lower is better). The validation loss keeps falling on a few hundred
+    images while samples get worse; this score picks the checkpoint that samples best, kept as
+    checkpoints/best-quality.pt."""
+    if io is None or io.score_quality is None or config.quality_every == 0 \
+            or not due(state.step, config.quality_every, final):
+        return None
+    model = parts.ema.module if parts.ema is not None else parts.model
+    record = {"step": state.step, "images": state.images_seen, "quality_swd": io.score_quality(model)}
+    io.metrics.append(record)
+    if math.isfinite(record["quality_swd"]) and record["quality_swd"] < state.best_quality:
+        state.best_quality = record["quality_swd"]
+        save_best(parts, io, state, dist, ckpt.BEST_QUALITY_NAME)
+    if io.progress is not None:
+        io.progress.message(f"step {state.step}: sample quality (SWD to val) {record['quality_swd']:.4f}")
+    return record
+
+
+def save_best(parts: TrainParts, io: RunIO, state: TrainState, dist: Distributed, name: str) -> Path:
+    """checkpoints/<name> from rank 0's states alone (a best checkpoint is for sampling; resume
+    uses the step checkpoints)."""
+    rank_state = {"rng": [capture_rng(parts.generator)], "reader": [parts.batches.state_dict()]}
+    return ckpt.save_checkpoint(checkpoint_state(parts, io, state, rank_state, dist),
+                                ckpt.checkpoint_dir(io.run_dir) / name)
 
 
 def capture_rng(generator: torch.Generator) -> dict[str, Any]:
@@ -310,6 +340,7 @@ def checkpoint_state(parts: TrainParts, io: RunIO, state: TrainState, rank_state
         "step": state.step,
         "images_seen": state.images_seen,
         "best_val_loss": state.best_val_loss,
+        "best_quality": state.best_quality,
         "world_size": dist.world_size,
         "model": parts.model.state_dict(),
         "ema": parts.ema.state_dict() if parts.ema is not None else {},
@@ -364,6 +395,7 @@ def resume_from(checkpoint: dict[str, Any], parts: TrainParts, state: TrainState
         parts.scaler.load_state_dict(checkpoint["scaler"])
     state.step, state.images_seen = int(checkpoint["step"]), int(checkpoint["images_seen"])
     state.best_val_loss = float(checkpoint.get("best_val_loss", math.inf))
+    state.best_quality = float(checkpoint.get("best_quality", math.inf))
     if checkpoint.get("world_size", 1) != dist.world_size:
         parts.generator.manual_seed(parts.generator.initial_seed() + 7919 * state.step)  # fresh noise, not a replay
         return (f"checkpoint was written by {checkpoint.get('world_size')} processes, now "
@@ -382,6 +414,8 @@ def finish(parts: TrainParts, io: RunIO | None, config: TrainConfig, state: Trai
         maybe_validate(parts, io, config, state, dist, final=True)
     if config.sample_every == 0 or state.step % config.sample_every:
         maybe_sample(parts, io, config, state, final=True)
+    if config.quality_every and state.step % config.quality_every:
+        maybe_score(parts, io, config, state, dist, final=True)
     return record
 
 
@@ -408,6 +442,7 @@ def train(parts: TrainParts, io: RunIO | None, config: TrainConfig, total_steps:
             if record or math.isnan(final_loss):  # before the first metrics line: the last step's
                 final_loss = record["loss"] if record else loss
             maybe_validate(parts, io, config, state, dist)
+            maybe_score(parts, io, config, state, dist)
             if maybe_checkpoint(parts, io, config, state, dist):
                 saved_step = state.step
             maybe_sample(parts, io, config, state)

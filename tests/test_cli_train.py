@@ -255,3 +255,12 @@ def test_dry_run_reports_step_memory_and_the_presets_batch_size(shards, tmp_path
     assert memory.startswith("one training step at batch 16 (fp32): ~") and "estimated" in memory
     document, memory = dry("--batch-size", "3", "--gradient-checkpointing")
     assert document["run"]["train"]["batch_size"] == 3 and "gradient checkpointing" in memory
+
+
+def test_a_run_scores_its_samples_and_keeps_the_best_quality_checkpoint(shards, tmp_path):
+    run = tmp_path / "run"
+    train_ok("--shards", shards, "--out", run, "--max-steps", "4", "--quality-every", "2",
+             "--quality-samples", "2", *FAST)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "quality_swd" in r] == [2, 4]
+    assert (run / "checkpoints" / "best-quality.pt").is_file()

@@ -195,3 +195,34 @@ def test_duration_units():
     assert TrainConfig(max_images=100).total_steps(10, 6) == 17
     assert TrainConfig(max_steps=7, epochs=3).total_steps(10, 6) == 7
     assert TrainConfig(lr=1.0, warmup_steps=4).lr_at(0) == 0.25
+
+
+def test_sample_quality_is_scored_logged_and_the_best_kept(tmp_path):
+    scores = iter([0.5, 0.3, 0.4])
+    config = quick(max_steps=6, quality_every=2, checkpoint_every=100)
+    parts, io = build(tmp_path, config)
+    io.score_quality = lambda model: next(scores)
+    train(parts, io, config, 6, Distributed())
+    records = [r for r in io.metrics.read() if "quality_swd" in r]
+    assert [(r["step"], r["quality_swd"]) for r in records] == [(2, 0.5), (4, 0.3), (6, 0.4)]
+    best = ckpt.load_checkpoint(tmp_path / "checkpoints" / ckpt.BEST_QUALITY_NAME)
+    assert best["step"] == 4 and best["best_quality"] == 0.3
+
+
+def test_quality_scorer_ranks_real_images_above_noise():
+    from ddpm_model.quality import make_quality_scorer
+
+    generator = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.avg_pool2d(torch.rand(24, 3, 20, 20, generator=generator), 5, 1)  # (24, 3, 16, 16)
+    val, labels = smooth * 2 - 1, torch.arange(24) % 2
+    scorer = make_quality_scorer(val, labels, 2, quick(quality_samples=4))
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, images):
+            super().__init__()
+            self.images, self.weight = images, torch.nn.Parameter(torch.zeros(1))
+
+        def sample(self, labels, **kwargs):
+            return self.images[: len(labels)]
+
+    assert scorer(Fixed(val)) < scorer(Fixed(torch.rand(24, 3, 16, 16, generator=generator) * 2 - 1))
