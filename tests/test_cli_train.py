@@ -257,9 +257,13 @@ def test_dry_run_reports_step_memory_and_the_presets_batch_size(shards, tmp_path
     assert document["run"]["train"]["batch_size"] == 3 and "gradient checkpointing" in memory
 
 
-def test_a_run_scores_its_samples_and_keeps_the_best_quality_checkpoint(shards, tmp_path):
+def test_a_run_scores_its_samples_and_keeps_the_best_quality_checkpoint(tmp_path):
+    synthesize(SynthConfig(out=tmp_path / "src", normal=10, abnormal=8, size=32, seed=1))
+    (manifest,) = build(BuildConfig(src=tmp_path / "src", size=(16,), out=str(tmp_path / "shards"), workers=0,
+                                    val_fraction=0.5))
+    assert min(manifest.counts["val"].values()) >= 2  # the score needs two val images per class
     run = tmp_path / "run"
-    train_ok("--shards", shards, "--out", run, "--max-steps", "4", "--quality-every", "2",
+    train_ok("--shards", tmp_path / "shards", "--out", run, "--max-steps", "4", "--quality-every", "2",
              "--quality-samples", "2", *FAST)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "quality_swd" in r] == [2, 4]
