@@ -256,6 +256,7 @@ def train(
     beta_schedule: Annotated[Optional[BetaSchedule], typer.Option(help="Noise schedule. [default: cosine]", show_default=False)] = None,
     prediction: Annotated[Optional[Prediction], typer.Option(help="Network target. [default: eps]", show_default=False)] = None,
     aug_conditioning: Annotated[bool, typer.Option(help="Condition the model on the augmentation parameters (non-leaking augmentation).")] = ModelOptions.aug_conditioning,
+    data_normalization: Annotated[bool, typer.Option(help="Run the diffusion on zero-mean data of std 0.5, from the manifest's per-channel statistics (--no-data-normalization: on the images in [-1, 1] as they are).")] = ModelOptions.data_normalization,
     # reader
     balance: BalanceOption = str(ReaderConfig.balance),
     mode: ModeOption = ReaderConfig.mode,
@@ -327,7 +328,8 @@ def train(
         config = RunConfig(
             shards=shards, img_size=img_size, out=out, resume=resume, overwrite=overwrite, dry_run=dry_run,
             device=device, progress=progress,
-            model=ModelOptions(preset=preset, overrides=overrides, aug_conditioning=aug_conditioning),
+            model=ModelOptions(preset=preset, overrides=overrides, aug_conditioning=aug_conditioning,
+                               data_normalization=data_normalization),
             reader=ReaderConfig(balance=balance, mode=mode, workers=workers, memory_budget_mb=memory_budget_mb,
                                 on_error=OnError.skip if skip_bad_shards else OnError.raise_),
             augment=augmentation(params),

@@ -105,6 +105,7 @@ class ModelOptions:
     preset: str | None = None                    # a PRESETS name; None = the one for the shards' size
     overrides: dict[str, Any] = field(default_factory=dict)
     aug_conditioning: bool = True                # feed augmentation parameters to the model (non-leaking augmentation)
+    data_normalization: bool = True              # run the chain on zero-mean data of std 0.5 (DiffusionConfig.data_mean)
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,19 @@ class DiffusionConfig:
     prediction: Prediction = Prediction.EPS
     # labels dropped to the null class, so one model gives both guidance terms (Ho & Salimans 2022)
     class_dropout: float = 0.1
+    # Per-channel mean and std of the training images in [-1, 1] units; () = 0 and 0.5. The chain
+    # runs on (x - data_mean) / data_std * SIGMA_DATA: zero-mean data of the spread the schedule
+    # was designed for (Karras et al. 2022, sec. 5, sigma_data), so the network need not learn a
+    # large colour offset first. ddpm-train fills both from the manifest (--data-normalization).
+    data_mean: tuple[float, ...] = ()
+    data_std: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "data_mean", tuple(float(m) for m in self.data_mean))
+        object.__setattr__(self, "data_std", tuple(float(v) for v in self.data_std))
+        if len(self.data_mean) != len(self.data_std) or any(v <= 0 for v in self.data_std):
+            raise ValueError(f"data_mean {self.data_mean} / data_std {self.data_std}: one value "
+                             f"per channel each, std > 0 (or both empty)")
         object.__setattr__(self, "beta_schedule",
                            parse_choice(BetaSchedule, self.beta_schedule, "beta_schedule"))
         object.__setattr__(self, "prediction",
@@ -79,6 +90,9 @@ def _config(kind: type, values: Mapping[str, Any], name: str) -> Any:
     return kind(**values)
 
 
+SIGMA_DATA = 0.5  # std of the data the chain runs on (EDM's sigma_data); images in [-1, 1] are about this
+
+
 def _random(draw: Callable[..., torch.Tensor], *args: Any,
             generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     """`draw(*args)` (torch.randn, rand, randint) from `generator` on its own device, moved to
@@ -96,6 +110,27 @@ class DDPM(nn.Module):
         self.unet_config, self.diffusion_config = unet, diffusion
         self.unet = UNet(unet)
         self.schedule = NoiseSchedule(diffusion.num_timesteps, diffusion.beta_schedule)
+        channels = unet.in_channels
+        if diffusion.data_mean and len(diffusion.data_mean) != channels:
+            raise ValueError(f"data_mean: {len(diffusion.data_mean)} values for {channels} channels")
+        mean = torch.tensor(diffusion.data_mean or (0.0,) * channels).view(1, channels, 1, 1)
+        std = torch.tensor(diffusion.data_std or (SIGMA_DATA,) * channels).view(1, channels, 1, 1)
+        # Not in the state dict: derived from the config, so older checkpoints load unchanged.
+        self.register_buffer("data_mean", mean, persistent=False)
+        self.register_buffer("data_scale", SIGMA_DATA / std, persistent=False)
+
+    def to_model_space(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> what the chain runs on (see DiffusionConfig.data_mean)."""
+        return (images - self.data_mean) * self.data_scale
+
+    def to_image_space(self, z: torch.Tensor) -> torch.Tensor:
+        """The inverse of `to_model_space`."""
+        return z / self.data_scale + self.data_mean
+
+    def clip_to_image_range(self, z: torch.Tensor) -> torch.Tensor:
+        """`z` (model space) clipped per channel to what images in [-1, 1] map to."""
+        one = torch.ones_like(self.data_mean)
+        return torch.maximum(torch.minimum(z, self.to_model_space(one)), self.to_model_space(-one))
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """{"unet": {...}, "diffusion": {...}} as plain data (JSON, checkpoints)."""
@@ -143,11 +178,12 @@ class DDPM(nn.Module):
             draws = _random(torch.rand, (n,), generator=generator, device=device)
             dropped = draws < self.diffusion_config.class_dropout
             labels = torch.where(dropped, torch.full_like(labels, self.null_class), labels)
-        x_t = self.schedule.q_sample(images, t, noise)
+        x0 = self.to_model_space(images)
+        x_t = self.schedule.q_sample(x0, t, noise)
         if self.prediction is Prediction.EPS:
             target = noise
         else:
-            target = self.schedule.v_target(images, t, noise)
+            target = self.schedule.v_target(x0, t, noise)
         return F.mse_loss(self.unet(x_t, t, labels, aug_params).float(), target.float())
 
     @torch.no_grad()
@@ -197,7 +233,7 @@ class DDPM(nn.Module):
             for t, t_prev in self.ddim_timesteps(steps):
                 x = self._ddim_step(x, t, t_prev, labels, eta, guidance, generator,
                                     clip_denoised)
-        return x.clamp(-1, 1)
+        return self.to_image_space(x).clamp(-1, 1)
 
     def ddim_timesteps(self, steps: int) -> list[tuple[int, int]]:
         """(t, t_prev) pairs from T-1 down to 0, `steps` evenly spaced; t_prev = -1 means x_0."""
@@ -208,8 +244,8 @@ class DDPM(nn.Module):
 
     def predict_x0_eps(self, x: torch.Tensor, t: int, labels: torch.Tensor, guidance: float,
                        clip_denoised: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Guided prediction of (x_0, eps) at timestep t, with x_0 clipped to [-1, 1] and eps
-        made consistent with the clipped x_0."""
+        """Guided prediction of (x_0, eps) at timestep t in model space, with x_0 clipped to the
+        image range [-1, 1] and eps made consistent with the clipped x_0."""
         n = x.shape[0]
         t_batch = torch.full((n,), t, device=x.device, dtype=torch.long)
         if guidance == 1.0:
@@ -226,7 +262,7 @@ class DDPM(nn.Module):
         else:
             x0 = self.schedule.x0_from_v(x, t_batch, out)
         if clip_denoised:
-            x0 = x0.clamp(-1, 1)
+            x0 = self.clip_to_image_range(x0)
         return x0, self.schedule.eps_from_x0(x, t_batch, x0)
 
     def _ddpm_step(self, x: torch.Tensor, t: int, labels: torch.Tensor, guidance: float,

@@ -46,12 +46,21 @@ def resolve_architecture(manifest: Manifest, options: ModelOptions, aug_dim: int
     manifest's size), then the options the user gave (`dataclasses.replace`)."""
     try:
         unet, diffusion = resolve_model(manifest.size, manifest.channels, len(manifest.classes), options.preset,
-                                        {**options.overrides, "aug_dim": aug_dim})
+                                        {**options.overrides, "aug_dim": aug_dim, **data_statistics(manifest, options)})
     except ValueError as error:
         if options.preset is None and str(error).startswith("size:"):
             raise RunError(f"{manifest.root}: {error} (--preset NAME and the architecture flags)") from None
         raise RunError(str(error)) from None
     return options.preset or _preset_name(manifest.size), unet, diffusion
+
+
+def data_statistics(manifest: Manifest, options: ModelOptions) -> dict[str, tuple[float, ...]]:
+    """DiffusionConfig's data_mean / data_std in [-1, 1] units from the manifest's per-channel
+    statistics of the train split ([0, 1] units); none without --data-normalization."""
+    if not options.data_normalization or not manifest.mean or not manifest.std:
+        return {}
+    return {"data_mean": tuple(round(2 * m - 1, 6) for m in manifest.mean),
+            "data_std": tuple(round(max(2 * s, 1e-3), 6) for s in manifest.std)}
 
 
 def _preset_name(size: int) -> str:

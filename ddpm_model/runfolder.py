@@ -192,8 +192,9 @@ def _model_conflicts(document: dict[str, Any], saved: RunConfig, given: RunConfi
     conflicts = []
     if "preset" in typed and given.model.preset != document.get("preset"):
         conflicts.append(f"--preset {given.model.preset} (the run has {document.get('preset')})")
-    if "aug_conditioning" in typed and given.model.aug_conditioning != saved.model.aug_conditioning:
-        conflicts.append(_differs("aug_conditioning", given.model.aug_conditioning, saved.model.aug_conditioning))
+    for name in ("aug_conditioning", "data_normalization"):
+        if name in typed and (message := _differs(name, getattr(given.model, name), getattr(saved.model, name))):
+            conflicts.append(message)
     for name, value in sorted(given.model.overrides.items()):
         if name in resolved and (message := _differs(name, value, resolved[name])):
             conflicts.append(message)

@@ -60,12 +60,17 @@ def test_dry_run_prints_the_resolved_config_and_writes_nothing(shards, tmp_path)
     assert unet["channel_multipliers"] == [1, 2] and unet["use_attention"] == [False, True]
     assert unet["image_size"] == 16 and document["classes"] == ["abnormal", "normal"]
     assert unet["aug_dim"] == 9  # conditioned on the augmentation parameters
-    assert document["model"]["diffusion"] == {"num_timesteps": 1000, "beta_schedule": "cosine",
-                                              "prediction": "eps", "class_dropout": 0.1}
+    diffusion = document["model"]["diffusion"]
+    assert {k: diffusion[k] for k in ("num_timesteps", "beta_schedule", "prediction", "class_dropout")} == {
+        "num_timesteps": 1000, "beta_schedule": "cosine", "prediction": "eps", "class_dropout": 0.1}
+    # data normalisation: the manifest's train statistics in [-1, 1] units
+    manifest = json.loads((shards / "manifest.json").read_text())
+    assert diffusion["data_mean"] == pytest.approx([2 * m - 1 for m in manifest["mean"]], abs=1e-6)
+    assert diffusion["data_std"] == pytest.approx([2 * s for s in manifest["std"]], abs=1e-6)
     # only the options given are recorded, as overrides of the preset
-    assert document["run"]["model"] == {"preset": None, "aug_conditioning": True, "overrides": {
-        "channel_multipliers": [1, 2], "use_attention": [0, 1], "model_channels": 32,
-        "num_res_blocks": 2, "upsample": "bilinear"}}
+    assert document["run"]["model"] == {"preset": None, "aug_conditioning": True, "data_normalization": True,
+                                        "overrides": {"channel_multipliers": [1, 2], "use_attention": [False, True],
+                                                      "model_channels": 32, "num_res_blocks": 2, "upsample": "bilinear"}}
     assert f"parameters: {document['parameters']:,}" in result.output
     assert not (tmp_path / "run").exists()
 

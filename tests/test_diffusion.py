@@ -7,6 +7,7 @@ from torch import nn
 
 from ddpm_model import DDPM, DiffusionConfig, UNetConfig, create_ddpm
 from ddpm_model.diffusion import configs_from_dict
+from ddpm_model.presets import PRESETS
 from ddpm_model.schedule import BetaSchedule
 from ddpm_model.schedule import cosine_betas
 
@@ -97,8 +98,27 @@ def test_config_round_trips_through_json():
 def test_diffusion_config_stores_enums_and_plain_data():
     config = DiffusionConfig(beta_schedule="linear", prediction="v")
     assert config.beta_schedule is BetaSchedule.LINEAR and config.to_dict() == {
-        "num_timesteps": 1000, "beta_schedule": "linear", "prediction": "v", "class_dropout": 0.1}
+        "num_timesteps": 1000, "beta_schedule": "linear", "prediction": "v", "class_dropout": 0.1,
+        "data_mean": [], "data_std": []}
     assert DiffusionConfig(**config.to_dict()) == config
+
+
+def test_data_normalisation_runs_the_chain_on_zero_mean_data_and_returns_images():
+    unet = dataclasses.replace(PRESETS["tiny"], image_size=16, model_channels=16)
+    mean, std = (0.7, 0.4, 0.8), (0.2, 0.3, 0.25)
+    model = DDPM(unet, DiffusionConfig(num_timesteps=20, data_mean=mean, data_std=std))
+    images = torch.tensor(mean).view(1, 3, 1, 1) + torch.tensor(std).view(1, 3, 1, 1) * torch.randn(64, 3, 16, 16)
+    z = model.to_model_space(images)
+    assert z.mean(dim=(0, 2, 3)).abs().max() < 0.02 and (z.std(dim=(0, 2, 3)) - 0.5).abs().max() < 0.02
+    assert torch.allclose(model.to_image_space(z), images, atol=1e-5)
+    clipped = model.to_image_space(model.clip_to_image_range(model.to_model_space(images * 3)))
+    assert clipped.min() >= -1 - 1e-5 and clipped.max() <= 1 + 1e-5
+    # weights are the same tensors with or without normalisation: checkpoints stay interchangeable
+    assert set(model.state_dict()) == set(DDPM(unet, DiffusionConfig(num_timesteps=20)).state_dict())
+    samples = model.sample([0, 1], steps=3, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (2, 3, 16, 16) and samples.abs().max() <= 1
+    with pytest.raises(ValueError, match="data_mean"):
+        DiffusionConfig(data_mean=(0.1,), data_std=(0.1, 0.2))
 
 
 def test_create_ddpm_is_the_two_configs():
