@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -153,10 +154,14 @@ def train_cell(config: StudyConfig, cell: Cell, tools: Tools, log: Callable[[str
     if config.budget.minutes is not None:
         limit = max(1.0, config.budget.minutes * 60 - book.get("train_seconds", 0.0))
     log(f"study: {cell.name}: {state} training" + (f" ({limit / 60:.1f} min left)" if limit else ""))
-    run = tools(train_command(config, cell, state), launcher=config.launcher, time_limit=limit)
-    if (run_dir / "config.json").is_file():
-        book = {"train_seconds": book.get("train_seconds", 0.0) + run.seconds, "launches": book.get("launches", 0) + 1}
-        write_json(run_dir / STATE_NAME, book)
+    started, run = time.monotonic(), None
+    try:
+        run = tools(train_command(config, cell, state), launcher=config.launcher, time_limit=limit)
+    finally:  # an interrupted launch counts too: a wall-time budget must not grow with each pre-emption
+        if (run_dir / "config.json").is_file():
+            spent = run.seconds if run is not None else time.monotonic() - started
+            write_json(run_dir / STATE_NAME, {"train_seconds": book.get("train_seconds", 0.0) + spent,
+                                              "launches": book.get("launches", 0) + 1})
     if run.returncode != 0 and not run.stopped:
         return f"train: {run.error_line}"
     if training_state(config, cell) != "done":

@@ -175,3 +175,19 @@ def test_a_dry_run_lists_the_cells_and_writes_nothing(study):
     run_study(config, dry_run=True, tools=FakeTools(), log=lines.append)
     assert lines[0].startswith("16px-bilinear-aug-auto-s0: new  ddpm-train --shards")
     assert not config.root.exists()
+
+
+def test_an_interrupted_launch_still_counts_its_wall_time(study):
+    config = study(grid=Grid(sizes=(16,)), budget=Budget(minutes=2.0))
+    first = FakeTools()
+    run_study(config, tools=first)  # a finished cell, then an interrupt while it is resumed
+    run = cell_dir(config, grid_cells(config.grid)[0])
+    (run / STATE_NAME).write_text(json.dumps({"train_seconds": 30.0, "launches": 1}))
+
+    def interrupted(argv, **options):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_study(config, tools=interrupted)
+    book = json.loads((run / STATE_NAME).read_text())
+    assert book["launches"] == 2 and 30.0 <= book["train_seconds"] < 40.0
