@@ -143,7 +143,7 @@ def write_toml(config: StudyConfig) -> Path:
            "eval_bootstrap": config.eval_bootstrap}
     for table, items in (("grid", grid), ("budget", dataclasses.asdict(config.budget)),
                          ("sample", dataclasses.asdict(config.sample)), ("run", run)):
-        lines += ["", f"[{table}]"] + [f"{key} = {value(item)}" for key, item in items.items() if item not in (None, [])]
+        lines += ["", f"[{table}]"] + [f"{key} = {value(item)}" for key, item in items.items() if item not in (None, [], "")]
     path = config.root / TOML_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

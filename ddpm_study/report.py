@@ -77,8 +77,6 @@ def _settings(config: StudyConfig) -> str:
 
 
 def _figure(config: StudyConfig, cells: list[Cell], documents: list[dict], path: Path, log) -> Path | None:
-    from PIL import Image
-
     from ddpm_study.figure import samples_figure
     from ddpm_study.measure import DisplayReference
 
@@ -90,7 +88,7 @@ def _figure(config: StudyConfig, cells: list[Cell], documents: list[dict], path:
         shown.add(document["configuration"])
         folder = display_dir(config, by_name[document["cell"]])
         files = _spread_over_classes([sorted(d.glob("*.png")) for d in sorted(folder.iterdir()) if d.is_dir()])
-        rows.append((document["configuration"], [np.asarray(Image.open(f).convert("RGB")) for f in files]))
+        rows.append((document["configuration"], [_read_rgb(f) for f in files]))
     try:
         val = DisplayReference.of(config.shard_dir(config.display)).real.val
     except (OSError, ValueError) as error:
@@ -99,6 +97,13 @@ def _figure(config: StudyConfig, cells: list[Cell], documents: list[dict], path:
         picks = _spread_over_classes([list(np.flatnonzero(val.labels == label)) for label in np.unique(val.labels)])
         rows.append(("real val", [val.images[index].transpose(1, 2, 0) for index in picks]))
     return samples_figure(rows, path, f"samples at {config.display} px, and enlarged crops of their strongest edges")
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
 
 
 def _spread_over_classes(per_class: list[list]) -> list:

@@ -15,7 +15,9 @@ where badness is the value itself when lower is better, 1 - value for class accu
 rate), and the distance from the real images' value when "like real" is best (spectrum HF ratio and
 NN ratio: |ln value|; edge roughness: |value - real|). For jaggedness, which is already relative to
 real images, +100% means the baseline's excess over real images is gone. A difference is marked
-within noise (≈) when |cell - baseline| <= 2 * sqrt(se_cell^2 + se_baseline^2).
+within noise (≈) when |cell - baseline| <= 2 * sqrt(se_cell^2 + se_baseline^2). No percentage
+is given (–) when the baseline's own badness is within 2 standard errors of 0: a baseline that is
+already as good as real has nothing to take a percentage of.
 """
 from __future__ import annotations
 
@@ -124,10 +126,19 @@ def _change(metric: Metric, value: dict, base: dict, real_roughness: float | Non
         noise = math.hypot(value["noise"], base["noise"])
     bad_cell, bad_base = metric.badness(value["mean"], real_roughness), metric.badness(base["mean"], real_roughness)
     improvement = None
-    if bad_cell is not None and bad_base is not None and abs(bad_base) > 1e-12:
+    if bad_cell is not None and bad_base is not None and abs(bad_base) > max(1e-12, _badness_noise(metric, base)):
         improvement = (bad_base - bad_cell) / abs(bad_base) * 100.0
     within = None if noise is None else bool(abs(difference) <= WITHIN_NOISE_Z * noise)
     return {"difference": difference, "noise": noise, "improvement_pct": improvement, "within_noise": within}
+
+
+def _badness_noise(metric: Metric, base: dict) -> float:
+    """WITHIN_NOISE_Z standard errors of the baseline's badness: a baseline this close to its ideal
+    (no excess jaggedness, ratio 1, ...) has no badness to take a percentage of."""
+    if base["noise"] is None:
+        return 0.0
+    scale = 1.0 / base["mean"] if metric.better == "real" and metric.key != "edge_roughness" and base["mean"] > 0 else 1.0
+    return WITHIN_NOISE_Z * base["noise"] * scale
 
 
 def _mean(values) -> float | None:

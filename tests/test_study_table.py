@@ -83,3 +83,12 @@ def test_missing_metrics_stay_missing():
     table = compare([document("40px", 0, nn_ratio=None), document("96px", 0)], baseline="40px")
     assert table["configurations"][0]["values"]["nn_ratio"]["mean"] is None
     assert table["configurations"][1]["vs_baseline"]["nn_ratio"]["improvement_pct"] is None
+
+
+def test_no_percentage_of_a_baseline_that_is_already_as_good_as_real():
+    documents = [document("40px", 0, noise={"jaggedness": 0.5}, jaggedness=-0.4, spectrum_hf_ratio=1.01),
+                 document("96px", 0, jaggedness=-0.9, spectrum_hf_ratio=1.2)]
+    change = compare(documents, baseline="40px")["configurations"][1]["vs_baseline"]
+    assert change["jaggedness"]["improvement_pct"] is None  # -0.4 is within 2 x 0.5 of 0
+    assert change["jaggedness"]["difference"] == pytest.approx(-0.5)
+    assert change["spectrum_hf_ratio"]["improvement_pct"] == pytest.approx((math.log(1.01) - math.log(1.2)) / math.log(1.01) * 100)
