@@ -434,5 +434,60 @@ def eval_samples(
     typer.echo(json.dumps(result, indent=2, sort_keys=True) if json_output else format_text(result))
 
 
+# ---------------------------------------------------------------- ddpm-study
+study_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@study_app.command(help="Train a grid of configurations on one budget; compare them at one display size (docs/study.md).")
+def study(
+    study_dir: Annotated[Path, typer.Argument(metavar="STUDY", help="Study folder: study.toml, cells/<cell>/ (run folders), report/.")],
+    sizes: Annotated[Optional[str], typer.Option(help="Training sizes in px, e.g. 40,96,128.")] = None,
+    upsample: Annotated[Optional[str], typer.Option(help="U-Net up-sampling modes, e.g. bilinear,conv_transpose. [default: bilinear]", show_default=False)] = None,
+    augment: Annotated[Optional[str], typer.Option(help="Augmentation presets, e.g. default,none. [default: default]", show_default=False)] = None,
+    preset: Annotated[Optional[str], typer.Option(help="ddpm-train presets; auto = the one for each size. [default: auto]", show_default=False)] = None,
+    model_channels: Annotated[Optional[str], typer.Option(help="Widths (first-stage channels), e.g. 32,64. [default: the preset's]", show_default=False)] = None,
+    seeds: Annotated[Optional[str], typer.Option(help="Training seeds, e.g. 0,1 (2+ give every metric a noise level). [default: 0]", show_default=False)] = None,
+    budget_images: Annotated[Optional[int], typer.Option(help="Budget: images seen per cell (ddpm-train --max-images).")] = None,
+    budget_minutes: Annotated[Optional[float], typer.Option(help="Budget: wall time of training per cell, minutes.")] = None,
+    src: Annotated[Optional[Path], typer.Option(help="Image folder to build missing shard sizes from.")] = None,
+    shards: Annotated[Optional[str], typer.Option(help="Shard folder per size; '{size}' is replaced. [default: shards/{size}]", show_default=False)] = None,
+    display_size: Annotated[Optional[int], typer.Option(help="Size in px every cell is evaluated at. [default: the largest size]", show_default=False)] = None,
+    baseline: Annotated[Optional[str], typer.Option(help="Cell (or configuration) the others are compared with. [default: the first]", show_default=False)] = None,
+    samples_per_class: Annotated[Optional[int], typer.Option(help="Samples per class and cell. [default: 64]", show_default=False)] = None,
+    sample_steps: Annotated[Optional[int], typer.Option(help="DDIM steps. [default: 50]", show_default=False)] = None,
+    sample_eta: Annotated[Optional[float], typer.Option(help="DDIM eta. [default: 1]", show_default=False)] = None,
+    guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale. [default: 2]", show_default=False)] = None,
+    launcher: Annotated[Optional[str], typer.Option(help="Prefix of each ddpm-train command, e.g. 'torchrun --standalone --nproc_per_node 4 --no-python'.")] = None,
+    train_args: Annotated[Optional[str], typer.Option(help="Extra ddpm-train options for every cell, e.g. '--batch-size 8 --balance sqrt'.")] = None,
+    sample_args: Annotated[Optional[str], typer.Option(help="Extra ddpm-sample options, e.g. '--batch-size 64'.")] = None,
+    eval_args: Annotated[Optional[str], typer.Option(help="Extra ddpm-eval options, e.g. '--device cuda'.")] = None,
+    eval_bootstrap: Annotated[Optional[int], typer.Option(help="ddpm-eval runs on resampled samples per cell, for a noise level without seeds (0 = off).")] = None,
+    cells: Annotated[Optional[str], typer.Option(help="Run only part k of n (every n-th cell from the k-th), e.g. 2/4 in a job array.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="List each cell's state and ddpm-train command; run and write nothing.")] = False,
+) -> None:
+    from ddpm_study.cells import parse_split
+    from ddpm_study.config import StudyError, load_study
+    from ddpm_study.runner import run_study
+
+    flags = {"sizes": sizes, "upsample": upsample, "augment": augment, "preset": preset, "model_channels": model_channels,
+             "seeds": seeds, "images": budget_images, "minutes": budget_minutes, "src": src and str(src), "shards": shards,
+             "display_size": display_size, "baseline": baseline, "n": samples_per_class, "steps": sample_steps,
+             "eta": sample_eta, "guidance": guidance, "launcher": launcher, "train_args": train_args,
+             "sample_args": sample_args, "eval_args": eval_args, "eval_bootstrap": eval_bootstrap}
+    log = lambda line: typer.echo(line, err=not dry_run)  # noqa: E731  (a dry run's plan is its output)
+    try:
+        config, fresh = load_study(study_dir, flags)
+        split = parse_split(cells) if cells else None
+        outcome = run_study(config, split, dry_run=dry_run, log=log, save_settings=fresh)
+    except (StudyError, ValueError, OSError) as error:
+        fail(str(error))
+    except KeyboardInterrupt:
+        fail("interrupted; the running cell checkpointed; rerun the same command to resume", code=130)
+    if outcome.report is not None:
+        typer.echo(f"report: {outcome.report}")
+    if outcome.failures:
+        fail(f"{len(outcome.failures)} cell(s) failed: " + "; ".join(f"{n} ({e})" for n, e in outcome.failures.items()), code=1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     data_app()

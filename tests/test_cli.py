@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 
 import cli
 
-APPS = {"ddpm-data": cli.data_app, "ddpm-train": cli.train_app, "ddpm-sample": cli.sample_app, "ddpm-eval": cli.eval_app}
+APPS = {"ddpm-data": cli.data_app, "ddpm-train": cli.train_app, "ddpm-sample": cli.sample_app, "ddpm-eval": cli.eval_app,
+        "ddpm-study": cli.study_app}
 
 
 def command_paths() -> list[tuple[str, list[str]]]:
@@ -36,7 +37,8 @@ def test_every_console_script_is_wired():
 
     scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
     assert {name: target.split(":")[1] for name, target in scripts.items()} == {
-        "ddpm-data": "data_app", "ddpm-train": "train_app", "ddpm-sample": "sample_app", "ddpm-eval": "eval_app"
+        "ddpm-data": "data_app", "ddpm-train": "train_app", "ddpm-sample": "sample_app", "ddpm-eval": "eval_app",
+        "ddpm-study": "study_app",
     }
     assert all(isinstance(app, typer.Typer) for app in APPS.values())
 

@@ -1,0 +1,7 @@
+"""`ddpm-study`: train a grid of configurations on one budget and compare them at one display size.
+
+config.py (settings, study.toml), cells.py (the grid's cells, names, --cells k/n), tools.py (the
+console scripts as subprocesses), runner.py (shards, train, sample per cell), measure.py (every
+cell at the display size: ddpm-eval and jaggedness), table.py (the comparison), figure.py (the
+side-by-side picture), controls.py (the staircase controls behind the jaggedness measure).
+"""

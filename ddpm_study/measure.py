@@ -1,0 +1,177 @@
+"""Every cell measured at one display size: samples resized, ddpm-eval against that size's shards, jaggedness.
+
+A 40 px sample and a 128 px sample cannot be compared pixel for pixel. Both are resized with PIL's
+LANCZOS filter to the display size D (the largest trained size unless --display-size). LANCZOS is
+antialiased when it shrinks, and smooth when it enlarges. The resized samples are then measured
+against real images built at D (the shards of size D, centre-cropped as ddpm-eval does): once
+with `ddpm-eval --json`, and once with the jaggedness measure (ddpm_eval.jaggedness).
+Optionally (`eval_bootstrap` B >= 2), ddpm-eval also runs on B resamples of the sample images,
+drawn with replacement within each class, and the spread of those runs is the noise level of
+every ddpm-eval metric.
+
+Writes STUDY/cells/<cell>/study/display-<D>/<class>/*.png and metrics-<D>.json:
+{inputs, metrics, noise, real_val, counts, training, warnings}.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ddpm_study.cells import Cell
+from ddpm_study.config import StudyConfig
+from ddpm_study.runner import STATE_NAME, cell_dir, read_json, sample_marker, write_json
+from ddpm_study.tools import Tools
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def metrics_path(config: StudyConfig, cell: Cell) -> Path:
+    return cell_dir(config, cell) / "study" / f"metrics-{config.display}.json"
+
+
+def display_dir(config: StudyConfig, cell: Cell) -> Path:
+    return cell_dir(config, cell) / "study" / f"display-{config.display}"
+
+
+def pick_metrics(result: dict) -> dict:
+    """The ddpm-eval numbers the table shows (missing keys become None)."""
+    levels = result.get("swd_levels") or [None]
+    return {key: result.get(key) for key in ("swd", "spectrum_hf_ratio", "edge_roughness", "edge_orientation_distance",
+                                              "frechet_classifier_distance", "class_accuracy", "nn_ratio")} | {"swd_finest": levels[0]}
+
+
+def resize_folder(source: Path, target: Path, size: int) -> dict[str, int]:
+    """source/<class>/* -> target/<class>/*.png at size x size px (PIL LANCZOS); returns images per class."""
+    from PIL import Image
+
+    if target.exists():
+        shutil.rmtree(target)
+    counts = {}
+    for class_dir in sorted(path for path in source.iterdir() if path.is_dir() and not path.name.startswith(".")):
+        files = sorted(path for path in class_dir.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+        (target / class_dir.name).mkdir(parents=True, exist_ok=True)
+        for path in files:
+            with Image.open(path) as image:
+                if image.size != (size, size):
+                    image = image.resize((size, size), Image.Resampling.LANCZOS)
+                image.save(target / class_dir.name / f"{path.stem}.png")
+        counts[class_dir.name] = len(files)
+    return counts
+
+
+class DisplayReference:
+    """The real images at the display size, prepared once per process: jaggedness references and floor."""
+
+    _cache: dict[Path, "DisplayReference"] = {}
+
+    def __init__(self, shard_dir: Path):
+        from ddpm_eval.images import load_real, to_float
+        from ddpm_eval.jaggedness import class_references, per_class_jaggedness
+
+        self.real = load_real(shard_dir)
+        self.references = class_references(to_float(self.real.train.images), self.real.train.labels)
+        val = self.real.val.of_classes(sorted(self.references))
+        self.val_jaggedness = per_class_jaggedness(to_float(val.images), val.labels, self.references)[0]
+
+    @classmethod
+    def of(cls, shard_dir: Path) -> "DisplayReference":
+        if shard_dir not in cls._cache:
+            cls._cache[shard_dir] = cls(shard_dir)
+        return cls._cache[shard_dir]
+
+    def jaggedness(self, folder: Path):
+        from ddpm_eval.images import load_samples, to_float
+        from ddpm_eval.jaggedness import per_class_jaggedness
+
+        samples = load_samples(folder, self.real.classes, self.real.size, self.real.channels)
+        return per_class_jaggedness(to_float(samples.images), samples.labels, self.references)[0]
+
+
+def measure_cell(config: StudyConfig, cell: Cell, tools: Tools, log: Callable[[str], None]) -> str | None:
+    """Write the cell's metrics at the display size unless they are current; returns an error line or None."""
+    run_dir = cell_dir(config, cell)
+    real_dir = config.shard_dir(config.display)
+    inputs = {"samples": sample_marker(config, cell), "display_size": config.display, "real": str(real_dir),
+              "eval_args": list(config.eval_args), "eval_bootstrap": config.eval_bootstrap}
+    path = metrics_path(config, cell)
+    if read_json(path).get("inputs") == inputs:
+        return None
+    log(f"study: {cell.name}: measuring at {config.display} px")
+    folder = display_dir(config, cell)
+    counts = resize_folder(run_dir / "study" / "samples", folder, config.display)
+    result, error = _evaluate(tools, real_dir, folder, config.eval_args)
+    if error:
+        return f"measure: {error}"
+    try:
+        reference = DisplayReference.of(real_dir)
+        jagged = reference.jaggedness(folder)
+    except ValueError as error:  # the evaluator's input errors name the file and the fix
+        return f"measure: {error}"
+    noise = {"jaggedness": jagged.standard_error}
+    if config.eval_bootstrap:
+        spread, error = _bootstrap(tools, real_dir, folder, config)
+        if error:
+            return f"measure: {error}"
+        noise |= spread
+    val = result.get("reference", {}).get("val_vs_train", {})
+    summary = read_json(run_dir / "summary.json")
+    write_json(path, {
+        "cell": cell.name, "configuration": cell.configuration, "inputs": inputs,
+        "metrics": {**pick_metrics(result), "jaggedness": jagged.value},
+        "noise": noise,
+        "edge_roughness_real": result.get("edge_roughness_real"),
+        "real_val": {**pick_metrics(val), "jaggedness": reference.val_jaggedness.value, "n": val.get("n")},
+        "counts": {"samples": counts, "real_train": len(reference.real.train), "real_val": len(reference.real.val)},
+        "training": {"images_seen": summary.get("images_seen"), "step": summary.get("step"),
+                     "train_seconds": read_json(run_dir / STATE_NAME).get("train_seconds")},
+        "warnings": result.get("warnings", []),
+    })
+    return None
+
+
+def _evaluate(tools: Tools, real_dir: Path, folder: Path, eval_args) -> tuple[dict, str | None]:
+    run = tools(["ddpm-eval", *eval_args, "--real", str(real_dir), "--samples", str(folder), "--json"], capture=True)
+    if run.returncode != 0:
+        return {}, f"ddpm-eval: {run.error_line}"
+    try:
+        return json.loads(run.stdout or ""), None
+    except ValueError:
+        return {}, "ddpm-eval --json: output is not JSON"
+
+
+def _bootstrap(tools: Tools, real_dir: Path, folder: Path, config: StudyConfig) -> tuple[dict, str | None]:
+    """Std of every ddpm-eval metric over `eval_bootstrap` resamples (with replacement, per class) of `folder`."""
+    root = folder.with_name(folder.name + "-bootstrap")
+    runs = []
+    try:
+        for index in range(config.eval_bootstrap):
+            resample = _resample(folder, root / str(index), np.random.default_rng(index))
+            result, error = _evaluate(tools, real_dir, resample, config.eval_args)
+            if error:
+                return {}, f"bootstrap resample {index}: {error}"
+            runs.append(pick_metrics(result))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    spread = {}
+    for key in runs[0]:
+        values = [run[key] for run in runs if run[key] is not None]
+        spread[key] = float(np.std(values, ddof=1)) if len(values) >= 2 else None
+    return spread, None
+
+
+def _resample(folder: Path, target: Path, rng: np.random.Generator) -> Path:
+    """target/<class>/<i>.png: links to a same-size draw with replacement from each class of `folder`."""
+    for class_dir in sorted(path for path in folder.iterdir() if path.is_dir()):
+        files = sorted(class_dir.glob("*.png"))
+        (target / class_dir.name).mkdir(parents=True, exist_ok=True)
+        for index, pick in enumerate(rng.integers(len(files), size=len(files))):
+            link = target / class_dir.name / f"{index:05d}.png"
+            try:
+                link.symlink_to(files[pick].absolute())
+            except OSError:  # file systems without symlinks
+                shutil.copyfile(files[pick], link)
+    return target

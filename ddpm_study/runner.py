@@ -1,0 +1,257 @@
+"""Run a study: build missing shards, then train, sample and measure every cell, then write the report.
+
+Each cell is an ordinary ddpm-train run folder, STUDY/cells/<cell>/, usable with ddpm-sample. The
+study's own files for the cell go in STUDY/cells/<cell>/study/, which is created only after
+training has made the run folder. Every step is skipped when its result is already there:
+
+| step    | done when                                                     | otherwise                              |
+|---|---|---|
+| shards  | <shards>/manifest.json exists for every size needed           | `ddpm-data build --src` (once, locked) |
+| train   | summary.json finished with >= budget images / >= budget time  | new run, `--resume`, or `--overwrite`  |
+| sample  | study/samples.json names the latest checkpoint and settings    | `ddpm-sample --overwrite`              |
+| measure | study/metrics-<D>.json was made from these samples and inputs | `ddpm-eval --json` + jaggedness        |
+
+A stopped cell (pre-empted, Ctrl-C, out of time) resumes from its checkpoint by rerunning the
+same ddpm-train command with `--resume`. A cell whose run folder has no checkpoint yet starts
+over. A cell that fails is reported, and the study continues with the other cells.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ddpm_study.cells import Cell, find_configuration, grid_cells, split_cells
+from ddpm_study.config import StudyConfig, StudyError
+from ddpm_study.tools import Subprocesses, TerminationAsInterrupt, Tools
+
+CELLS_DIR = "cells"
+STATE_NAME = "study-cell.json"  # in a run folder: wall time spent training it, over all launches
+UNBOUNDED_STEPS = 10**9  # duration for a wall-time budget: the study stops the run, not ddpm-train
+# ddpm-train options the study sets per cell; in train_args they would change what a cell is.
+RESERVED_TRAIN = ("--shards", "--img-size", "--out", "--resume", "--overwrite", "--dry-run", "--seed", "--upsample",
+                  "--augment", "--preset", "--model-channels", "--epochs", "--max-steps", "--max-images")
+
+
+@dataclass
+class Outcome:
+    cells: list[Cell]  # the cells this invocation was responsible for (its --cells part)
+    failures: dict[str, str] = field(default_factory=dict)  # cell name -> 'step: error'
+    report: Path | None = None
+
+
+def cell_dir(config: StudyConfig, cell: Cell) -> Path:
+    return config.root / CELLS_DIR / cell.name
+
+
+def read_json(path: Path) -> dict:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def write_json(path: Path, document: dict) -> Path:
+    """Written whole to a temporary file and renamed: parallel tasks and readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    temporary.replace(path)
+    return path
+
+
+def latest_checkpoint(run_dir: Path) -> str | None:
+    names = sorted(path.name for path in (run_dir / "checkpoints").glob("step-*.pt"))
+    return names[-1] if names else None
+
+
+def training_state(config: StudyConfig, cell: Cell) -> str:
+    """'new', 'resume', 'restart' (a run folder without a checkpoint) or 'done' for this budget."""
+    run = cell_dir(config, cell)
+    if not run.is_dir() or not any(run.iterdir()):
+        return "new"
+    if not (run / "config.json").is_file():
+        raise StudyError(f"{run}: not a ddpm-train run folder (no config.json); delete it to train the cell anew")
+    if latest_checkpoint(run) is None:
+        return "restart"
+    summary, state = read_json(run / "summary.json"), read_json(run / STATE_NAME)
+    if config.budget.images is not None:
+        done = summary.get("status") == "finished" and summary.get("images_seen", 0) >= config.budget.images
+    else:
+        done = bool(summary) and state.get("train_seconds", 0.0) >= config.budget.minutes * 60
+    return "done" if done else "resume"
+
+
+def train_command(config: StudyConfig, cell: Cell, state: str) -> list[str]:
+    """The one ddpm-train command of a cell; a stopped cell reruns it with --resume."""
+    if config.budget.images is not None:
+        duration = ["--max-images", str(config.budget.images)]
+    else:
+        duration = ["--max-steps", str(UNBOUNDED_STEPS)]
+    command = ["ddpm-train", *config.train_args, "--shards", str(config.shard_dir(cell.size)),
+               "--out", str(cell_dir(config, cell)), *duration, *cell.train_options()]
+    return command + {"resume": ["--resume"], "restart": ["--overwrite"]}.get(state, [])
+
+
+def check_train_args(config: StudyConfig) -> None:
+    for word in config.train_args:
+        if word.split("=")[0] in RESERVED_TRAIN:
+            raise StudyError(f"train_args: {word.split('=')[0]} is set by the study for each cell (grid axes, budget, "
+                             "folders); remove it from --train-args / [run] train_args")
+
+
+def ensure_shards(config: StudyConfig, sizes: list[int], tools: Tools, log: Callable[[str], None]) -> None:
+    """Build the missing sizes from --src in one `ddpm-data build`; a lock keeps parallel tasks from racing."""
+    missing = [size for size in sizes if not (config.shard_dir(size) / "manifest.json").is_file()]
+    if not missing:
+        return
+    with _lock(config.root / ".shards.lock"):
+        missing = [size for size in missing if not (config.shard_dir(size) / "manifest.json").is_file()]
+        if not missing:
+            return
+        log(f"study: building shards for {', '.join(map(str, missing))} px from {config.src}")
+        pattern = str(Path(config.shards).absolute())
+        run = tools(["ddpm-data", "build", "--src", str(config.src), "--size", ",".join(map(str, missing)), "--out", pattern])
+        if run.returncode != 0:
+            raise StudyError(f"ddpm-data build --src {config.src}: {run.error_line}")
+
+
+def missing_shards_error(config: StudyConfig, sizes: list[int]) -> StudyError | None:
+    missing = [size for size in sizes if not (config.shard_dir(size) / "manifest.json").is_file()]
+    if not missing or config.src is not None:
+        return None
+    first = config.shard_dir(missing[0]) / "manifest.json"
+    return StudyError(f"{first}: missing, and no --src to build it from; pass --src DATA (an image folder) or run "
+                      f"'ddpm-data build --src DATA --size {','.join(map(str, missing))} --out {config.shards}'")
+
+
+def check_options(config: StudyConfig, cells: list[Cell], tools: Tools) -> None:
+    """`ddpm-train --dry-run` once per new configuration: a bad grid value fails before hours of training."""
+    seen = set()
+    for cell in cells:
+        if cell.configuration in seen:
+            continue
+        seen.add(cell.configuration)
+        run = tools([*train_command(config, cell, "new"), "--dry-run"], capture=True, quiet=True)
+        if run.returncode != 0:
+            raise StudyError(f"cell {cell.name}: ddpm-train refuses its options ({run.error_line}); "
+                             "fix the grid in study.toml or the flags")
+
+
+def train_cell(config: StudyConfig, cell: Cell, tools: Tools, log: Callable[[str], None]) -> str | None:
+    """Train (or resume) one cell up to the budget; returns an error line or None."""
+    state = training_state(config, cell)
+    if state == "done":
+        return None
+    run_dir = cell_dir(config, cell)
+    book = read_json(run_dir / STATE_NAME) if state == "resume" else {}
+    limit = None
+    if config.budget.minutes is not None:
+        limit = max(1.0, config.budget.minutes * 60 - book.get("train_seconds", 0.0))
+    log(f"study: {cell.name}: {state} training" + (f" ({limit / 60:.1f} min left)" if limit else ""))
+    started, run = time.monotonic(), None
+    try:
+        run = tools(train_command(config, cell, state), launcher=config.launcher, time_limit=limit)
+    finally:  # an interrupted launch counts too: a wall-time budget must not grow with each pre-emption
+        if (run_dir / "config.json").is_file():
+            spent = run.seconds if run is not None else time.monotonic() - started
+            write_json(run_dir / STATE_NAME, {"train_seconds": book.get("train_seconds", 0.0) + spent,
+                                              "launches": book.get("launches", 0) + 1})
+    if run.returncode != 0 and not run.stopped:
+        return f"train: {run.error_line}"
+    if training_state(config, cell) != "done":
+        summary = read_json(run_dir / "summary.json")
+        seen = f"{summary.get('images_seen', 0)} of {config.budget.images} images" if config.budget.images else "early"
+        return f"train: stopped at {seen}; rerun to resume"
+    return None
+
+
+def sample_cell(config: StudyConfig, cell: Cell, tools: Tools, log: Callable[[str], None]) -> str | None:
+    """Draw the cell's samples from its latest checkpoint unless they are already drawn; error line or None."""
+    run_dir = cell_dir(config, cell)
+    wanted = sample_marker(config, cell)
+    if wanted is None:
+        return "sample: no checkpoint to sample from"
+    marker = run_dir / "study" / "samples.json"
+    if read_json(marker) == wanted:
+        return None
+    log(f"study: {cell.name}: sampling {config.sample.n} images per class from {wanted['checkpoint']}")
+    settings = config.sample
+    run = tools(["ddpm-sample", *config.sample_args, "--checkpoint", str(run_dir), "--out", str(run_dir / "study" / "samples"),
+                 "--n", str(settings.n), "--steps", str(settings.steps), "--eta", str(settings.eta),
+                 "--guidance", str(settings.guidance), "--seed", str(cell.seed), "--overwrite"])
+    if run.returncode != 0:
+        return f"sample: {run.error_line}"
+    write_json(marker, wanted)
+    return None
+
+
+def sample_marker(config: StudyConfig, cell: Cell) -> dict | None:
+    """What the cell's samples must have been drawn from and with; None without a checkpoint."""
+    checkpoint = latest_checkpoint(cell_dir(config, cell))
+    if checkpoint is None:
+        return None
+    return {"checkpoint": checkpoint, **asdict(config.sample), "seed": cell.seed, "sample_args": list(config.sample_args)}
+
+
+def run_study(config: StudyConfig, split: tuple[int, int] | None = None, dry_run: bool = False,
+              tools: Tools | None = None, log: Callable[[str], None] | None = None, save_settings: bool = False) -> Outcome:
+    """Everything the study still lacks for the cells of `split` (k, n), then the report over all cells.
+
+    `save_settings`: write STUDY/study.toml once the settings have passed every check.
+    """
+    from ddpm_study.config import write_toml
+    from ddpm_study.report import write_report
+
+    log = log or (lambda line: None)
+    tools = tools or Subprocesses()
+    check_train_args(config)
+    cells = grid_cells(config.grid)
+    if config.baseline is not None:
+        find_configuration(cells, config.baseline)
+    mine = split_cells(cells, *split) if split else cells
+    states = {cell: training_state(config, cell) for cell in mine}
+    sizes = sorted({cell.size for cell in mine if states[cell] != "done"} | {config.display})
+    error = missing_shards_error(config, sizes)
+    if error is not None:
+        raise error
+    outcome = Outcome(mine)
+    if dry_run:
+        for cell in mine:
+            log(f"{cell.name}: {states[cell]}  {' '.join(train_command(config, cell, states[cell]))}")
+        return outcome
+    if save_settings:
+        log(f"study: settings written to {write_toml(config)}")
+    with TerminationAsInterrupt():
+        ensure_shards(config, sizes, tools, log)
+        check_options(config, [cell for cell in mine if states[cell] in ("new", "restart")], tools)
+        from ddpm_study.measure import measure_cell
+
+        for cell in mine:
+            for step in (train_cell, sample_cell, measure_cell):
+                failure = step(config, cell, tools, log)
+                if failure:
+                    outcome.failures[cell.name] = failure
+                    log(f"study: {cell.name}: {failure}")
+                    break
+        outcome.report = write_report(config, cells, outcome.failures, log)
+    return outcome
+
+
+@contextlib.contextmanager
+def _lock(path: Path):
+    """An exclusive advisory lock on `path` (flock; also honoured across NFS clients on Linux)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

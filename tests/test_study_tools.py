@@ -1,0 +1,51 @@
+"""ddpm_study.tools: console scripts as subprocesses: environment, launcher prefix, time limit, errors."""
+from __future__ import annotations
+
+import sys
+import textwrap
+
+from ddpm_study.tools import Subprocesses, ToolRun
+
+
+def script(tmp_path, name: str, body: str):
+    path = tmp_path / name
+    path.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_the_child_inherits_pythonpath_and_runs_behind_the_launcher(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/the/worktree")
+    tool = script(tmp_path, "show-env", "import os\nprint(os.environ['PYTHONPATH'], os.environ.get('VIA_LAUNCHER'))\n")
+    run = Subprocesses(echo=lambda line: None)([tool], launcher=("env", "VIA_LAUNCHER=yes"), capture=True)
+    assert run.returncode == 0 and run.stdout.split() == ["/the/worktree", "yes"]
+
+
+def test_a_time_limit_sends_sigterm_and_the_child_may_finish_its_checkpoint(tmp_path):
+    marker = tmp_path / "checkpointed"
+    tool = script(tmp_path, "slow-train", f"""
+        import signal, sys, time
+        def stop(signum, frame):
+            open({str(marker)!r}, "w").write("ok")
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, stop)
+        print("started", file=sys.stderr, flush=True)
+        time.sleep(60)
+    """)
+    lines = []
+    run = Subprocesses(echo=lines.append)([tool], time_limit=1.5)
+    assert run.stopped and run.returncode == 0 and marker.read_text() == "ok"
+    assert run.seconds < 30
+    assert "started" in lines
+
+
+def test_the_childs_own_error_line_is_kept():
+    run = ToolRun(2, 0.1, None, ("progress 50%", "error: --preset huge: unknown; valid: 40, 96", "Aborted"))
+    assert run.error_line == "--preset huge: unknown; valid: 40, 96"
+    assert ToolRun(1, 0.1, None, ("Traceback ...", "RuntimeError: boom")).error_line == "RuntimeError: boom"
+    assert ToolRun(3, 0.1, None, ()).error_line == "exit status 3"
+
+
+def test_a_missing_program_is_an_error_line_not_a_crash(tmp_path):
+    run = Subprocesses(echo=lambda line: None)([str(tmp_path / "no-such-tool")])
+    assert run.returncode == 127 and "cannot run" in run.error_line
