@@ -107,11 +107,11 @@ def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
     and replaces a run folder only with --overwrite; never a folder a trainer holds."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"--out {run_dir}: is a file; choose a folder")
-    if not run_dir.exists() or not any(run_dir.iterdir()):
+    if not run_dir.exists():
         return
     check_unlocked(run_dir)
-    if never_checkpointed(run_dir):
-        return  # a failed start: nothing trained to lose
+    if never_checkpointed(run_dir) or all(path.name == LOCK_NAME for path in run_dir.iterdir()):
+        return  # a failed start, or an empty folder: nothing trained to lose
     if not overwrite:
         raise RunError(f"{run_dir}: exists; pass --resume to continue it or --overwrite to start over")
     if not (run_dir / CONFIG_NAME).is_file():

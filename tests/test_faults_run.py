@@ -204,6 +204,8 @@ def test_a_start_that_fails_on_the_data_creates_no_run_folder(shards, tmp_path):
     refused(invoke(cli.train_app, "--shards", broken, "--out", run, "--mode", "memory", "--max-steps", "2", *FAST), 2,
             "data.h5")
     assert not run.exists()
+    run.mkdir(parents=True)
+    (run / ".lock").write_text("pid 1 on lost-race\n")  # all a trainer that lost the race to the lock leaves
     train_run(shards, run, 2)  # the retry, with fixed data, needs no --overwrite
 
 
