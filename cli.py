@@ -3,25 +3,132 @@
 Four Typer apps back the console scripts ``ddpm-data``, ``ddpm-train``, ``ddpm-sample`` and
 ``ddpm-eval``. Heavy imports (torch, h5py, webdataset) happen inside the commands so that
 ``--help`` answers instantly. Every command is also a plain Python call in its module.
+
+Errors take one path, `Command.invoke`: the commands raise, they do not catch.
 """
 from __future__ import annotations
 
+import errno
+import json
+import os
+import pickle
+import zipfile
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
+import click
 import typer
+from typer.core import TyperCommand
 
 from ddpm_data.config import AugmentConfig, Fit, Interpolation, ReaderConfig, ReaderMode
 from ddpm_model.choices import BetaSchedule, Prediction, Sampler, UpsampleMode
 from ddpm_model.config import ModelOptions, Precision, RunConfig, SampleConfig, TrainConfig
 
+# ---------------------------------------------------------------- the one error path
+
+# errno -> (what happened, the fix), for "<path>: <what>; <fix>"
+OS_ERRORS = {
+    errno.ENOSPC: "no space left on the device; free some space or write elsewhere",
+    errno.EDQUOT: "disk quota exceeded; free some space or write elsewhere",
+    errno.EROFS: "read-only filesystem; write to another location",
+    errno.EACCES: "permission denied; check its permissions or use another location",
+    errno.EPERM: "operation not permitted; check its permissions or use another location",
+    errno.EISDIR: "is a folder; give a file",
+    errno.ENOTDIR: "a part of the path is not a folder; check the path",
+    errno.ENOENT: "no such file or folder; check the path",
+    errno.EEXIST: "already exists; remove it or choose another name",
+    errno.ENOTEMPTY: "folder not empty; remove its contents or choose another folder",
+    errno.ENAMETOOLONG: "name too long; use a shorter path",
+    errno.EMFILE: "too many open files; raise the limit (ulimit -n) or use fewer --workers",
+    errno.ENOMEM: "out of memory; use a smaller --batch-size or fewer --workers",
+    errno.EIO: "input/output error; the disk or network filesystem failed, check it",
+}
+INTERRUPTED = "files finished before the interruption are kept; rerun the command for the rest"
+
+
+def os_error_line(error: OSError) -> str:
+    """'<path>: <what>; <fix>' for an OSError (ENOSPC, EROFS, EACCES, EISDIR, ...)."""
+    what = OS_ERRORS.get(error.errno) or (error.strerror or str(error))
+    paths = [str(p) for p in (error.filename, error.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {what}" if paths else what
+
+
+def is_torch_load_error(error: Exception) -> bool:
+    """torch.load's errors for a truncated, empty or foreign file, or a refused pickle."""
+    if isinstance(error, (pickle.UnpicklingError, zipfile.BadZipFile, EOFError)):
+        return True
+    return isinstance(error, RuntimeError) and str(error).startswith("PytorchStreamReader")
+
+
+def is_out_of_memory(error: Exception) -> bool:
+    """MemoryError, or torch's (GPU) OutOfMemoryError, told by name so torch is not imported here."""
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
+
+
+def first_sentence(error: Exception) -> str:
+    """The start of an error's message, up to its first full stop (torch appends paragraphs)."""
+    text = str(error).strip()
+    return text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(error).__name__
+
+
+def error_line(error: Exception) -> str | None:
+    """The message for an error the user can act on; None for anything else (a bug)."""
+    if isinstance(error, OSError):
+        return os_error_line(error)
+    if isinstance(error, json.JSONDecodeError):
+        return f"malformed JSON ({error}); fix the file or write it again"
+    if is_torch_load_error(error):
+        return f"not a readable torch file ({first_sentence(error)}); restore the file or write it again"
+    if is_out_of_memory(error):
+        return f"out of memory ({first_sentence(error)}); use a smaller batch size (or --gradient-checkpointing)"
+    if isinstance(error, ValueError) or isinstance(getattr(error, "exit_code", None), int):
+        return str(error)  # the project's errors name the file or flag and the fix
+    return None
+
+
+class Command(TyperCommand):
+    """A command whose failures end as `error: ...` on stderr, never as a traceback.
+
+    User errors (OSError, json.JSONDecodeError, unreadable torch files, running out of memory,
+    ValueError and the project's errors derived from it) exit with status 2, or the error's own
+    `exit_code` (1 for a diverged training run). Ctrl-C exits with 130 and says what was kept (`interrupted`).
+    Anything else is a bug and keeps its traceback; DDPM_TRACEBACK=1 shows it for every error.
+    """
+
+    interrupted = INTERRUPTED
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise  # an exit the command chose, or a usage error click reports itself
+        except KeyboardInterrupt:
+            typer.echo(f"error: interrupted; {self.interrupted}", err=True)
+            raise typer.Exit(130) from None
+        except Exception as error:
+            line = error_line(error)
+            if line is None or os.environ.get("DDPM_TRACEBACK"):
+                raise
+            typer.echo(f"error: {line}", err=True)
+            raise typer.Exit(getattr(error, "exit_code", 2)) from None
+
+
+class App(typer.Typer):
+    """typer.Typer whose every command takes the one error path; `interrupted=` says what a
+    command keeps when Ctrl-C stops it."""
+
+    def command(self, *args: Any, interrupted: str = INTERRUPTED, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", type("Command", (Command,), {"interrupted": interrupted}))
+        return super().command(*args, **kwargs)
+
+
 # Plain (not boxed) usage errors: one line naming the option, like every other error here.
 APP_SETTINGS = dict(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
-data_app = typer.Typer(help="Prepare image folders: synthesise sample data, build shards, inspect them.",
-                       no_args_is_help=True, **APP_SETTINGS)
-train_app = typer.Typer(**APP_SETTINGS)
-sample_app = typer.Typer(**APP_SETTINGS)
-eval_app = typer.Typer(**APP_SETTINGS)
+data_app = App(help="Prepare image folders: synthesise sample data, build shards, inspect them.",
+               no_args_is_help=True, **APP_SETTINGS)
+train_app = App(**APP_SETTINGS)
+sample_app = App(**APP_SETTINGS)
+eval_app = App(**APP_SETTINGS)
 
 
 @data_app.callback()
@@ -30,7 +137,8 @@ def data_main() -> None:
 
 
 def fail(message: str, code: int = 2) -> None:
-    """Print a one-line error to stderr and exit with `code` (no traceback)."""
+    """Print a one-line error to stderr and exit with `code` (no traceback): for checks made in
+    the command itself; errors raised below it take `Command`'s path."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -95,13 +203,10 @@ def synth(
     sheet: Annotated[Optional[Path], typer.Option(help="Also write a contact sheet PNG of a few images per class.")] = None,
 ) -> None:
     """Write the bundled sample dataset: histology-like tiles, abnormal ones with soft-edged lesions."""
-    from ddpm_data.synth import SynthConfig, SynthError, contact_sheet, synthesize
+    from ddpm_data.synth import SynthConfig, contact_sheet, synthesize
 
     config = SynthConfig(out=out, normal=normal, abnormal=abnormal, size=size, seed=seed, overwrite=overwrite, masks=masks)
-    try:
-        root = synthesize(config)
-    except SynthError as error:
-        fail(str(error))
+    root = synthesize(config)
     typer.echo(f"wrote {normal} normal + {abnormal} abnormal images ({size} px, seed {seed}) to {root}")
     if sheet is not None:
         typer.echo(f"contact sheet: {contact_sheet(root, sheet)}")
@@ -110,7 +215,7 @@ def synth(
 # ---------------------------------------------------------------- ddpm-data build/stats/verify
 
 
-@data_app.command()
+@data_app.command(interrupted="nothing was written (any previous output is unchanged)")
 def build(
     src: Annotated[Path, typer.Option(help="ImageFolder source: one subfolder per class, images at any depth.")] = Path("data"),
     size: Annotated[str, typer.Option(help="Training resolution(s) in px; '40,96,128' builds all in one pass.")] = "96",
@@ -126,19 +231,12 @@ def build(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder (atomically).")] = False,
 ) -> None:
     """Build resolution-specific WebDataset tar shards, data.h5 and manifest.json from an image folder."""
-    from ddpm_data.images import Fit
-    from ddpm_data.shards import BuildConfig, BuildError, build as build_shards
-    from ddpm_data.split import SourceError
+    from ddpm_data.shards import BuildConfig, build as build_shards
 
-    try:
-        config = BuildConfig(src=src, size=int_list(size, "--size", "96 or 40,96,128"), out=out, margin=margin, fit=fit,
-                             channels=channels, val_fraction=val_fraction, shard_size=shard_size,
-                             workers=workers, max_pixels=max_pixels, strict=strict, overwrite=overwrite)
-        manifests = build_shards(config, progress=True)
-    except (BuildError, SourceError) as error:
-        fail(str(error))
-    except KeyboardInterrupt:
-        fail("interrupted; nothing was written (any previous output is unchanged)", code=130)
+    config = BuildConfig(src=src, size=int_list(size, "--size", "96 or 40,96,128"), out=out, margin=margin, fit=fit,
+                         channels=channels, val_fraction=val_fraction, shard_size=shard_size,
+                         workers=workers, max_pixels=max_pixels, strict=strict, overwrite=overwrite)
+    manifests = build_shards(config, progress=True)
     for manifest in manifests:
         counts = ", ".join(f"{split} {manifest.num_samples(split)}" for split in ("train", "val"))
         typer.echo(f"{manifest.root}: size {manifest.size} (stored {manifest.stored_size} px), {counts}, "
@@ -155,19 +253,13 @@ def stats(
     per_class: Annotated[int, typer.Option(help="Samples per class in the --grid contact sheet.")] = 8,
 ) -> None:
     """Summarise a shard folder: counts, shards, mean/std, source sizes, skipped files."""
-    import json
-
-    from ddpm_data.manifest import ManifestError
     from ddpm_data.stats import collect_stats, format_stats, write_grid
 
-    try:
-        summary = collect_stats(folder)
-        typer.echo(json.dumps(summary, indent=2, sort_keys=True) if json_output else format_stats(summary))
-        if grid is not None:
-            written = write_grid(folder, grid, per_class)
-            typer.echo(f"contact sheet: {written}", err=json_output)
-    except ManifestError as error:
-        fail(str(error))
+    summary = collect_stats(folder)
+    typer.echo(json.dumps(summary, indent=2, sort_keys=True) if json_output else format_stats(summary))
+    if grid is not None:
+        written = write_grid(folder, grid, per_class)
+        typer.echo(f"contact sheet: {written}", err=json_output)
 
 
 @data_app.command()
@@ -214,31 +306,28 @@ def preview(
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Show what training would receive: class shares of N drawn samples, epoch length, augmented samples."""
-    import json
-
     from ddpm_data.preview import PreviewConfig, format_report, preview as run_preview
     from ddpm_data.stream import ReaderConfig
 
-    try:
-        reader = ReaderConfig(batch_size=batch_size, balance=balance, mode=mode, memory_budget_mb=memory_budget_mb,
-                              seed=seed, workers=workers, on_error="skip" if skip_bad_shards else "raise")
-        report = run_preview(folder, PreviewConfig(n=n, grid=grid, per_class=per_class, reader=reader,
-                                                   augment=augmentation(ctx.params)))
-    except ValueError as error:  # ManifestError, ShardError and option errors all name the file or flag
-        fail(str(error))
+    reader = ReaderConfig(batch_size=batch_size, balance=balance, mode=mode, memory_budget_mb=memory_budget_mb,
+                          seed=seed, workers=workers, on_error="skip" if skip_bad_shards else "raise")
+    report = run_preview(folder, PreviewConfig(n=n, grid=grid, per_class=per_class, reader=reader,
+                                               augment=augmentation(ctx.params)))
     typer.echo(json.dumps(report, indent=2, sort_keys=True) if json_output else format_report(report, folder))
 
 
 # ---------------------------------------------------------------- ddpm-train / ddpm-sample
 
 
-@train_app.command()
+@train_app.command(interrupted="the run folder keeps its last complete checkpoint (each is written whole, "
+                              "then renamed); continue with --resume")
 def train(
     ctx: typer.Context,
     shards: Annotated[Optional[Path], typer.Option(help="Shard folder from 'ddpm-data build' (e.g. shards/96); size, channels and classes come from its manifest.")] = None,
     img_size: Annotated[Optional[int], typer.Option(help="Training size in px: uses shards/N when --shards is not given, else checks it matches.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default: runs/<shards name>-<date-time>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its latest checkpoint. Rerunning the original command with --resume works: options equal to the saved ones are accepted; the learning rate, duration and intervals may change; the architecture, data options, batch size and seed may not.")] = False,
+    allow_new_data: Annotated[bool, typer.Option(help="With --resume: continue on shards that changed since the run started (rebuilt, more images), as long as the classes are the same.")] = RunConfig.allow_new_data,
     overwrite: Annotated[bool, typer.Option(help="Delete an existing run folder in --out and start over.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config, parameter count and the memory one training step needs, then exit.")] = False,
     device: Annotated[str, typer.Option(help="'auto' (cuda:LOCAL_RANK if available), 'cpu', 'cuda', 'cuda:1'.")] = RunConfig.device,
@@ -302,55 +391,56 @@ def train(
     quality_samples: Annotated[int, typer.Option(help="Images per class drawn for each quality score.")] = TrainConfig.quality_samples,
     keep: Annotated[int, typer.Option(help="Step checkpoints kept (plus best.pt).")] = TrainConfig.keep,
 ) -> None:
-    """Train the class-conditional DDPM on a shard folder; resumable, multi-GPU with torchrun."""
-    import dataclasses
-    import json
-    import os
+    """Train the class-conditional DDPM on a shard folder; resumable, multi-GPU with torchrun.
 
-    from ddpm_model.checkpoint import CheckpointError
-    from ddpm_model.run import RunError, run_training
-    from ddpm_model.train import TrainingDiverged
+    Exit status: 0 finished; 130 (Ctrl-C) or 143 (SIGTERM) stopped after a clean checkpoint;
+    1 the loss diverged; 2 bad input (a flag, the data, the run folder, a checkpoint)."""
+    import dataclasses
+
+    from ddpm_data.config import OnError
+    from ddpm_model.run import run_training
 
     params = ctx.params
-    typed = typed_options(ctx)
-    rank = int(os.environ.get("RANK", 0))
-    try:
-        from ddpm_data.stream import OnError, ReaderConfig
+    model_fields = ("model_channels", "num_res_blocks", "upsample", "dropout", "class_dropout",
+                    "num_timesteps", "beta_schedule", "prediction")
+    overrides = {name: params[name] for name in model_fields if params[name] is not None}
+    if channel_multipliers is not None:
+        overrides["channel_multipliers"] = int_list(channel_multipliers, "--channel-multipliers")
+    if use_attention is not None:
+        overrides["use_attention"] = tuple(bool(a) for a in int_list(use_attention, "--use-attention"))
+    train_names = [f.name for f in dataclasses.fields(TrainConfig)]
+    config = RunConfig(
+        shards=shards, img_size=img_size, out=out, resume=resume, allow_new_data=allow_new_data,
+        overwrite=overwrite, dry_run=dry_run, device=device, progress=progress,
+        model=ModelOptions(preset=preset, overrides=overrides, aug_conditioning=aug_conditioning,
+                           data_normalization=data_normalization),
+        reader=ReaderConfig(balance=balance, mode=mode, workers=workers, memory_budget_mb=memory_budget_mb,
+                            on_error=OnError.skip if skip_bad_shards else OnError.raise_),
+        augment=augmentation(params),
+        train=TrainConfig(**{name: params[name] for name in train_names}),
+        given=tuple(sorted({"on_error" if n == "skip_bad_shards" else n for n in typed_options(ctx)})),
+    )
+    plan, result = run_training(config)
+    if int(os.environ.get("RANK", 0)) == 0:  # every rank resolved the same plan; rank 0 reports
+        if result is None:
+            report_dry_run(plan)
+        else:
+            report_training(plan, result)
+    if result is not None and result.exit_status:
+        raise typer.Exit(result.exit_status)
 
-        model_fields = ("model_channels", "num_res_blocks", "upsample", "dropout", "class_dropout",
-                        "num_timesteps", "beta_schedule", "prediction")
-        overrides = {name: params[name] for name in model_fields if params[name] is not None}
-        if channel_multipliers is not None:
-            overrides["channel_multipliers"] = int_list(channel_multipliers, "--channel-multipliers")
-        if use_attention is not None:
-            overrides["use_attention"] = tuple(bool(a) for a in int_list(use_attention, "--use-attention"))
-        train_names = [f.name for f in dataclasses.fields(TrainConfig)]
-        config = RunConfig(
-            shards=shards, img_size=img_size, out=out, resume=resume, overwrite=overwrite, dry_run=dry_run,
-            device=device, progress=progress,
-            model=ModelOptions(preset=preset, overrides=overrides, aug_conditioning=aug_conditioning,
-                               data_normalization=data_normalization),
-            reader=ReaderConfig(balance=balance, mode=mode, workers=workers, memory_budget_mb=memory_budget_mb,
-                                on_error=OnError.skip if skip_bad_shards else OnError.raise_),
-            augment=augmentation(params),
-            train=TrainConfig(**{name: params[name] for name in train_names}),
-            given=tuple(sorted({"on_error" if n == "skip_bad_shards" else n for n in typed})),
-        )
-        plan, result = run_training(config)
-    except TrainingDiverged as error:
-        fail(str(error), code=1)
-    except (RunError, CheckpointError, ValueError) as error:
-        fail(str(error))
-    if result is None:  # --dry-run; every rank resolved the same plan, rank 0 prints it
-        if rank == 0:
-            typer.echo(json.dumps(plan.document(), indent=2, sort_keys=True))
-            typer.echo(f"parameters: {plan.parameters:,} ({plan.parameters / 1e6:.2f}M); "
-                       f"run folder: {plan.run_dir}; nothing written (--dry-run)")
-            if plan.memory:
-                typer.echo(plan.memory)
-        return
-    if rank != 0:
-        return
+
+def report_dry_run(plan: Any) -> None:
+    """`ddpm-train --dry-run`: the resolved configuration, the parameter count, the step memory."""
+    typer.echo(json.dumps(plan.document(), indent=2, sort_keys=True))
+    typer.echo(f"parameters: {plan.parameters:,} ({plan.parameters / 1e6:.2f}M); "
+               f"run folder: {plan.run_dir}; nothing written (--dry-run)")
+    if plan.memory:
+        typer.echo(plan.memory)
+
+
+def report_training(plan: Any, result: Any) -> None:
+    """The end of a `ddpm-train` run: status, step, loss, and where its outputs are."""
     verb = "finished" if result.status == "finished" else "stopped by signal; resume with --resume"
     best = f"{result.best_val_loss:.4f}" if result.best_val_loss != float("inf") else "none yet"
     typer.echo(
@@ -361,7 +451,8 @@ def train(
     )
 
 
-@sample_app.command()
+@sample_app.command(interrupted="classes finished before the interruption are complete in --out; "
+                               "the others keep their previous images")
 def sample(
     checkpoint: Annotated[Path, typer.Option(help="A checkpoint file, or a run folder (uses its latest checkpoint).")],
     out: Annotated[Path, typer.Option(help="Output folder: writes OUT/<class>/0000.png ... and OUT/<class>-grid.png.")],
@@ -379,16 +470,12 @@ def sample(
 ) -> None:
     """Generate images of one or more classes from a trained checkpoint."""
     from ddpm_data.grid import save_grid
-    from ddpm_model.checkpoint import CheckpointError
     from ddpm_model.sample import sample_to_folder
 
-    try:
-        config = SampleConfig(checkpoint=checkpoint, out=out, classes=tuple(class_name or ()), n=n,
-                              sampler=sampler, steps=steps, eta=eta, guidance=guidance, seed=seed,
-                              batch_size=batch_size, ema=ema, device=device, overwrite=overwrite)
-        results = sample_to_folder(config)
-    except (CheckpointError, ValueError) as error:
-        fail(str(error))
+    config = SampleConfig(checkpoint=checkpoint, out=out, classes=tuple(class_name or ()), n=n,
+                          sampler=sampler, steps=steps, eta=eta, guidance=guidance, seed=seed,
+                          batch_size=batch_size, ema=ema, device=device, overwrite=overwrite)
+    results = sample_to_folder(config, log=lambda message: typer.echo(message, err=True))
     for name, (paths, images) in results.items():
         rows = {f"{name} {i + 1}-{min(i + 8, n)}": list(images[i:i + 8].numpy()) for i in range(0, n, 8)}
         grid = save_grid(rows, out / f"{name}-grid.png")
@@ -418,19 +505,14 @@ def eval_samples(
     copy_ratio: Annotated[float, typer.Option(help="Near-copy: nearest training image closer than this times the 2nd nearest.")] = _Eval.copy_ratio,
     blur_sigma: Annotated[float, typer.Option(help="Gaussian sigma (px) of the blurred smoothness-ceiling reference.")] = _Eval.blur_sigma,
 ) -> None:
-    import json
-
     from ddpm_eval.evaluate import evaluate
     from ddpm_eval.summary import format_text
 
-    try:
-        config = _Eval(real=real, samples=samples, class_name=class_name, report=report, seed=seed, device=device,
-                       swd_descriptors=swd_descriptors, swd_directions=swd_directions, swd_min_level=swd_min_level,
-                       classifier_epochs=classifier_epochs, classifier_width=classifier_width,
-                       classifier_batch_size=classifier_batch_size, copy_ratio=copy_ratio, blur_sigma=blur_sigma)
-        result = evaluate(config, log=lambda message: typer.echo(message, err=True))
-    except ValueError as error:
-        fail(str(error))
+    config = _Eval(real=real, samples=samples, class_name=class_name, report=report, seed=seed, device=device,
+                   swd_descriptors=swd_descriptors, swd_directions=swd_directions, swd_min_level=swd_min_level,
+                   classifier_epochs=classifier_epochs, classifier_width=classifier_width,
+                   classifier_batch_size=classifier_batch_size, copy_ratio=copy_ratio, blur_sigma=blur_sigma)
+    result = evaluate(config, log=lambda message: typer.echo(message, err=True))
     typer.echo(json.dumps(result, indent=2, sort_keys=True) if json_output else format_text(result))
 
 

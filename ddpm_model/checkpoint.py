@@ -13,14 +13,16 @@ dicts, so ``torch.load(path, weights_only=True)`` reads it (no arbitrary pickles
 - ``reader``: the batch reader's ``state_dict()``
 
 Files live in ``RUN/checkpoints/``: ``step-00001000.pt`` for the last K saves and ``best.pt`` for
-the lowest validation loss so far.
+the lowest validation loss so far. A run folder's checkpoint is the newest one that loads
+(`load_latest`): a damaged latest file is passed over, and named, rather than ending the run.
 """
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -57,6 +59,10 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
+    except OSError as error:
+        if error.filename is None:  # a failed write names no file (ENOSPC, EIO): name the checkpoint
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
     finally:
         temp.unlink(missing_ok=True)
     return path
@@ -70,10 +76,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for truncated/foreign files
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
             f"{path}: not a readable checkpoint (corrupt, truncated, or not written by ddpm-train): "
-            f"{first_line}"
+            f"{first_sentence(error)}"
         ) from error
     if not isinstance(state, dict) or "format_version" not in state:
         raise CheckpointError(f"{path}: not a ddpm-train checkpoint (no 'format_version' field)")
@@ -87,6 +92,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if missing:
         raise CheckpointError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
     return state
+
+
+def first_sentence(error: BaseException) -> str:
+    """The start of an error's message, up to its first full stop (torch appends paragraphs)."""
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__
+    line = text.splitlines()[0]
+    return line.split(". ")[0].rstrip(".")
 
 
 def step_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -103,17 +117,57 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return files[-1] if files else None
 
 
+def candidates(run_dir: str | Path) -> list[Path]:
+    """The run's checkpoints in the order `load_latest` tries them: step files newest first, then
+    ``best.pt`` (the lowest validation loss, usually a little older)."""
+    best = checkpoint_dir(run_dir) / BEST_NAME
+    return step_checkpoints(run_dir)[::-1] + ([best] if best.is_file() else [])
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A checkpoint read from a run folder, and the newer files passed over on the way."""
+
+    state: dict[str, Any]
+    path: Path
+    skipped: list[str]                    # "FILE: why", newest first
+
+
+def load_latest(run_dir: str | Path, map_location: str | torch.device = "cpu",
+                accept: Callable[[dict[str, Any]], str | None] | None = None) -> Loaded:
+    """The newest checkpoint of `run_dir` that loads (and that `accept` does not reject with a
+    reason); CheckpointError naming every file tried when none does."""
+    run_dir = Path(run_dir)
+    skipped: list[str] = []
+    for path in candidates(run_dir):
+        try:
+            state = load_checkpoint(path, map_location)
+        except CheckpointError as error:
+            skipped.append(str(error))
+            continue
+        reason = accept(state) if accept is not None else None
+        if reason is None:
+            return Loaded(state, path, skipped)
+        skipped.append(f"{path}: {reason}")
+    if not skipped:
+        raise CheckpointError(f"{run_dir}: run folder has no checkpoints in {checkpoint_dir(run_dir)}; "
+                              "train with 'ddpm-train' first or pass a checkpoint file")
+    raise CheckpointError(f"{run_dir}: no usable checkpoint ({'; '.join(skipped)}); restore a "
+                          "checkpoint file, or start the run over with 'ddpm-train --overwrite'")
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file as given, or a run folder's latest checkpoint."""
+    """A checkpoint file as given, or a run folder's newest checkpoint file (best.pt when it has
+    no step checkpoints). Only names the file; `load_latest` also passes over damaged ones."""
     path = Path(path)
     if path.is_dir():
-        latest = latest_checkpoint(path)
-        if latest is None:
+        found = candidates(path)
+        if not found:
             raise CheckpointError(
                 f"{path}: run folder has no checkpoints in {checkpoint_dir(path)}; "
                 "train with 'ddpm-train' first or pass a checkpoint file"
             )
-        return latest
+        return found[0]
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file or run folder")
     return path

@@ -121,6 +121,7 @@ class RunConfig:
     img_size: int | None = None                  # pixels; must match the shards' size (picks shards/<img_size>)
     out: Path | None = None                      # run folder; None = runs/<shards name>-<time>
     resume: bool = False
+    allow_new_data: bool = False                 # --resume on shards that changed since the run started (same classes)
     overwrite: bool = False
     dry_run: bool = False
     device: str = "auto"                         # "auto" = cuda:LOCAL_RANK if available, else cpu

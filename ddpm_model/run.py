@@ -8,9 +8,9 @@ only ones of `ddpm_model` that import `ddpm_data`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,16 +25,18 @@ from ddpm_data.stream import ReaderConfig, load_split, open_reader
 from . import checkpoint as ckpt
 from .codec import to_jsonable
 from .config import ModelOptions, Precision, RunConfig, TrainConfig
-from .runfolder import RunError, resolve_run, write_document
+from .runfolder import CONFIG_NAME, RunError, check_data, claim_run_dir, data_record, read_document, resolve_run, write_document
 from .diffusion import DDPM, DiffusionConfig, configs_to_dict
 from .memory import estimate_step_memory, format_memory, measure_step_memory
-from .quality import make_quality_scorer
 from .presets import PRESETS, default_batch_size, preset_for_size, resolve_model
 from .runtime import (
     Distributed, autocast_for, pick_device, resolve_precision, setup_distributed, teardown_distributed,
 )
 from .unet import UNetConfig, count_parameters
-from .train import LossModule, RunIO, TrainParts, TrainResult, TrainState, make_val_set, resume_from, train
+from .quality import make_quality_scorer
+from .train import (
+    LossModule, QualityScorer, RunIO, TrainParts, TrainResult, TrainState, make_val_set, resume_from, train,
+)
 
 __all__ = ["ModelOptions", "Plan", "RunConfig", "RunError", "TrainConfig", "prepare", "run_training"]
 
@@ -65,11 +67,9 @@ def data_statistics(manifest: Manifest, options: ModelOptions) -> dict[str, tupl
 
 def _preset_name(size: int) -> str:
     """The name of the preset `preset_for_size` picks, or 'derived' for a size without one."""
-    def shape(config: UNetConfig) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(config).items() if k != "image_size"}
-
-    chosen = shape(preset_for_size(size))
-    return next((name for name, preset in PRESETS.items() if shape(preset) == chosen), f"derived ({size} px)")
+    chosen = preset_for_size(size)
+    return next((name for name, preset in PRESETS.items()
+                 if dataclasses.replace(preset, image_size=size) == chosen), f"derived ({size} px)")
 
 
 # -- plan ---------------------------------------------------------------------------------------
@@ -88,19 +88,34 @@ class Plan:
     world_size: int
     device: str
     memory: str = ""                       # the memory one training step needs (--dry-run prints it)
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)  # runfolder.data_record of the shards
+    new_data: str | None = None            # set when --allow-new-data continues on changed shards: what changed
 
     def document(self) -> dict[str, Any]:
         return {"run": to_jsonable(self.config), "preset": self.preset, "model": self.model_config,
-                "classes": self.classes, "parameters": self.parameters, "world_size": self.world_size,
-                "device": self.device, "resume_from": str(self.resume_from) if self.resume_from else None}
+                "classes": self.classes, "data": self.data, "parameters": self.parameters,
+                "world_size": self.world_size, "device": self.device,
+                "resume_from": str(self.resume_from) if self.resume_from else None}
 
 
-def _resolve_on_main(given: RunConfig, dist: Distributed) -> tuple[RunConfig, Path, Path | None]:
-    """resolve_run on rank 0 (it reads the run folder), the same answer on every rank."""
+def _resolve(given: RunConfig) -> tuple[RunConfig, Path, Path | None, str | None]:
+    """resolve_run, and on --resume the shards checked against the data the run started on:
+    (config, run folder, checkpoint to resume from, what changed when --allow-new-data)."""
+    config, run_dir, resume_path = resolve_run(given)
+    if not config.resume:
+        return config, run_dir, resume_path, None
+    new_data = check_data(read_document(run_dir), load_manifest(config.shards), run_dir, config.allow_new_data)
+    return config, run_dir, resume_path, new_data
+
+
+def _resolve_on_main(given: RunConfig, dist: Distributed) -> tuple[RunConfig, Path, Path | None, str | None]:
+    """`_resolve` on rank 0 (it reads the run folder), the same answer on every rank."""
     outcome: Any = None
     if dist.is_main:
         try:
-            outcome = resolve_run(given)
+            outcome = _resolve(given)
+        except OSError as error:
+            outcome = error
         except ValueError as error:
             outcome = RunError(str(error))
     outcome = dist.broadcast(outcome)
@@ -114,10 +129,7 @@ def prepare(given: RunConfig, dist: Distributed | None = None,
     """Resolve the config, run folder and model; (plan, manifest). Writes nothing."""
     dist = dist or Distributed()
     device = device or pick_device(given.device, 0)
-    config, run_dir, resume_path = _resolve_on_main(given, dist)
-    if config.resume and resume_path is None:
-        raise RunError(f"{run_dir}: no checkpoint to resume from in {ckpt.checkpoint_dir(run_dir)}; "
-                       f"start over with --overwrite")
+    config, run_dir, resume_path, new_data = _resolve_on_main(given, dist)
     manifest = load_manifest(config.shards)
     if config.img_size is not None and config.img_size != manifest.size:
         raise RunError(f"--img-size {config.img_size}: {config.shards} holds {manifest.size} px shards; "
@@ -125,7 +137,13 @@ def prepare(given: RunConfig, dist: Distributed | None = None,
                        f"{config.img_size}') or drop --img-size")
     augment = config.augment or AugmentConfig()
     aug_dim = Augmenter.num_params if config.model.aug_conditioning and not augment.is_identity else 0
-    preset, unet, diffusion = resolve_architecture(manifest, config.model, aug_dim)
+    try:
+        preset, unet, diffusion = resolve_architecture(manifest, config.model, aug_dim)
+    except (RunError, TypeError) as error:
+        if not config.resume:
+            raise
+        raise RunError(f"{run_dir / CONFIG_NAME}: run.model: {error}; fix the value or start a new run "
+                       f"with another --out") from None
     train_config = config.train
     if train_config.batch_size is None:
         train_config = dataclasses.replace(train_config, batch_size=default_batch_size(unet))
@@ -135,7 +153,8 @@ def prepare(given: RunConfig, dist: Distributed | None = None,
     memory = estimate_step_memory(unet, train_config.batch_size, resolve_precision(train_config.precision, device).value,
                                   train_config.gradient_checkpointing)
     return Plan(config, run_dir, resume_path, preset, configs_to_dict(unet, diffusion), count_parameters(unet),
-                list(manifest.classes), dist.world_size, str(device), format_memory(memory)), manifest
+                list(manifest.classes), dist.world_size, str(device), format_memory(memory),
+                data_record(manifest), new_data), manifest
 
 
 # -- training -----------------------------------------------------------------------------------
@@ -190,16 +209,39 @@ def run_training(given: RunConfig) -> tuple[Plan, TrainResult | None]:
 
 
 def _train(plan: Plan, manifest: Any, dist: Distributed, device: torch.device) -> TrainResult:
+    """Build everything that can fail on the data, the options or the checkpoint, then claim the
+    run folder (lock, config.json) and train."""
+    cfg = plan.config.train
+    parts, reader, scorer = _build_parts(plan, manifest, dist, device)
+    try:
+        state = TrainState()
+        plan, notes = _resume(plan, parts, state, dist, device)
+        steps_per_epoch = max(reader.epoch_length / cfg.grad_accum, 1e-9)
+        state.images_per_epoch = reader.epoch_length * cfg.batch_size * dist.world_size
+        total_steps = cfg.total_steps(steps_per_epoch, cfg.batch_size * cfg.grad_accum * dist.world_size)
+        fresh = not plan.config.resume or plan.resume_from is None
+        claim = claim_run_dir(plan.run_dir, fresh) if dist.is_main else contextlib.nullcontext()
+        with claim:
+            io = _run_io(plan, state, total_steps, notes, scorer) if dist.is_main else None
+            try:
+                result = train(parts, io, cfg, total_steps, dist, state)
+            finally:
+                if io is not None:
+                    io.progress.close()
+            if dist.is_main:
+                _write_summary(plan, result, total_steps)
+    finally:
+        reader.close()
+    return result
+
+
+def _build_parts(plan: Plan, manifest: Any, dist: Distributed,
+                 device: torch.device) -> tuple[TrainParts, Any, QualityScorer | None]:
+    """Model, EMA, optimizer, reader, augmenter, validation set and sample-quality scorer;
+    writes nothing."""
     from .ema import EMA
-    from .metrics import MetricsLog, ProgressDisplay
 
     config, cfg = plan.config, plan.config.train
-    if dist.is_main:
-        if not config.resume and config.overwrite and plan.run_dir.exists():
-            shutil.rmtree(plan.run_dir)
-        plan.run_dir.mkdir(parents=True, exist_ok=True)
-        # Rewritten on resume too, so the next --resume continues with the options in force now.
-        write_document(plan.run_dir, plan.document())
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
     model = DDPM.from_dict(plan.model_config).to(device)
     if cfg.gradient_checkpointing:
@@ -218,53 +260,87 @@ def _train(plan: Plan, manifest: Any, dist: Distributed, device: torch.device) -
         step_model = torch.nn.parallel.DistributedDataParallel(
             step_model, device_ids=[device.index] if device.type == "cuda" else None)
     reader = open_reader(config.shards, config.reader, rank=dist.rank, world_size=dist.world_size)
+    try:
+        val_split = _val_split(config, manifest) if dist.is_main else None
+    except BaseException:
+        reader.close()
+        raise
     generator = torch.Generator(device).manual_seed(cfg.seed + 1_000_003 * dist.rank)
-    val_split = _val_split(config, manifest) if dist.is_main else None
+    # On new data (--allow-new-data) the saved reader position means nothing: the order starts afresh.
+    batches = _BatchIterator(reader, restore=plan.new_data is None)
     parts = TrainParts(
         model=model, step_model=step_model, ema=ema, optimizer=optimizer, scaler=scaler,
-        batches=_BatchIterator(reader), augment=Augmenter(config.augment, manifest.size), generator=generator,
+        batches=batches, augment=Augmenter(config.augment, manifest.size), generator=generator,
         val=make_val_set(*val_split, model.diffusion_config.num_timesteps, cfg.seed, cfg.batch_size * 2,
                          cfg.val_images) if val_split is not None else None,
         autocast=autocast, use_aug_params=model.unet_config.aug_dim > 0, channels_last=channels_last)
-    state = TrainState()
-    warning = None
-    if plan.resume_from is not None:
-        warning = resume_from(ckpt.load_checkpoint(plan.resume_from, map_location=device), parts, state, dist)
-    steps_per_epoch = max(reader.epoch_length / cfg.grad_accum, 1e-9)
-    images_per_step = cfg.batch_size * cfg.grad_accum * dist.world_size
-    state.images_per_epoch = reader.epoch_length * cfg.batch_size * dist.world_size
-    total_steps = cfg.total_steps(steps_per_epoch, images_per_step)
-    io = None
-    if dist.is_main:
-        metrics = MetricsLog(plan.run_dir / "metrics.jsonl")
-        if plan.resume_from is not None:
-            metrics.truncate_after(state.step)
-        meta = {"model_config": plan.model_config, "classes": plan.classes, "run_config": to_jsonable(config)}
-        scorer = make_quality_scorer(*val_split, len(plan.classes), cfg) if val_split is not None else None
-        io = RunIO(plan.run_dir, meta, make_sample_writer(plan.run_dir, plan.classes, cfg),
-                   ProgressDisplay(total_steps, state.step, enabled=config.progress), scorer)
-        if warning:
-            print(f"warning: {warning}", flush=True)
-        if plan.resume_from is not None:
-            print(f"resumed from {plan.resume_from} at step {state.step} of {total_steps}", flush=True)
+    scorer = make_quality_scorer(*val_split, len(plan.classes), cfg) if val_split is not None else None
+    return parts, reader, scorer
+
+
+def _resume(plan: Plan, parts: TrainParts, state: TrainState, dist: Distributed,
+            device: torch.device) -> tuple[Plan, list[str]]:
+    """Load the newest usable checkpoint into `parts` and `state`; (plan naming it, lines to print)."""
+    if not plan.config.resume:
+        return plan, []
+    if plan.resume_from is None:
+        return plan, [f"note: {plan.run_dir} has no checkpoint yet; starting it from step 0 with its saved configuration"]
+    loaded = ckpt.load_latest(plan.run_dir, map_location=device, accept=_resumable)
+    notes = [f"warning: skipped {reason}" for reason in loaded.skipped]
+    if list(loaded.state["classes"]) != plan.classes:
+        raise RunError(f"{loaded.path}: trained on classes {', '.join(loaded.state['classes'])}, the shards hold "
+                       f"{', '.join(plan.classes)}; start a new run with another --out")
     try:
-        result = train(parts, io, cfg, total_steps, dist, state)
-    finally:
-        reader.close()
-        if io is not None:
-            io.progress.close()
-    if dist.is_main:
-        summary = {**dataclasses.asdict(result), "last_checkpoint": str(result.last_checkpoint),
-                   "total_steps": total_steps, "run_dir": str(plan.run_dir)}
-        (plan.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    return result
+        warning = resume_from(loaded.state, parts, state, dist)
+    except (KeyError, IndexError, TypeError, RuntimeError, ValueError) as error:
+        raise ckpt.CheckpointError(f"{loaded.path}: does not fit this run ({ckpt.first_sentence(error)}); resume with the "
+                                   f"options the run was started with, or start a new run with another --out") from None
+    notes += [f"warning: {text}" for text in (warning, plan.new_data) if text]
+    return dataclasses.replace(plan, resume_from=loaded.path), notes
+
+
+def _resumable(state: dict[str, Any]) -> str | None:
+    """Why a loadable checkpoint cannot continue a run (None: it can)."""
+    missing = [key for key in ("optimizer", "rng", "reader", "images_seen") if key not in state]
+    if missing:
+        return f"holds no {', '.join(missing)} (a model-only file)"
+    if len(state["rng"]) < state.get("world_size", 1):
+        return f"holds the data position of rank 0 only, of the {state['world_size']} processes that trained"
+    return None
+
+
+def _run_io(plan: Plan, state: TrainState, total_steps: int, notes: list[str],
+            scorer: QualityScorer | None) -> RunIO:
+    """Rank 0, inside the claimed run folder: config.json (rewritten on resume too, so the next
+    --resume continues with the options in force now), metrics, the progress display."""
+    from .metrics import MetricsLog, ProgressDisplay
+
+    write_document(plan.run_dir, plan.document())
+    if plan.resume_from is not None:
+        MetricsLog(plan.run_dir / "metrics.jsonl").truncate_after(state.step)
+    for line in notes:
+        print(line, flush=True)
+    if plan.resume_from is not None:
+        print(f"resumed from {plan.resume_from} at step {state.step} of {total_steps}", flush=True)
+    config = plan.config
+    meta = {"model_config": plan.model_config, "classes": plan.classes, "data": plan.data,
+            "run_config": to_jsonable(config)}
+    return RunIO(plan.run_dir, meta, make_sample_writer(plan.run_dir, plan.classes, config.train),
+                 ProgressDisplay(total_steps, state.step, enabled=config.progress), scorer)
+
+
+def _write_summary(plan: Plan, result: TrainResult, total_steps: int) -> None:
+    summary = {**dataclasses.asdict(result), "last_checkpoint": str(result.last_checkpoint),
+               "total_steps": total_steps, "run_dir": str(plan.run_dir)}
+    (plan.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
 class _BatchIterator:
     """`next()` over a reader that may be an iterable (restarted when exhausted) or an iterator."""
 
-    def __init__(self, reader: Any):
+    def __init__(self, reader: Any, restore: bool = True):
         self.reader = reader
+        self.restore = restore            # False: load_state_dict keeps the fresh position
         self._it = None
 
     def __next__(self):
@@ -280,5 +356,6 @@ class _BatchIterator:
         return self.reader.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.reader.load_state_dict(state)
-        self._it = None
+        if self.restore:
+            self.reader.load_state_dict(state)
+            self._it = None

@@ -1,32 +1,58 @@
 """The run folder: where a run lives, when it may be replaced, and what `--resume` keeps.
 
-A run folder holds ``config.json`` (the resolved configuration), ``metrics.jsonl``, ``loss.png``,
-``checkpoints/step-*.pt`` and ``best.pt``, ``samples/step-*.png`` and ``summary.json``.
+A run folder holds ``config.json`` (the resolved configuration and the data the run is tied to),
+``metrics.jsonl``, ``loss.png``, ``checkpoints/step-*.pt`` and ``best.pt``, ``samples/step-*.png``,
+``summary.json`` and ``.lock``.
+
+One trainer at a time: `RunLock` holds an exclusive ``flock`` on ``RUN/.lock`` while training, so
+a second ``ddpm-train`` on the same folder fails at once naming the holder's pid and host; the OS
+drops the lock when the holder exits, however it exits.
 
 Resuming takes the saved configuration. The user may rerun the original command with
 ``--resume`` appended: every option typed again is compared with the saved run. Options that do
 not change what was learned so far (learning rate, duration, intervals, precision, ...) replace
 the saved values; the architecture, the data options, the batch size and the seed are fixed for
-a run, and a different value is refused naming each option and both values.
+a run, and a different value is refused naming each option and both values. The shards are
+checked against the classes and content identity saved at the start (`check_data`): other
+classes are refused; new images of the same classes need ``--allow-new-data``.
+
+A folder whose run never saved a checkpoint (a failed start) holds nothing worth keeping: a new
+run may reuse it without ``--overwrite``, and ``--resume`` starts it again from step 0.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import hashlib
 import json
+import os
+import shutil
+import socket
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from . import checkpoint as ckpt
 from .codec import CodecError, from_jsonable, to_jsonable
 from .config import RunConfig, TrainConfig
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked
+    fcntl = None
+
 CONFIG_NAME = "config.json"
+LOCK_NAME = ".lock"
 DURATION_FIELDS = ("epochs", "max_steps", "max_images")
 # TrainConfig fields the data position or the initial weights depend on.
 FIXED_TRAIN_FIELDS = ("batch_size", "seed")
 # RunConfig fields that only say where and how this process runs.
-PROCESS_FIELDS = ("shards", "img_size", "out", "resume", "overwrite", "dry_run", "device", "progress")
+PROCESS_FIELDS = ("shards", "img_size", "out", "resume", "allow_new_data", "overwrite", "dry_run", "device",
+                  "progress")
+# Filesystems without flock support answer with one of these; the run then goes unlocked.
+NO_LOCKING = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
 class RunError(ValueError):
@@ -77,11 +103,15 @@ def write_document(run_dir: Path, document: dict[str, Any]) -> Path:
 
 
 def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """A new run may use an empty or missing folder, or replace a run folder with --overwrite."""
+    """A new run may use an empty or missing folder or one whose run never saved a checkpoint,
+    and replaces a run folder only with --overwrite; never a folder a trainer holds."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"--out {run_dir}: is a file; choose a folder")
-    if not run_dir.exists() or not any(run_dir.iterdir()):
+    if not run_dir.exists():
         return
+    check_unlocked(run_dir)
+    if never_checkpointed(run_dir) or all(path.name == LOCK_NAME for path in run_dir.iterdir()):
+        return  # a failed start, or an empty folder: nothing trained to lose
     if not overwrite:
         raise RunError(f"{run_dir}: exists; pass --resume to continue it or --overwrite to start over")
     if not (run_dir / CONFIG_NAME).is_file():
@@ -89,20 +119,64 @@ def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
                        f"folder (no {CONFIG_NAME}); choose another --out")
 
 
+def never_checkpointed(run_dir: Path) -> bool:
+    """A run folder whose start failed: config.json, but no checkpoint and no summary.json (which
+    every run that trained writes at its end)."""
+    return ((run_dir / CONFIG_NAME).is_file() and not ckpt.candidates(run_dir)
+            and not (run_dir / "summary.json").exists())
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Empty a run folder for a new run, keeping the lock file its new owner holds."""
+    for path in run_dir.iterdir():
+        if path.name == LOCK_NAME:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+@contextlib.contextmanager
+def claim_run_dir(run_dir: Path, fresh: bool) -> Iterator[None]:
+    """The run folder, created if needed and locked for as long as the block runs; `fresh` empties
+    it first (a new run). When the block fails before the run saved any checkpoint, a folder
+    created here is removed again: a failed start leaves nothing behind."""
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        if fresh:
+            clear_run_dir(run_dir)
+        try:
+            yield
+        except BaseException:
+            if created and not ckpt.candidates(run_dir):
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+
+
 def resolve_run(given: RunConfig) -> tuple[RunConfig, Path, Path | None]:
-    """(config to use, run folder, checkpoint to resume from). Reads but never writes."""
+    """(config to use, run folder, checkpoint to resume from: None when the run has none yet).
+    Paths come back absolute, so a later `--resume` works from any working directory. Reads but
+    never writes."""
     if given.resume:
         if given.out is None:
             raise RunError("--resume: needs --out RUN_DIR, the run folder to continue")
-        document = read_document(given.out)
-        saved = run_config_from(document, given.out / CONFIG_NAME)
-        config = resume_config(saved, document, given)
-        return config, given.out, ckpt.latest_checkpoint(given.out)
+        run_dir = given.out.resolve()
+        document = read_document(run_dir)
+        saved = run_config_from(document, run_dir / CONFIG_NAME)
+        config = resume_config(saved, document, dataclasses.replace(given, out=run_dir))
+        if not given.dry_run:
+            check_unlocked(run_dir)
+        found = ckpt.candidates(run_dir)
+        if not found and not never_checkpointed(run_dir):
+            raise RunError(f"{run_dir}: no checkpoint to resume from in {ckpt.checkpoint_dir(run_dir)}; "
+                           f"start over with --overwrite")
+        return config, run_dir, found[0] if found else None
     shards = shards_folder(given.shards, given.img_size)
-    run_dir = given.out or default_run_dir(shards)
+    run_dir = (given.out or default_run_dir(shards)).resolve()
     if not given.dry_run:
         check_new_run_dir(run_dir, given.overwrite)
-    # An absolute shard path, so `--resume` works from any working directory.
     return dataclasses.replace(given, out=run_dir, shards=shards.resolve()), run_dir, None
 
 
@@ -146,6 +220,11 @@ def _field_names(kind: Any) -> set[str]:
     return {f.name for f in dataclasses.fields(kind)}
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    """`value` when it is a JSON object, else {} (a hand-edited config.json may hold anything)."""
+    return value if isinstance(value, dict) else {}
+
+
 def _differs(name: str, now: Any, before: Any) -> str | None:
     if to_jsonable(now) == to_jsonable(before):
         return None
@@ -187,8 +266,8 @@ def _augment_conflicts(saved: Any, given: Any, typed: set[str]) -> list[str]:
 def _model_conflicts(document: dict[str, Any], saved: RunConfig, given: RunConfig,
                      typed: set[str]) -> list[str]:
     """Typed architecture options against the architecture the run resolved and trains."""
-    model = document.get("model") or {}
-    resolved = {**(model.get("unet") or {}), **(model.get("diffusion") or {})} if "unet" in model else model
+    model = _mapping(document.get("model"))
+    resolved = {**_mapping(model.get("unet")), **_mapping(model.get("diffusion"))} if "unet" in model else model
     conflicts = []
     if "preset" in typed and given.model.preset != document.get("preset"):
         conflicts.append(f"--preset {given.model.preset} (the run has {document.get('preset')})")
@@ -199,3 +278,142 @@ def _model_conflicts(document: dict[str, Any], saved: RunConfig, given: RunConfi
         if name in resolved and (message := _differs(name, value, resolved[name])):
             conflicts.append(message)
     return conflicts
+
+
+# -- the lock -------------------------------------------------------------------------------------
+
+class RunLock:
+    """An exclusive ``flock`` on RUN/.lock while a trainer uses the folder.
+
+    A second trainer fails at once naming the holder (pid, host); the OS drops the lock when the
+    holder exits, however it exits (crash, ``kill -9``), so a leftover file never blocks a retry.
+    On a filesystem without locks the run goes unlocked, with a warning.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_NAME
+        self._fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _flock(fd, self.path)
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the last descriptor releases the flock
+            self._fd = None
+
+
+def check_unlocked(run_dir: Path) -> None:
+    """RunError when a trainer holds `run_dir` now (a probe: takes and drops the lock)."""
+    path = Path(run_dir) / LOCK_NAME
+    if not path.is_file():
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _flock(fd, path)
+    finally:
+        os.close(fd)
+
+
+def _flock(fd: int, path: Path) -> None:
+    if fcntl is None:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RunError(f"{path.parent}: in use by {_holder(path)} (lock {path}); wait for that run to end "
+                       f"or stop it, or choose another --out") from None
+    except OSError as error:
+        if error.errno not in NO_LOCKING:
+            raise
+        print(f"warning: {path}: the filesystem does not support locks ({error.strerror}); "
+              f"make sure no other ddpm-train uses {path.parent}", file=sys.stderr, flush=True)
+
+
+def _holder(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        text = ""
+    return text or "another process"
+
+
+# -- the data a run is tied to ----------------------------------------------------------------------
+
+IDENTITY_FIELDS = ("size", "channels", "classes", "counts", "shards", "hdf5")
+
+
+def data_record(manifest: Any) -> dict[str, Any]:
+    """What config.json and every checkpoint store about the shards: folder, classes, size,
+    channels, counts, and `id`, the sha256 of the manifest's content (shard list with checksums)."""
+    document = manifest.to_dict()
+    content = json.dumps({name: document[name] for name in IDENTITY_FIELDS}, sort_keys=True)
+    return {"shards": str(manifest.root), "classes": list(manifest.classes), "size": manifest.size,
+            "channels": manifest.channels, "counts": document["counts"],
+            "id": hashlib.sha256(content.encode()).hexdigest()}
+
+
+def check_data(document: dict[str, Any], manifest: Any, run_dir: Path, allow_new_data: bool) -> str | None:
+    """RunError when the shards are not what the run in `document` (its config.json) trained on:
+    other classes or image shape always; other images of the same classes unless
+    `allow_new_data`. Returns a note to print when continuing on new data."""
+    where = run_dir / CONFIG_NAME
+    saved_classes = document.get("classes")
+    if not isinstance(saved_classes, list) or not all(isinstance(c, str) for c in saved_classes):
+        raise RunError(f"{where}: 'classes' must be a list of class names, got {saved_classes!r}; "
+                       f"fix it or start a new run with another --out")
+    now = data_record(manifest)
+    if saved_classes != now["classes"]:
+        raise RunError(_classes_changed(saved_classes, now["classes"], manifest.root, run_dir))
+    saved = document.get("data")
+    if not isinstance(saved, dict):
+        return None  # a run from before data records: the classes are all that can be checked
+    shape, saved_shape = (now["size"], now["channels"]), (saved.get("size"), saved.get("channels"))
+    if saved_shape != shape:
+        raise RunError(f"--resume: {manifest.root} holds {shape[0]} px images with {shape[1]} channel(s); "
+                       f"{run_dir} trained on {saved_shape[0]} px with {saved_shape[1]}; pass the run's "
+                       f"shard folder with --shards, or start a new run with another --out")
+    if saved.get("id") == now["id"]:
+        return None
+    change = _counts_changed(saved.get("counts"), now["counts"])
+    if not allow_new_data:
+        raise RunError(f"--resume: {manifest.root} is not the data {run_dir} started on ({change}); pass "
+                       f"the run's shard folder with --shards, or --allow-new-data to continue on these "
+                       f"shards (same classes)")
+    return f"continuing on new data in {manifest.root} ({change}); the data order starts afresh"
+
+
+def _classes_changed(before: list[str], after: list[str], shards: Path, run_dir: Path) -> str:
+    added, removed = sorted(set(after) - set(before)), sorted(set(before) - set(after))
+    parts = ([f"added {', '.join(added)}"] if added else []) + ([f"removed {', '.join(removed)}"] if removed else [])
+    change = "; ".join(parts) or f"order {', '.join(before)} -> {', '.join(after)}"
+    return (f"--resume: the classes of {shards} changed since {run_dir} started ({change}); the run's labels "
+            f"mean {', '.join(before)}, so it cannot continue on these shards (--allow-new-data takes new "
+            f"images of the same classes only); rebuild the shards with the run's classes, or start a new "
+            f"run with another --out")
+
+
+def _counts_changed(before: Any, after: dict[str, dict[str, int]]) -> str:
+    """'train 22 -> 25 images, val 2 -> 3' or, with equal counts, 'same counts, other images'."""
+    changes = []
+    for split in sorted(after):
+        old, new = _total(before, split), sum(after[split].values())
+        if old != new:
+            changes.append(f"{split} {old} -> {new} images")
+    return ", ".join(changes) or "same counts, other images"
+
+
+def _total(counts: Any, split: str) -> int | str:
+    per_class = counts.get(split) if isinstance(counts, dict) else None
+    if not isinstance(per_class, dict) or not all(isinstance(n, int) for n in per_class.values()):
+        return "?"
+    return sum(per_class.values())

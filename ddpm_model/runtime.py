@@ -26,6 +26,9 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         raise ValueError(f"--device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device: {name!r} requested but CUDA is not available; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(f"--device: {name!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     if device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"--device: {name!r} is not supported; use auto, cpu, cuda or cuda:N")
     return device

@@ -3,10 +3,13 @@
 The checkpoint carries the model config and the class names, so nothing else is needed. The
 EMA weights are used unless asked otherwise (they sample better; Ho et al. 2020, appendix B).
 Writes ``OUT/<class>/0000.png ...``; the CLI adds a contact sheet per class next to the folders.
+A class folder's old images are removed only once its new ones are generated, so an interrupted
+or failed run leaves every class either as it was or complete.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -17,10 +20,23 @@ from .diffusion import DDPM, Sampler
 from .runtime import pick_device
 
 
-def load_model(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> tuple[DDPM, list[str], Path]:
+def read_checkpoint(path: str | Path, log: Callable[[str], None] = print) -> tuple[dict, Path]:
+    """(state, file) of a checkpoint file, or of a run folder's newest loadable checkpoint (step
+    files, then best.pt); each damaged file passed over is logged."""
+    path = Path(path)
+    if not path.is_dir():
+        file = ckpt.resolve_checkpoint(path)
+        return ckpt.load_checkpoint(file), file
+    loaded = ckpt.load_latest(path)
+    for reason in loaded.skipped:
+        log(f"warning: skipped {reason}")
+    return loaded.state, loaded.path
+
+
+def load_model(path: str | Path, ema: bool = True, device: str | torch.device = "cpu",
+               log: Callable[[str], None] = print) -> tuple[DDPM, list[str], Path]:
     """(model in eval mode, class names, checkpoint file) from a checkpoint file or run folder."""
-    file = ckpt.resolve_checkpoint(path)
-    state = ckpt.load_checkpoint(file)
+    state, file = read_checkpoint(path, log)
     try:
         model = DDPM.from_dict(state["model_config"])
         weights = state["ema"]["module"] if ema and state.get("ema") else state["model"]
@@ -50,15 +66,25 @@ def resolve_classes(requested: tuple[str, ...], classes: list[str], source: Path
 
 def check_out(config: SampleConfig, names: list[str]) -> None:
     """Refuse to mix new samples into class folders that already hold files, unless --overwrite
-    (then the old files are removed first, so an evaluation never sees two runs at once)."""
+    (then `write_class` removes the old PNGs, so an evaluation never sees two runs at once)."""
+    if config.out.exists() and not config.out.is_dir():
+        raise ValueError(f"--out {config.out}: is a file; choose a folder")
     full = [config.out / name for name in names if (config.out / name).is_dir() and any((config.out / name).iterdir())]
     if full and not config.overwrite:
         raise ValueError(f"--out {config.out}: {', '.join(str(f) for f in full)} already hold files; "
                          "pass --overwrite to replace them or choose another --out")
-    for folder in full:
-        for path in folder.iterdir():
-            if path.is_file() and path.suffix.lower() == ".png":
-                path.unlink()
+
+
+def write_class(folder: Path, images: torch.Tensor) -> list[Path]:
+    """OUT/<class>/NNNN.png for uint8 (n, C, H, W), after removing the PNGs already there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in folder.iterdir():
+        if path.is_file() and path.suffix.lower() == ".png":
+            path.unlink()
+    paths = [folder / f"{index:04d}.png" for index in range(images.shape[0])]
+    for image, path in zip(images, paths):
+        save_png(image, path)
+    return paths
 
 
 def generate(model: DDPM, label: int, config: SampleConfig) -> torch.Tensor:
@@ -72,19 +98,13 @@ def generate(model: DDPM, label: int, config: SampleConfig) -> torch.Tensor:
     return to_uint8(images)
 
 
-def sample_to_folder(config: SampleConfig) -> dict[str, tuple[list[Path], torch.Tensor]]:
+def sample_to_folder(config: SampleConfig, log: Callable[[str], None] = print) -> dict[str, tuple[list[Path], torch.Tensor]]:
     """Write OUT/<class>/NNNN.png for each class; {class: (paths, uint8 (n, C, H, W))}."""
-    model, classes, file = load_model(config.checkpoint, config.ema, pick_device(config.device))
+    model, classes, file = load_model(config.checkpoint, config.ema, pick_device(config.device), log)
     names = resolve_classes(config.classes, classes, file)
     check_out(config, names)
     results = {}
     for name in names:
         images = generate(model, classes.index(name), config)
-        folder = config.out / name
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for index, image in enumerate(images):
-            paths.append(folder / f"{index:04d}.png")
-            save_png(image, paths[-1])
-        results[name] = (paths, images)
+        results[name] = (write_class(config.out / name, images), images)
     return results

@@ -131,10 +131,21 @@ class TrainResult:
     best_val_loss: float
     last_checkpoint: Path | None
     seconds: float
+    stop_signal: str | None = None        # "SIGINT" | "SIGTERM" when interrupted by this process's signal
+
+    @property
+    def exit_status(self) -> int:
+        """0 when finished; 128 + the signal number when stopped (130 SIGINT, 143 SIGTERM), as a
+        shell reports a process ended by that signal, so scripts and schedulers see the stop."""
+        if self.status == "finished":
+            return 0
+        return 128 + signal.Signals[self.stop_signal or "SIGINT"].value
 
 
 class TrainingDiverged(RuntimeError):
     """The loss or gradient became NaN/inf; the last good checkpoint is left in place."""
+
+    exit_code = 1                         # the run failed, the input was fine (2 = bad input)
 
 
 class StopRequest:
@@ -461,4 +472,5 @@ def train(parts: TrainParts, io: RunIO | None, config: TrainConfig, total_steps:
         plot_loss_curve(io.metrics.read(), io.run_dir / "loss.png")
         last_path = ckpt.latest_checkpoint(io.run_dir)
     return TrainResult(status, state.step, state.images_seen, final_loss, state.best_val_loss,
-                       last_path, time.perf_counter() - started)
+                       last_path, time.perf_counter() - started,
+                       stop.signal_name if status == "interrupted" else None)
