@@ -67,9 +67,11 @@ def data_statistics(manifest: Manifest, options: ModelOptions) -> dict[str, tupl
 
 def _preset_name(size: int) -> str:
     """The name of the preset `preset_for_size` picks, or 'derived' for a size without one."""
-    chosen = preset_for_size(size)
-    return next((name for name, preset in PRESETS.items()
-                 if dataclasses.replace(preset, image_size=size) == chosen), f"derived ({size} px)")
+    def shape(config: UNetConfig) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(config).items() if k != "image_size"}
+
+    chosen = shape(preset_for_size(size))
+    return next((name for name, preset in PRESETS.items() if shape(preset) == chosen), f"derived ({size} px)")
 
 
 # -- plan ---------------------------------------------------------------------------------------
