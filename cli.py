@@ -343,7 +343,7 @@ def train(
     class_dropout: Annotated[Optional[float], typer.Option(help="Label dropout for classifier-free guidance (0 disables). [default: 0.1]", show_default=False)] = None,
     num_timesteps: Annotated[Optional[int], typer.Option(help="Diffusion steps T. [default: 1000]", show_default=False)] = None,
     beta_schedule: Annotated[Optional[BetaSchedule], typer.Option(help="Noise schedule. [default: cosine]", show_default=False)] = None,
-    prediction: Annotated[Optional[Prediction], typer.Option(help="Network target. [default: eps]", show_default=False)] = None,
+    prediction: Annotated[Optional[Prediction], typer.Option(help="Network target (eps: the original DDPM objective). [default: v]", show_default=False)] = None,
     aug_conditioning: Annotated[bool, typer.Option(help="Condition the model on the augmentation parameters (non-leaking augmentation).")] = ModelOptions.aug_conditioning,
     data_normalization: Annotated[bool, typer.Option(help="Run the diffusion on zero-mean data of std 0.5, from the manifest's per-channel statistics (--no-data-normalization: on the images in [-1, 1] as they are).")] = ModelOptions.data_normalization,
     # reader
@@ -365,7 +365,7 @@ def train(
     # optimisation and duration (ddpm_model.config.TrainConfig)
     batch_size: Annotated[Optional[int], typer.Option(help="Images per GPU per micro-batch. [default: the preset's: 8 at 40 px, 6 at 96, 4 at 128, 2 at 256, 16 for tiny]", show_default=False)] = TrainConfig.batch_size,
     grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = TrainConfig.grad_accum,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate after warm-up.")] = TrainConfig.lr,
+    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate after warm-up. [default: the preset's: 1e-3 for tiny, 1e-4 for 40-256 px]", show_default=False)] = TrainConfig.lr,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = TrainConfig.weight_decay,
     warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up, in steps.")] = TrainConfig.warmup_steps,
     grad_clip: Annotated[float, typer.Option(help="Clip the gradient norm to this (0 = off).")] = TrainConfig.grad_clip,

@@ -33,11 +33,13 @@ class TrainConfig:
 
     batch_size: int | None = None       # images per rank per micro-batch; None = the preset's (8 at 40 px ... 2 at 256)
     grad_accum: int = 1                 # micro-batches per optimizer step
-    lr: float = 1e-4                    # AdamW peak learning rate
+    lr: float | None = None             # AdamW peak learning rate; None = the preset's (1e-3 tiny, 1e-4 others)
     weight_decay: float = 0.0           # AdamW decoupled weight decay
-    warmup_steps: int = 500             # linear LR warm-up from 0, in optimizer steps
+    warmup_steps: int = 50              # linear LR warm-up from 0, in optimizer steps
     grad_clip: float = 1.0              # max global gradient L2 norm; 0 disables clipping
-    ema_decay: float = 0.9999           # EMA of the weights used for samples and best.pt
+    # EMA of the weights used for samples and best.pt: ~1000 steps, a few % to a third of a run on
+    # a few hundred images (Karras et al. 2024 find the best length a few % to ~15% of training)
+    ema_decay: float = 0.999
     epochs: float | None = None         # duration in passes over the balanced train stream
     max_steps: int | None = None        # duration in optimizer steps (overrides epochs)
     max_images: int | None = None       # duration in images seen, all ranks (overrides epochs)
@@ -72,7 +74,7 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')}: {value} must be > 0")
         if self.quality_every < 0 or self.quality_samples < 2:
             raise ValueError("--quality-every must be >= 0 (0 = off) and --quality-samples >= 2")
-        if self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0 or self.sample_every < 0:
+        if (self.lr is not None and self.lr <= 0) or self.warmup_steps < 0 or self.grad_clip < 0 or self.sample_every < 0:
             raise ValueError("--lr must be > 0; --warmup-steps, --grad-clip, --sample-every >= 0")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"--ema-decay: {self.ema_decay} must be in [0, 1)")
@@ -143,7 +145,7 @@ class SampleConfig:
     n: int = 64                          # images per class
     sampler: Sampler = Sampler.DDIM
     steps: int = 50                      # DDIM steps (DDPM always uses all num_timesteps)
-    eta: float = 0.0                     # DDIM stochasticity; 0 = deterministic
+    eta: float = 1.0                     # DDIM stochasticity; 1 = ancestral-like (measured better), 0 = deterministic
     guidance: float = 2.0                # classifier-free guidance scale; 1 = conditional only
     seed: int = 0
     batch_size: int = 16                 # images per forward pass

@@ -27,8 +27,10 @@ class DiffusionConfig:
     num_timesteps: int = 1000            # T; fewer steps make a coarser chain (docs/model.md)
     # cosine: the linear schedule's last steps are nearly pure noise (Nichol & Dhariwal 2021)
     beta_schedule: BetaSchedule = BetaSchedule.COSINE
-    # v stays well scaled at every noise level (Salimans & Ho 2022, sec. 4)
-    prediction: Prediction = Prediction.EPS
+    # v stays well scaled at every noise level (Salimans & Ho 2022, sec. 4): at high noise the
+    # network predicts the image rather than the noise, so colour and layout come out right on a
+    # few hundred images where eps-prediction drifts (docs/benchmarks.md, "Sample quality")
+    prediction: Prediction = Prediction.V
     # labels dropped to the null class, so one model gives both guidance terms (Ho & Salimans 2022)
     class_dropout: float = 0.1
     # Per-channel mean and std of the training images in [-1, 1] units; () = 0 and 0.5. The chain
@@ -317,7 +319,7 @@ def create_ddpm(image_size: int, model_channels: int, channel_multipliers: Seque
                 num_res_blocks: int, use_attention: Sequence[bool | int], num_classes: int,
                 num_timesteps: int = 1000, beta_schedule: str = "cosine", in_channels: int = 3,
                 dropout: float = 0.1, upsample: str = "bilinear", aug_dim: int = 0,
-                class_dropout: float = 0.1, prediction: str = "eps", norm_groups: int = 32,
+                class_dropout: float = 0.1, prediction: str = "v", norm_groups: int = 32,
                 attention_head_channels: int = 64) -> DDPM:
     """`DDPM(UNetConfig(...), DiffusionConfig(...))` from keywords (see the two configs for
     their meaning). Raises ValueError naming the argument when the settings cannot work."""

@@ -27,14 +27,16 @@ PRESETS: dict[str, UNetConfig] = {
 class PresetNotes(NamedTuple):
     batch_size: int  # images per step on an 8 GB GPU (docs/design.md); tiny: a CPU batch
     estimate: str    # docs/design.md's parameter estimate, shown next to the real count
+    lr: float        # AdamW learning rate: measured for tiny (docs/benchmarks.md); 1e-4 as in
+                     # diffusers' examples for the 16-70M-parameter presets (not measured here)
 
 
 NOTES: dict[str, PresetNotes] = {
-    "40": PresetNotes(8, "~15-20M"),
-    "96": PresetNotes(6, "~30-35M"),
-    "128": PresetNotes(4, "~40-50M"),
-    "256": PresetNotes(2, "~50-60M"),
-    "tiny": PresetNotes(16, ""),
+    "40": PresetNotes(8, "~15-20M", 1e-4),
+    "96": PresetNotes(6, "~30-35M", 1e-4),
+    "128": PresetNotes(4, "~40-50M", 1e-4),
+    "256": PresetNotes(2, "~50-60M", 1e-4),
+    "tiny": PresetNotes(16, "", 1e-3),
 }
 
 # Derived architectures: stage count -> channel multipliers, following the presets' pattern.
@@ -86,23 +88,34 @@ def _workable_sizes() -> list[int]:
     return sorted(derivable | set(TINY_SIZES) | set(_sized_presets()))
 
 
-def default_batch_size(config_or_size: UNetConfig | int) -> int:
-    """The recommended batch size: a preset's own (`NOTES`); for any other architecture, that
-    of the nearest preset at or above its pixel count; past the largest preset, its batch
-    scaled down by the pixel ratio (at least 1)."""
+def nearest_notes(config_or_size: UNetConfig | int) -> tuple[PresetNotes, float]:
+    """(the notes of the preset an architecture is closest to, its pixel ratio past the largest
+    preset): tiny's for the tiny layout; else the nearest preset at or above its size."""
     config = (preset_for_size(config_or_size) if isinstance(config_or_size, int)
               else config_or_size)
     tiny = PRESETS["tiny"]
     if (config.model_channels, config.channel_multipliers, config.num_res_blocks) == (
             tiny.model_channels, tiny.channel_multipliers, tiny.num_res_blocks):
-        return NOTES["tiny"].batch_size
+        return NOTES["tiny"], 1.0
     sized = _sized_presets()
     for size in sorted(sized):
         if size >= config.image_size:
-            return NOTES[sized[size]].batch_size
+            return NOTES[sized[size]], 1.0
     largest = max(sized)
-    scaled = NOTES[sized[largest]].batch_size * largest ** 2 / config.image_size ** 2
-    return max(1, int(scaled))
+    return NOTES[sized[largest]], config.image_size ** 2 / largest ** 2
+
+
+def default_batch_size(config_or_size: UNetConfig | int) -> int:
+    """The recommended batch size: a preset's own (`NOTES`); for any other architecture, that
+    of the nearest preset at or above its pixel count; past the largest preset, its batch
+    scaled down by the pixel ratio (at least 1)."""
+    notes, ratio = nearest_notes(config_or_size)
+    return max(1, int(notes.batch_size / ratio))
+
+
+def default_lr(config_or_size: UNetConfig | int) -> float:
+    """The recommended AdamW learning rate, from the same preset as `default_batch_size`."""
+    return nearest_notes(config_or_size)[0].lr
 
 
 def resolve_model(size: int, in_channels: int, num_classes: int, preset: str | None = None,

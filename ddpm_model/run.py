@@ -28,7 +28,7 @@ from .config import ModelOptions, Precision, RunConfig, TrainConfig
 from .runfolder import CONFIG_NAME, RunError, check_data, claim_run_dir, data_record, read_document, resolve_run, write_document
 from .diffusion import DDPM, DiffusionConfig, configs_to_dict
 from .memory import estimate_step_memory, format_memory, measure_step_memory
-from .presets import PRESETS, default_batch_size, preset_for_size, resolve_model
+from .presets import PRESETS, default_batch_size, default_lr, preset_for_size, resolve_model
 from .runtime import (
     Distributed, autocast_for, pick_device, resolve_precision, setup_distributed, teardown_distributed,
 )
@@ -149,6 +149,8 @@ def prepare(given: RunConfig, dist: Distributed | None = None,
     train_config = config.train
     if train_config.batch_size is None:
         train_config = dataclasses.replace(train_config, batch_size=default_batch_size(unet))
+    if train_config.lr is None:
+        train_config = dataclasses.replace(train_config, lr=default_lr(unet))
     reader = dataclasses.replace(config.reader or ReaderConfig(), batch_size=train_config.batch_size,
                                  seed=train_config.seed, device=str(device))
     config = dataclasses.replace(config, reader=reader, augment=augment, train=train_config)
