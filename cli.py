@@ -156,7 +156,6 @@ def stats(
     """Summarise a shard folder: counts, shards, mean/std, source sizes, skipped files."""
     import json
 
-    from ddpm_data.manifest import ManifestError
     from ddpm_data.stats import collect_stats, format_stats, write_grid
 
     try:
@@ -165,7 +164,7 @@ def stats(
         if grid is not None:
             written = write_grid(folder, grid, per_class)
             typer.echo(f"contact sheet: {written}", err=json_output)
-    except ManifestError as error:
+    except ValueError as error:  # ManifestError, FormatError (a damaged or missing shard) and --grid errors
         fail(str(error))
 
 
