@@ -26,7 +26,7 @@ from ddpm_data.images import DEFAULT_MAX_PIXELS, Fit
 from ddpm_data.manifest import FORMAT_VERSION, SPLITS, Manifest, load_manifest, sha256_file, write_manifest
 from ddpm_data.parallel import OrderedPool
 from ddpm_data.shardformat import HDF5_NAME, Hdf5Writer, ShardEntry, ShardWriter
-from ddpm_data.split import SourceItem, SourcePlan, find_classes, plan_source
+from ddpm_data.split import SourceItem, SourcePlan, find_classes, plan_source, read_regular
 
 DEFAULT_MARGIN = 12       # px per 128 px: resize to 140, random-crop 128
 # 64 samples per shard: at size 96 (stored 105 px) a shard is ~1.5 MB (~3 MB at size 128), big
@@ -154,7 +154,7 @@ _VALUES = np.arange(256, dtype=np.int64)
 def _decode_one(settings: _DecodeSettings, item: tuple[str, str]) -> _Decoded:
     path, sha256 = item
     try:
-        data = Path(path).read_bytes()
+        data = read_regular(path)
     except OSError as error:
         return _Decoded(reason=f"unreadable: {error.strerror or error}")
     if hashlib.sha256(data).hexdigest() != sha256:
