@@ -119,6 +119,7 @@ def build(
     max_pixels: Annotated[int, typer.Option(help="Skip images with more pixels than this (decompression bombs).")] = 100_000_000,
     strict: Annotated[bool, typer.Option(help="Fail instead of skipping bad, duplicate or conflicting files.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder (atomically).")] = False,
+    buffer_mb: Annotated[int, typer.Option(help="Memory in MiB for images between the workers and the files; bounds the build's memory at any --size.")] = 256,
 ) -> None:
     """Build resolution-specific WebDataset tar shards, data.h5 and manifest.json from an image folder."""
     from ddpm_data.images import Fit
@@ -132,7 +133,8 @@ def build(
     try:
         config = BuildConfig(src=src, size=parse_sizes(size), out=out, margin=margin, fit=fit_mode,
                              channels=channels, val_fraction=val_fraction, shard_size=shard_size,
-                             workers=workers, max_pixels=max_pixels, strict=strict, overwrite=overwrite)
+                             workers=workers, max_pixels=max_pixels, strict=strict, overwrite=overwrite,
+                             buffer_mb=buffer_mb)
         manifests = build_shards(config, progress=True)
     except (BuildError, SourceError) as error:
         fail(str(error))

@@ -3,8 +3,9 @@
 One pass over the source serves every requested size: a process pool hashes the files so the
 main process can plan the split (`split.plan_source`), then decodes and resizes each image once
 per stored size (`images`), streaming results back in storage order while the main process
-appends them to the tar shards and the HDF5 file of every size (`parallel.OrderedPool`). At most a few images per worker
-are in flight, so memory does not grow with the folder. Output is written atomically
+appends them to the tar shards and the HDF5 file of every size (`parallel.OrderedPool`). The
+images in flight and the HDF5 write buffers together stay within `--buffer-mb`, so memory grows
+neither with the folder nor with the image size. Output is written atomically
 (`atomic.atomic_folder`) and is byte-deterministic (fixed tar headers, metadata-free PNG, HDF5
 without timestamps). The files themselves are written by `shardformat` (specified in
 docs/data-format.md).
@@ -35,7 +36,10 @@ DEFAULT_MARGIN = 12       # px per 128 px: resize to 140, random-crop 128
 # each own whole shards of a class. Use larger shards (e.g. 1000+) for remote/object storage.
 DEFAULT_SHARD_SIZE = 64
 DRAFT_FACTOR = 2          # JPEGs decode at no less than 2x the largest stored size (images.decode)
-IN_FLIGHT_PER_WORKER = 16  # images a worker may run ahead of the writer (bounds memory: ~1 MB each at most)
+IN_FLIGHT_PER_WORKER = 16  # images a worker may run ahead of the writer (fewer when --buffer-mb is reached)
+# 256 MiB: at size 96 (stored 105 px, 33 KB per image) that is thousands of images, far more than
+# the writer ever needs; at size 2048 (15 MB per image) it still lets every worker run a little ahead.
+DEFAULT_BUFFER_MB = 256
 
 
 class BuildError(ValueError):
@@ -58,6 +62,7 @@ class BuildConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped as decompression bombs
     strict: bool = False                  # any skipped file fails the build
     overwrite: bool = False               # replace an existing output folder
+    buffer_mb: int = DEFAULT_BUFFER_MB    # memory (MiB) for images between the workers and the files
 
     def __post_init__(self) -> None:
         if not self.size or any(not isinstance(s, int) or s < 8 for s in self.size):
@@ -80,6 +85,8 @@ class BuildConfig:
             raise BuildError(f"--workers: must be >= 0, got {self.workers}")
         if self.max_pixels < 1:
             raise BuildError(f"--max-pixels: must be >= 1, got {self.max_pixels}")
+        if self.buffer_mb < 1:
+            raise BuildError(f"--buffer-mb: must be >= 1, got {self.buffer_mb}")
 
     def out_for(self, size: int) -> Path:
         """Output folder of `size`."""
@@ -92,11 +99,11 @@ class BuildConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready options as recorded in the manifest: those that shape the output.
 
-        `workers` and `overwrite` only change how the build runs, so they are left out and the
-        manifest stays byte-identical however many processes built it.
+        `workers`, `overwrite` and `buffer_mb` only change how the build runs, so they are left out
+        and the manifest stays byte-identical however many processes built it.
         """
         options = asdict(self)
-        del options["workers"], options["overwrite"]
+        del options["workers"], options["overwrite"], options["buffer_mb"]
         options.update(src=str(self.src), size=list(self.size), fit=self.fit.value)
         return options
 
@@ -179,7 +186,8 @@ def _decode_one(settings: _DecodeSettings, item: tuple[str, str]) -> _Decoded:
 class _SizeWriter:
     """Writes one output folder: tar shards, data.h5 and the train-split pixel statistics."""
 
-    def __init__(self, folder: Path, size: int, stored_size: int, plan: SourcePlan, config: BuildConfig) -> None:
+    def __init__(self, folder: Path, size: int, stored_size: int, plan: SourcePlan, config: BuildConfig,
+                 buffer_bytes: int) -> None:
         self.folder, self.size, self.stored_size = folder, size, stored_size
         self.classes, self.channels, self.shard_size = plan.classes, config.channels, config.shard_size
         self.counts = {split: {name: 0 for name in plan.classes} for split in SPLITS}
@@ -189,7 +197,7 @@ class _SizeWriter:
         self._started: dict[tuple[str, str], int] = {}  # (split, class) -> shards begun
         self._sum = np.zeros(self.channels, dtype=np.int64)      # exact integer sums: order-free
         self._sum_sq = np.zeros(self.channels, dtype=np.int64)
-        self._h5 = Hdf5Writer(folder / HDF5_NAME, size, stored_size, self.channels, plan.classes, SPLITS)
+        self._h5 = Hdf5Writer(folder / HDF5_NAME, size, stored_size, self.channels, plan.classes, SPLITS, buffer_bytes)
 
     def add(self, item: SourceItem, width: int, height: int, stored: _Stored) -> None:
         """Append one sample (its PNG, (C, S, S) uint8 pixels and pixel sums) to its split."""
@@ -277,6 +285,12 @@ def _strict_error(skipped: list[tuple[str, str]]) -> BuildError:
     return BuildError(f"--strict: {len(skipped)} file(s) would be skipped:\n{lines}")
 
 
+def _in_flight(config: BuildConfig, workers: int) -> int:
+    """Images the workers may run ahead of the writer: half of --buffer-mb, at most 16 per worker."""
+    per_image = sum(2 * config.channels * config.stored_size(size) ** 2 for size in config.size)  # pixels + PNG
+    return max(1, min(max(1, workers) * IN_FLIGHT_PER_WORKER, config.buffer_mb * (1 << 19) // per_image))
+
+
 def build(config: BuildConfig, progress: bool = False) -> list[Manifest]:
     """Build every size of `config`; returns the written manifests (one per size, same order).
 
@@ -290,15 +304,16 @@ def build(config: BuildConfig, progress: bool = False) -> list[Manifest]:
     workers = available_cores() if config.workers is None else config.workers
     settings = _DecodeSettings(tuple(config.stored_size(s) for s in config.size), config.fit,
                                config.channels, config.max_pixels)
+    hdf5_buffer = config.buffer_mb * (1 << 19) // len(config.size)  # the other half of --buffer-mb
     with _Progress(progress) as reporter, OrderedPool(workers) as pool:
         hashing = reporter.task("hashing source files")
         plan = plan_source(config.src, config.val_fraction, partial(pool.map, chunksize=8), on_file=hashing)
         skipped = list(plan.skipped)  # with --strict, all skips are collected first and reported together
         tasks = [(str(item.path), item.sha256) for item in plan.items]
         decoded_stream = pool.map(partial(_decode_one, settings), tasks, chunksize=4,
-                                  in_flight=max(1, workers) * IN_FLIGHT_PER_WORKER)
+                                  in_flight=_in_flight(config, workers))
         with _atomic_folders(config) as folders:
-            writers = [_SizeWriter(folder, size, config.stored_size(size), plan, config)
+            writers = [_SizeWriter(folder, size, config.stored_size(size), plan, config, hdf5_buffer)
                        for folder, size in zip(folders, config.size)]
             try:
                 advance = reporter.task("decoding and resizing", total=len(plan.items))
