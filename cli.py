@@ -118,7 +118,7 @@ def build(
     workers: Annotated[Optional[int], typer.Option(help="Decode processes (default: all cores; 0 = in-process).")] = None,
     max_pixels: Annotated[int, typer.Option(help="Skip images with more pixels than this (decompression bombs).")] = 100_000_000,
     strict: Annotated[bool, typer.Option(help="Fail instead of skipping bad, duplicate or conflicting files.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder (atomically).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder that a build wrote (atomically); any other folder is refused.")] = False,
     buffer_mb: Annotated[int, typer.Option(help="Memory in MiB for images between the workers and the files; bounds the build's memory at any --size.")] = 256,
 ) -> None:
     """Build resolution-specific WebDataset tar shards, data.h5 and manifest.json from an image folder."""
@@ -135,7 +135,7 @@ def build(
                              channels=channels, val_fraction=val_fraction, shard_size=shard_size,
                              workers=workers, max_pixels=max_pixels, strict=strict, overwrite=overwrite,
                              buffer_mb=buffer_mb)
-        manifests = build_shards(config, progress=True)
+        manifests = build_shards(config, progress=True, log=lambda message: typer.echo(message, err=True))
     except (BuildError, SourceError) as error:
         fail(str(error))
     except KeyboardInterrupt:
