@@ -228,15 +228,17 @@ def build(
     workers: Annotated[Optional[int], typer.Option(help="Decode processes (default: all cores; 0 = in-process).")] = None,
     max_pixels: Annotated[int, typer.Option(help="Skip images with more pixels than this (decompression bombs).")] = 100_000_000,
     strict: Annotated[bool, typer.Option(help="Fail instead of skipping bad, duplicate or conflicting files.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder (atomically).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder that a build wrote (atomically); any other folder is refused.")] = False,
+    buffer_mb: Annotated[int, typer.Option(help="Memory in MiB for images between the workers and the files; bounds the build's memory at any --size.")] = 256,
 ) -> None:
     """Build resolution-specific WebDataset tar shards, data.h5 and manifest.json from an image folder."""
     from ddpm_data.shards import BuildConfig, build as build_shards
 
     config = BuildConfig(src=src, size=int_list(size, "--size", "96 or 40,96,128"), out=out, margin=margin, fit=fit,
                          channels=channels, val_fraction=val_fraction, shard_size=shard_size,
-                         workers=workers, max_pixels=max_pixels, strict=strict, overwrite=overwrite)
-    manifests = build_shards(config, progress=True)
+                         workers=workers, max_pixels=max_pixels, strict=strict, overwrite=overwrite,
+                         buffer_mb=buffer_mb)
+    manifests = build_shards(config, progress=True, log=lambda message: typer.echo(message, err=True))
     for manifest in manifests:
         counts = ", ".join(f"{split} {manifest.num_samples(split)}" for split in ("train", "val"))
         typer.echo(f"{manifest.root}: size {manifest.size} (stored {manifest.stored_size} px), {counts}, "

@@ -1,10 +1,12 @@
 """Write a folder atomically: build it in a hidden temporary folder beside the target, then swap.
 
-While a build runs, its temporary folder `.{name}.building-XXXX` holds a lock file with an
-exclusive `flock`; the kernel drops the lock when the process dies (even by kill -9), so the
-next build can tell a stale leftover from a build in progress and remove only the former.
-On Linux the final step swaps old and new with renameat2(RENAME_EXCHANGE), so the target path
-always holds either the complete old or the complete new folder; elsewhere two renames are used.
+While a build runs it holds two `flock`s, which the kernel drops when the process dies (even by
+kill -9): one on `.{name}.lock` beside the target, so a second build of the same target fails at
+once naming the first (`BusyError`), and one on a lock file inside its temporary folder
+`.{name}.building-XXXX`, so a later build can tell a stale leftover from a build in progress and
+remove only the former. On Linux the final step swaps old and new with
+renameat2(RENAME_EXCHANGE), so the target path always holds either the complete old or the
+complete new folder; elsewhere two renames are used.
 """
 from __future__ import annotations
 
@@ -16,15 +18,82 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Callable, Iterator
 
 LOCK_NAME = ".building.lock"
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
 
+class BusyError(Exception):
+    """Another process is writing the same target; the message names it and the fix."""
+
+
 def _temp_prefix(target: Path) -> str:
     return f".{target.name}.building-"
+
+
+def target_lock_path(target: Path) -> Path:
+    """`.{name}.lock` beside `target`: held for the whole time a process writes `target`."""
+    return target.parent / f".{target.name}.lock"
+
+
+def busy_holder(target: str | Path) -> str | None:
+    """Who holds the lock of `target` ("pid 123"), or None when nobody writes it now."""
+    path = target_lock_path(Path(target))
+    try:
+        with open(path) as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(path)
+    except OSError:
+        return None  # no lock file (or unreadable): nobody is known to write it
+    return None
+
+
+def _holder(path: Path) -> str:
+    try:
+        return path.read_text().strip() or "another process"
+    except OSError:
+        return "another process"
+
+
+def _busy(target: Path, holder: str) -> BusyError:
+    return BusyError(f"{target}: another build ({holder}) is writing it right now; wait for it to finish")
+
+
+def _same_file(handle: IO, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+@contextlib.contextmanager
+def target_lock(target: Path) -> Iterator[None]:
+    """Hold `.{name}.lock` beside `target` (exclusively) or raise BusyError naming its holder.
+
+    The file is removed before it is unlocked; a process that opened it just before then finds it
+    no longer at its path and tries again on a fresh one."""
+    path = target_lock_path(target)
+    while True:
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise _busy(target, _holder(path)) from None
+        if _same_file(handle, path):
+            break
+        handle.close()
+    try:
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()
 
 
 def remove_stale_temps(target: Path) -> list[Path]:
@@ -46,7 +115,7 @@ def remove_stale_temps(target: Path) -> list[Path]:
     return removed
 
 
-def _exchange(a: Path, b: Path) -> bool:
+def exchange(a: Path, b: Path) -> bool:
     """Atomically swap two existing paths (Linux renameat2); False where unsupported."""
     libc_name = ctypes.util.find_library("c")
     if libc_name is None:
@@ -59,33 +128,64 @@ def _exchange(a: Path, b: Path) -> bool:
     return result == 0
 
 
+def make_parents(target: Path) -> list[Path]:
+    """Create the missing parent folders of `target`; returns those created, outermost first."""
+    missing = [parent for parent in reversed(target.absolute().parents) if not parent.exists()]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove `folders` (innermost first) where they are still empty: undo `make_parents`."""
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def _commit(temp: Path, target: Path, overwrite: bool, may_replace: Callable[[Path], None] | None) -> None:
+    if not target.exists():
+        os.rename(temp, target)
+        return
+    if not overwrite:
+        raise FileExistsError(f"{target}: appeared while the build was running; pass --overwrite to replace it")
+    if may_replace is not None:
+        may_replace(target)  # checked again now: the folder may have changed since the build began
+    if not exchange(temp, target):
+        old = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), dir=target.parent))
+        os.rename(target, old / "old")
+        os.rename(temp, target)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
-def atomic_folder(target: str | Path, overwrite: bool) -> Iterator[Path]:
+def atomic_folder(target: str | Path, overwrite: bool,
+                  may_replace: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Yield a locked temporary folder; on normal exit it replaces `target`, on error it is deleted.
 
-    `target` must not exist unless `overwrite` (checked by the caller before any work, and again here).
+    `target` must not exist unless `overwrite` (checked by the caller before any work, and again
+    here); `may_replace(target)` raises when an existing `target` must not be replaced. Raises
+    BusyError when another process writes `target`. Parent folders created here are removed again
+    when the build fails.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(target)
-    temp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), dir=target.parent))
-    os.chmod(temp, 0o755)  # mkdtemp makes it private; the output is an ordinary folder
-    lock = open(temp / LOCK_NAME, "w")
+    created = make_parents(target)
+    committed = False
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield temp
-        (temp / LOCK_NAME).unlink()
-        if target.exists():
-            if not overwrite:
-                raise FileExistsError(f"{target}: exists; pass --overwrite to replace it")
-            if not _exchange(temp, target):
-                old = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), dir=target.parent))
-                os.rename(target, old / "old")
-                os.rename(temp, target)
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(temp, target)
+        with target_lock(target):
+            remove_stale_temps(target)
+            temp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), dir=target.parent))
+            os.chmod(temp, 0o755)  # mkdtemp makes it private; the output is an ordinary folder
+            lock = open(temp / LOCK_NAME, "w")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                yield temp
+                (temp / LOCK_NAME).unlink()
+                _commit(temp, target, overwrite, may_replace)
+                committed = True
+            finally:
+                lock.close()
+                if temp.exists():
+                    shutil.rmtree(temp, ignore_errors=True)  # after an exchange this is the old output
     finally:
-        lock.close()
-        if temp.exists():
-            shutil.rmtree(temp, ignore_errors=True)  # after an exchange this is the old output
+        if not committed:
+            remove_empty(created)

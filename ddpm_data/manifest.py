@@ -156,10 +156,54 @@ def load_manifest(folder: str | Path) -> Manifest:
             raise ManifestError(f"{path}: shard entry {shard!r} has an unknown split or class; {hint} to rebuild it")
     if "path" not in document["hdf5"]:
         raise ManifestError(f"{path}: field 'hdf5' lacks 'path'; {hint} to rebuild it")
+    problem = _nested_problem(document)
+    if problem is not None:
+        raise ManifestError(f"{path}: {problem}; {hint} to rebuild it")
     known = {f.name for f in fields(Manifest)} - {"root"}
     values = {key: value for key, value in document.items() if key in known}
     values["shards"] = [ShardEntry.from_json(shard) for shard in document["shards"]]
     return Manifest(root=root, **values)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _nested_problem(document: dict[str, Any]) -> str | None:
+    """What is wrong inside the fields whose top-level type is right (None when nothing): the
+    values every reader computes with, so a bad one is named here instead of failing later."""
+    classes = document["classes"]
+    if not all(isinstance(name, str) and name for name in classes) or len(set(classes)) != len(classes):
+        return f"field 'classes' must list distinct class names, got {classes!r}"
+    for split in SPLITS:
+        counts = document["counts"].get(split)
+        if not isinstance(counts, dict) or not set(counts) <= set(classes):
+            return f"field 'counts' must hold {{{split!r}: {{class: n}}}} for the listed classes, got {counts!r}"
+        bad = {name: n for name, n in counts.items() if not _is_count(n)}
+        if bad:
+            return f"counts[{split!r}] must be integers >= 0, got {bad!r}"
+    for shard in document["shards"]:
+        if not _is_count(shard["count"]) or not all(isinstance(shard[k], str) for k in ("path", "sha256")):
+            return f"shard entry {shard!r} needs a string path and sha256 and an integer count >= 0"
+    if not isinstance(document["hdf5"]["path"], str):
+        return f"field 'hdf5' needs a string path, got {document['hdf5']['path']!r}"
+    for name in ("mean", "std"):
+        values = document.get(name, [])
+        if not isinstance(values, list) or not all(_is_number(v) for v in values):
+            return f"field {name!r} must be a list of numbers, got {values!r}"
+    if not _is_count(document.get("ignored", 0)):
+        return f"field 'ignored' must be an integer >= 0, got {document['ignored']!r}"
+    sizes = document.get("source_sizes", {})
+    if not isinstance(sizes, dict) or not all(_is_count(n) for n in sizes.values()):
+        return f"field 'source_sizes' must map 'WxH' to integers >= 0, got {sizes!r}"
+    skipped = document.get("skipped", [])
+    if not isinstance(skipped, list) or not all(isinstance(s, dict) and {"path", "reason"} <= s.keys() for s in skipped):
+        return "field 'skipped' must be a list of {path, reason}"
+    return None
 
 
 def sha256_file(path: str | Path) -> str:

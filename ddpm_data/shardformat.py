@@ -27,7 +27,8 @@ KEY_HASH_HEX = 16                     # hex digits of the file's sha256 in its s
 MEMBERS = ("cls", "json", "png")      # a sample's tar members, in the order they are written
 HDF5_NAME = "data.h5"
 HDF5_DATASETS = ("images", "labels", "keys")
-HDF5_FLUSH_ROWS = 256                 # rows buffered per split before an HDF5 write
+HDF5_FLUSH_ROWS = 256                 # rows buffered per split before an HDF5 write (at most)
+HDF5_BUFFER_BYTES = 64 << 20          # pixels buffered per file before an HDF5 write (at most)
 TAR_RECORD_BYTES = tarfile.RECORDSIZE   # 10240: tarfile pads every archive to whole records
 TAR_END_BYTES = 2 * tarfile.BLOCKSIZE    # the zero blocks that end an archive
 CHECKSUM_REASON = "fails its sha256 checksum (truncated or modified)"
@@ -358,16 +359,21 @@ def _split_datasets(h5: Any, path: Path, split: str, item_shape: tuple[int, ...]
 
 
 class Hdf5Writer:
-    """Writes data.h5 row by row: both splits always present, ~1 MiB chunks, no timestamps."""
+    """Writes data.h5 row by row: both splits always present, ~1 MiB chunks, no timestamps.
+
+    Rows are copied into one preallocated block per split and written when it is full: at most
+    HDF5_FLUSH_ROWS rows and `buffer_bytes` of pixels for the whole file, whatever the image size."""
 
     def __init__(self, path: Path, size: int, stored_size: int, channels: int, classes: list[str],
-                 splits: tuple[str, ...]) -> None:
+                 splits: tuple[str, ...], buffer_bytes: int = HDF5_BUFFER_BYTES) -> None:
         import h5py
 
         self._file = h5py.File(path, "w", libver="earliest", track_order=False)
-        self._buffers: dict[str, list[tuple[np.ndarray, int, str]]] = {split: [] for split in splits}
-        self._rows = {split: 0 for split in splits}
         shape = (channels, stored_size, stored_size)
+        block_rows = min(HDF5_FLUSH_ROWS, max(1, buffer_bytes // len(splits) // int(np.prod(shape))))
+        self._blocks = {split: np.empty((block_rows, *shape), dtype=np.uint8) for split in splits}
+        self._buffers: dict[str, list[tuple[int, str]]] = {split: [] for split in splits}  # (label, key) per row
+        self._rows = {split: 0 for split in splits}
         rows_per_chunk = max(1, (1 << 20) // int(np.prod(shape)))
         for split in splits:
             group = self._file.create_group(split, track_order=False)
@@ -384,8 +390,10 @@ class Hdf5Writer:
 
     def add(self, split: str, pixels: np.ndarray, label: int, key: str) -> None:
         """Append one row: (C, S, S) uint8 pixels, its label and its tar key."""
-        self._buffers[split].append((pixels, label, key))
-        if len(self._buffers[split]) >= HDF5_FLUSH_ROWS:
+        rows, block = self._buffers[split], self._blocks[split]
+        block[len(rows)] = pixels
+        rows.append((label, key))
+        if len(rows) == len(block):
             self._flush(split)
 
     def _flush(self, split: str) -> None:
@@ -396,9 +404,9 @@ class Hdf5Writer:
         group = self._file[split]
         for name in HDF5_DATASETS:
             group[name].resize(stop, axis=0)
-        group["images"][start:stop] = np.stack([row[0] for row in rows])
-        group["labels"][start:stop] = np.array([row[1] for row in rows], dtype=np.int64)
-        group["keys"][start:stop] = [row[2] for row in rows]
+        group["images"][start:stop] = self._blocks[split][:len(rows)]
+        group["labels"][start:stop] = np.array([row[0] for row in rows], dtype=np.int64)
+        group["keys"][start:stop] = [row[1] for row in rows]
         self._rows[split] = stop
         rows.clear()
 

@@ -3,16 +3,20 @@
 One pass over the source serves every requested size: a process pool hashes the files so the
 main process can plan the split (`split.plan_source`), then decodes and resizes each image once
 per stored size (`images`), streaming results back in storage order while the main process
-appends them to the tar shards and the HDF5 file of every size (`parallel.OrderedPool`). At most a few images per worker
-are in flight, so memory does not grow with the folder. Output is written atomically
-(`atomic.atomic_folder`) and is byte-deterministic (fixed tar headers, metadata-free PNG, HDF5
-without timestamps). The files themselves are written by `shardformat` (specified in
+appends them to the tar shards and the HDF5 file of every size (`parallel.OrderedPool`). The
+images in flight and the HDF5 write buffers together stay within `--buffer-mb`, so memory grows
+neither with the folder nor with the image size. Output is written atomically
+(`atomic.atomic_folder`), replaces only a folder a build wrote (`check_replaceable`), and is
+byte-deterministic (fixed tar headers, metadata-free PNG, HDF5 without timestamps). The files themselves are written by `shardformat` (specified in
 docs/data-format.md).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import re
+import sys
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -21,12 +25,13 @@ from typing import Any, Callable
 import numpy as np
 
 from ddpm_data import images as img
-from ddpm_data.atomic import atomic_folder
+from ddpm_data.atomic import BusyError, atomic_folder, busy_holder
 from ddpm_data.images import DEFAULT_MAX_PIXELS, Fit
-from ddpm_data.manifest import FORMAT_VERSION, SPLITS, Manifest, load_manifest, sha256_file, write_manifest
+from ddpm_data.manifest import (FORMAT_VERSION, MANIFEST_NAME, SPLITS, Manifest, load_manifest, sha256_file,
+                                write_manifest)
 from ddpm_data.parallel import OrderedPool
 from ddpm_data.shardformat import HDF5_NAME, Hdf5Writer, ShardEntry, ShardWriter
-from ddpm_data.split import SourceItem, SourcePlan, find_classes, plan_source
+from ddpm_data.split import SourceItem, SourcePlan, find_classes, plan_source, read_regular
 
 DEFAULT_MARGIN = 12       # px per 128 px: resize to 140, random-crop 128
 # 64 samples per shard: at size 96 (stored 105 px) a shard is ~1.5 MB (~3 MB at size 128), big
@@ -35,7 +40,13 @@ DEFAULT_MARGIN = 12       # px per 128 px: resize to 140, random-crop 128
 # each own whole shards of a class. Use larger shards (e.g. 1000+) for remote/object storage.
 DEFAULT_SHARD_SIZE = 64
 DRAFT_FACTOR = 2          # JPEGs decode at no less than 2x the largest stored size (images.decode)
-IN_FLIGHT_PER_WORKER = 16  # images a worker may run ahead of the writer (bounds memory: ~1 MB each at most)
+IN_FLIGHT_PER_WORKER = 16  # images a worker may run ahead of the writer (fewer when --buffer-mb is reached)
+# 256 MiB: at size 96 (stored 105 px, 33 KB per image) that is thousands of images, far more than
+# the writer ever needs; at size 2048 (15 MB per image) it still lets every worker run a little ahead.
+DEFAULT_BUFFER_MB = 256
+# The files a build writes into its folder, and the eval classifier cached beside them
+# (ddpm_eval.classifier.cache_path). `--overwrite` replaces a folder holding nothing else.
+BUILD_FILE = re.compile(r"manifest\.json|data\.h5|(train|val)-.+-\d{6}\.tar|eval-classifier-\w+-\w+\.pt(\.partial)?")
 
 
 class BuildError(ValueError):
@@ -56,8 +67,9 @@ class BuildConfig:
     shard_size: int = DEFAULT_SHARD_SIZE  # samples per tar shard
     workers: int | None = None            # decode processes; None = all cores, 0 = in-process
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped as decompression bombs
-    strict: bool = False                  # any skipped file fails the build
-    overwrite: bool = False               # replace an existing output folder
+    strict: bool = False                  # any skipped file (or a class without train images) fails the build
+    overwrite: bool = False               # replace an existing output folder that a build wrote
+    buffer_mb: int = DEFAULT_BUFFER_MB    # memory (MiB) for images between the workers and the files
 
     def __post_init__(self) -> None:
         if not self.size or any(not isinstance(s, int) or s < 8 for s in self.size):
@@ -80,6 +92,8 @@ class BuildConfig:
             raise BuildError(f"--workers: must be >= 0, got {self.workers}")
         if self.max_pixels < 1:
             raise BuildError(f"--max-pixels: must be >= 1, got {self.max_pixels}")
+        if self.buffer_mb < 1:
+            raise BuildError(f"--buffer-mb: must be >= 1, got {self.buffer_mb}")
 
     def out_for(self, size: int) -> Path:
         """Output folder of `size`."""
@@ -92,11 +106,11 @@ class BuildConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready options as recorded in the manifest: those that shape the output.
 
-        `workers` and `overwrite` only change how the build runs, so they are left out and the
-        manifest stays byte-identical however many processes built it.
+        `workers`, `overwrite` and `buffer_mb` only change how the build runs, so they are left out
+        and the manifest stays byte-identical however many processes built it.
         """
         options = asdict(self)
-        del options["workers"], options["overwrite"]
+        del options["workers"], options["overwrite"], options["buffer_mb"]
         options.update(src=str(self.src), size=list(self.size), fit=self.fit.value)
         return options
 
@@ -146,7 +160,7 @@ _VALUES = np.arange(256, dtype=np.int64)
 def _decode_one(settings: _DecodeSettings, item: tuple[str, str]) -> _Decoded:
     path, sha256 = item
     try:
-        data = Path(path).read_bytes()
+        data = read_regular(path)
     except OSError as error:
         return _Decoded(reason=f"unreadable: {error.strerror or error}")
     if hashlib.sha256(data).hexdigest() != sha256:
@@ -171,7 +185,8 @@ def _decode_one(settings: _DecodeSettings, item: tuple[str, str]) -> _Decoded:
 class _SizeWriter:
     """Writes one output folder: tar shards, data.h5 and the train-split pixel statistics."""
 
-    def __init__(self, folder: Path, size: int, stored_size: int, plan: SourcePlan, config: BuildConfig) -> None:
+    def __init__(self, folder: Path, size: int, stored_size: int, plan: SourcePlan, config: BuildConfig,
+                 buffer_bytes: int) -> None:
         self.folder, self.size, self.stored_size = folder, size, stored_size
         self.classes, self.channels, self.shard_size = plan.classes, config.channels, config.shard_size
         self.counts = {split: {name: 0 for name in plan.classes} for split in SPLITS}
@@ -181,7 +196,7 @@ class _SizeWriter:
         self._started: dict[tuple[str, str], int] = {}  # (split, class) -> shards begun
         self._sum = np.zeros(self.channels, dtype=np.int64)      # exact integer sums: order-free
         self._sum_sq = np.zeros(self.channels, dtype=np.int64)
-        self._h5 = Hdf5Writer(folder / HDF5_NAME, size, stored_size, self.channels, plan.classes, SPLITS)
+        self._h5 = Hdf5Writer(folder / HDF5_NAME, size, stored_size, self.channels, plan.classes, SPLITS, buffer_bytes)
 
     def add(self, item: SourceItem, width: int, height: int, stored: _Stored) -> None:
         """Append one sample (its PNG, (C, S, S) uint8 pixels and pixel sums) to its split."""
@@ -253,15 +268,74 @@ def _tool_version() -> str:
 
 
 def _check_outputs(config: BuildConfig) -> None:
+    """Refuse, before any work, every output that cannot or must not be written."""
     find_classes(config.src)  # fail on a bad source layout before any work or progress bar
-    src = config.src.resolve()
     for size in config.size:
-        out = config.out_for(size)
-        if out.exists() and not config.overwrite:
+        _check_out_path(config.out_for(size), config)
+        _check_out_state(config.out_for(size), config)
+
+
+def _check_out_path(out: Path, config: BuildConfig) -> None:
+    """The output must be a folder path apart from the source."""
+    src, resolved = config.src.resolve(), out.resolve()
+    if resolved == src or src in resolved.parents:
+        raise BuildError(f"--out {out}: lies inside --src {config.src}; the source folder is never written to")
+    if resolved in src.parents:
+        raise BuildError(f"--out {out}: holds --src {config.src}; choose an --out outside the source folder")
+    if out.is_symlink():
+        raise BuildError(f"--out {out}: is a symbolic link; give the folder it points to, or another --out")
+    blocker = next((p for p in [out, *out.parents] if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise BuildError(f"--out {out}: {blocker} is a file, not a folder; choose another --out")
+
+
+def _check_out_state(out: Path, config: BuildConfig) -> None:
+    """An existing output must be replaceable, nobody else may be writing it, its parent writable."""
+    if out.exists():
+        if not config.overwrite:
             raise BuildError(f"{out}: exists; pass --overwrite to replace it (or choose another --out)")
-        resolved = out.resolve()
-        if resolved == src or src in resolved.parents:
-            raise BuildError(f"--out {out}: lies inside --src {config.src}; the source folder is never written to")
+        check_replaceable(out)
+    holder = busy_holder(out)
+    if holder is not None:
+        raise BuildError(f"{out}: another build ({holder}) is writing it right now; wait for it to finish "
+                         f"or choose another --out")
+    parent = next(p for p in out.absolute().parents if p.exists())
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BuildError(f"--out {out}: cannot write into {parent} (permission denied); choose a writable --out")
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """Names of the entries of `folder` that a build does not write (folders, other files)."""
+    return sorted(entry.name + ("/" if entry.is_dir() else "") for entry in folder.iterdir()
+                  if entry.is_dir() or not entry.is_file() or not BUILD_FILE.fullmatch(entry.name))
+
+
+def check_replaceable(folder: Path) -> None:
+    """BuildError unless `folder` is empty or holds a build's output and nothing else."""
+    if not any(folder.iterdir()):
+        return
+    if not (folder / MANIFEST_NAME).is_file():
+        raise BuildError(f"--out {folder}: holds no {MANIFEST_NAME}, so a build did not write it; --overwrite "
+                         f"only replaces a build's output folder. Choose another --out")
+    foreign = foreign_entries(folder)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise BuildError(f"--out {folder}: also holds {shown}, which a build did not write; --overwrite would "
+                         f"delete them. Move them out of the folder or choose another --out")
+
+
+def _write_error(config: BuildConfig, error: OSError) -> BuildError:
+    where = error.filename or config.out_for(config.size[0])
+    reason = error.strerror or str(error)
+    if config.src.resolve() in Path(where).resolve().parents:
+        fix = "make the source readable"
+    elif error.errno == errno.ENOSPC:
+        fix = "free some disk space or choose another --out"
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "choose a writable --out"
+    else:
+        fix = "check the path or choose another --out"
+    return BuildError(f"{where}: {reason}; {fix}. Nothing was written; any previous output is unchanged")
 
 
 def _strict_error(skipped: list[tuple[str, str]]) -> BuildError:
@@ -269,28 +343,50 @@ def _strict_error(skipped: list[tuple[str, str]]) -> BuildError:
     return BuildError(f"--strict: {len(skipped)} file(s) would be skipped:\n{lines}")
 
 
-def build(config: BuildConfig, progress: bool = False) -> list[Manifest]:
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def build(config: BuildConfig, progress: bool = False, log: Callable[[str], None] = _stderr) -> list[Manifest]:
     """Build every size of `config`; returns the written manifests (one per size, same order).
 
-    `progress` shows a rich progress bar on stderr (the CLI turns it on).
+    `progress` shows a rich progress bar on stderr (the CLI turns it on); `log` receives warnings
+    (a class without training images), by default printed to stderr.
 
-    Raises SourceError (bad source layout) or BuildError (bad options, existing output,
-    `strict` with skipped files, a class left without usable images). Nothing is written to
-    the output paths unless the whole build succeeds.
+    Raises SourceError (bad source layout) or BuildError (bad options, an output that exists, is a
+    file, holds files a build did not write or is being written by another build; `strict` with
+    skipped files; a class left without usable images; an output that cannot be written, e.g. a
+    full disk). Nothing is written to the output paths unless the whole build succeeds.
     """
     _check_outputs(config)
+    try:
+        return _build(config, progress, log)
+    except BusyError as error:
+        raise BuildError(f"{error} or choose another --out") from None
+    except OSError as error:
+        raise _write_error(config, error) from error
+
+
+def _in_flight(config: BuildConfig, workers: int) -> int:
+    """Images the workers may run ahead of the writer: half of --buffer-mb, at most 16 per worker."""
+    per_image = sum(2 * config.channels * config.stored_size(size) ** 2 for size in config.size)  # pixels + PNG
+    return max(1, min(max(1, workers) * IN_FLIGHT_PER_WORKER, config.buffer_mb * (1 << 19) // per_image))
+
+
+def _build(config: BuildConfig, progress: bool, log: Callable[[str], None]) -> list[Manifest]:
     workers = available_cores() if config.workers is None else config.workers
     settings = _DecodeSettings(tuple(config.stored_size(s) for s in config.size), config.fit,
                                config.channels, config.max_pixels)
+    hdf5_buffer = config.buffer_mb * (1 << 19) // len(config.size)  # the other half of --buffer-mb
     with _Progress(progress) as reporter, OrderedPool(workers) as pool:
         hashing = reporter.task("hashing source files")
         plan = plan_source(config.src, config.val_fraction, partial(pool.map, chunksize=8), on_file=hashing)
         skipped = list(plan.skipped)  # with --strict, all skips are collected first and reported together
         tasks = [(str(item.path), item.sha256) for item in plan.items]
         decoded_stream = pool.map(partial(_decode_one, settings), tasks, chunksize=4,
-                                  in_flight=max(1, workers) * IN_FLIGHT_PER_WORKER)
+                                  in_flight=_in_flight(config, workers))
         with _atomic_folders(config) as folders:
-            writers = [_SizeWriter(folder, size, config.stored_size(size), plan, config)
+            writers = [_SizeWriter(folder, size, config.stored_size(size), plan, config, hdf5_buffer)
                        for folder, size in zip(folders, config.size)]
             try:
                 advance = reporter.task("decoding and resizing", total=len(plan.items))
@@ -305,6 +401,7 @@ def build(config: BuildConfig, progress: bool = False) -> list[Manifest]:
                 if config.strict and skipped:
                     raise _strict_error(skipped)
                 _check_classes(writers[0], plan, skipped)
+                _check_train_classes(writers[0], config, log)
                 for writer, folder in zip(writers, folders):
                     write_manifest(folder, writer.finish(plan, skipped, config))
             except BaseException:
@@ -321,20 +418,33 @@ def _check_classes(writer: _SizeWriter, plan: SourcePlan, skipped: list[tuple[st
             raise BuildError(f"class '{name}': no usable images; every file was skipped:\n" + "\n".join(reasons[:20]))
 
 
+def _check_train_classes(writer: _SizeWriter, config: BuildConfig, log: Callable[[str], None]) -> None:
+    """A class whose every image went to val is never trained on: an error with --strict, else a warning."""
+    for name, count in writer.counts["train"].items():
+        if count == 0:
+            message = (f"class '{name}': no training images (its {writer.counts['val'][name]} image(s) went to "
+                       f"val by their content hash), so training never sees it; add images of this class or "
+                       f"lower --val-fraction (now {config.val_fraction})")
+            if config.strict:
+                raise BuildError(f"--strict: {message}")
+            log(f"warning: {message}")
+
+
 class _atomic_folders:
     """Enter `atomic_folder` for every output of `config`; all are committed only on success."""
 
     def __init__(self, config: BuildConfig) -> None:
-        self._managers = [atomic_folder(config.out_for(size), config.overwrite) for size in config.size]
+        self._managers = [atomic_folder(config.out_for(size), config.overwrite, check_replaceable)
+                          for size in config.size]
 
     def __enter__(self) -> list[Path]:
         entered = []
         try:
             for manager in self._managers:
                 entered.append(manager.__enter__())
-        except BaseException:
+        except BaseException as error:  # discard the folders entered so far: never commit them half-built
             for manager in reversed(self._managers[:len(entered)]):
-                manager.__exit__(None, None, None)
+                manager.__exit__(type(error), error, error.__traceback__)
             raise
         return entered
 

@@ -8,18 +8,22 @@ The decision uses only the file's bytes (SHA-256), never its name, position or t
 - exact duplicates (same bytes) within a class are stored once (the first path in sorted order;
   the others are reported as skipped); the same bytes filed under two or more classes are
   reported and excluded from all of them.
+
+Only regular files (or symlinks to them) are ever opened: a named pipe, a device or a socket
+with an image extension is skipped with its kind as the reason (reading one would block forever
+or never end).
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import BinaryIO, Callable, Iterable
 
 from ddpm_data.images import IMAGE_EXTENSIONS
-from ddpm_data.manifest import sha256_file
 from ddpm_data.shardformat import sample_key
 
 SPLIT_HASH_HEX = 16  # hash hex digits that decide the split (64 bits)
@@ -93,10 +97,57 @@ def find_classes(src: Path) -> list[str]:
     return classes
 
 
-def hash_file(path: str) -> tuple[str | None, str | None]:
-    """(sha256 hex, None) of the file at `path`, or (None, skip reason) when empty or unreadable."""
+_FILE_KINDS = ((stat.S_ISFIFO, "named pipe"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+               (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "folder"))
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _FILE_KINDS if test(mode)), "special file")
+
+
+def file_problem(path: str | Path) -> str | None:
+    """Skip reason for a source path that must not be opened, from its metadata alone: not a
+    regular file (a pipe, device or socket, or a symlink to one), a broken symlink; None otherwise."""
     try:
-        digest = sha256_file(path)
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "unreadable: broken symbolic link" if os.path.islink(path) else "unreadable: file vanished"
+    except OSError as error:
+        return f"unreadable: {error.strerror or error}"
+    if stat.S_ISREG(mode):
+        return None
+    via = "symbolic link to a " if os.path.islink(path) else ""
+    return f"not a regular file ({via}{_kind(mode)}); skipped without opening it"
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """Open a source file for reading, refusing (OSError) anything but a regular file.
+
+    Opened non-blocking, so a file swapped for a named pipe since the scan cannot hang the build."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(f"not a regular file ({_kind(mode)})")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: str | Path) -> bytes:
+    """All bytes of a regular source file (see `open_regular`)."""
+    with open_regular(path) as file:
+        return file.read()
+
+
+def hash_file(path: str) -> tuple[str | None, str | None]:
+    """(sha256 hex, None) of the file at `path`, or (None, skip reason) when empty, unreadable or
+    not a regular file."""
+    try:
+        with open_regular(path) as file:
+            digest = hashlib.file_digest(file, "sha256").hexdigest()
     except OSError as error:
         return None, f"unreadable: {error.strerror or error}"
     return (None, "empty file (0 bytes)") if digest == _EMPTY_SHA256 else (digest, None)
@@ -136,7 +187,9 @@ def plan_source(
             raise _layout_error(src, f"class folder '{class_name}' holds no image files "
                                      f"(extensions: {' '.join(sorted(IMAGE_EXTENSIONS))})")
 
-    skipped: list[tuple[str, str]] = []
+    problems = {relpath: reason for _, relpath in candidates if (reason := file_problem(src / relpath))}
+    skipped: list[tuple[str, str]] = list(problems.items())
+    candidates = [(class_name, relpath) for class_name, relpath in candidates if relpath not in problems]
     by_hash: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))  # sha -> class -> relpaths
     hashes = map_files(hash_file, [str(src / relpath) for _, relpath in candidates])
     for (class_name, relpath), (digest, reason) in zip(candidates, hashes):

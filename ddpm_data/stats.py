@@ -74,6 +74,10 @@ def format_stats(stats: dict[str, Any], max_sizes: int = 10) -> str:
     return "\n".join(lines)
 
 
+class GridError(ValueError):
+    """The contact sheet cannot be written; the message names the path and the fix."""
+
+
 def _decode(path: Path, key: str, members: dict[str, bytes]) -> np.ndarray:
     try:
         return decode_png(members.get("png", b""))
@@ -87,16 +91,48 @@ def sample_images(manifest: Manifest, per_class: int) -> dict[str, list[np.ndarr
     for name in manifest.classes:
         images: list[np.ndarray] = []
         for path in manifest.shard_paths("train", name) + manifest.shard_paths("val", name):
-            for key, members in iter_shard(path):  # the first few samples: not checksummed (see verify)
-                images.append(_decode(path, key, members))
-                if len(images) == per_class:
-                    break
+            images += _first_images(path, per_class - len(images))
             if len(images) == per_class:
                 break
         rows[name] = images
     return {name: images for name, images in rows.items() if images}
 
 
+def _first_images(path: Path, n: int) -> list[np.ndarray]:
+    """Up to `n` images from the start of one shard (not checksummed: see verify)."""
+    images: list[np.ndarray] = []
+    samples = iter_shard(path)
+    try:
+        while len(images) < n:
+            try:
+                sample = next(samples, None)
+            except FormatError as error:  # missing, or not a readable tar
+                raise FormatError(path, f"{error.reason}; run 'ddpm-data verify {path.parent}' and rebuild "
+                                        f"the folder") from error
+            if sample is None:
+                break
+            images.append(_decode(path, *sample))
+    finally:
+        samples.close()
+    return images
+
+
+def _check_grid_path(path: Path) -> None:
+    if path.is_dir():
+        raise GridError(f"--grid {path}: is a folder; give a file name, e.g. {path / 'grid.png'}")
+    blocker = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocker is not None:
+        raise GridError(f"--grid {path}: {blocker} is a file, not a folder; choose another --grid path")
+
+
 def write_grid(folder: str | Path, path: str | Path, per_class: int = 8) -> Path:
-    """Write a contact sheet of `per_class` samples per class of `folder` to `path` (PNG)."""
-    return save_grid(sample_images(load_manifest(folder), per_class), path)
+    """Write a contact sheet of `per_class` samples per class of `folder` to `path` (PNG).
+
+    Raises ManifestError, FormatError (a missing or damaged shard, naming it) or GridError."""
+    path = Path(path)
+    _check_grid_path(path)
+    rows = sample_images(load_manifest(folder), per_class)
+    try:
+        return save_grid(rows, path)
+    except OSError as error:
+        raise GridError(f"--grid {path}: cannot write it ({error.strerror or error}); choose a writable path") from error

@@ -13,11 +13,15 @@ eosin density shifts up or down, so intensity and texture change together. Lesio
 
 Files: `OUT/normal/normal_0000.png`, `OUT/abnormal/abnormal_0000.png` (RGB PNG), and for each
 abnormal image its soft lesion mask `OUT/.masks/abnormal/abnormal_0000.png` (L PNG, 255 = lesion).
-The mask folder is hidden, so `ddpm-data build` does not mistake it for a class.
+The mask folder is hidden, so `ddpm-data build` does not mistake it for a class. `OUT/.ddpm-synth.json`
+records the options and marks the folder as synth's own: `--overwrite` replaces only such a folder,
+and only while it holds nothing but what synth wrote.
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -26,7 +30,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ddpm_data.atomic import exchange, make_parents, remove_empty
+
 MASK_DIR = ".masks"
+MARKER = ".ddpm-synth.json"
 CLASSES = ("abnormal", "normal")  # sorted: label 0 = abnormal, 1 = normal, as ImageFolder does
 MIN_SIZE = 16
 
@@ -46,7 +53,7 @@ class SynthConfig:
     abnormal: int = 85          # images in OUT/abnormal
     size: int = 128             # side length in pixels
     seed: int = 0               # same seed -> byte-identical files
-    overwrite: bool = False     # replace a non-empty OUT
+    overwrite: bool = False     # replace a non-empty OUT that synth wrote
     masks: bool = True          # write lesion masks under OUT/.masks/
 
     def validate(self) -> None:
@@ -59,11 +66,48 @@ class SynthConfig:
         out = Path(self.out)
         if out.exists() and not out.is_dir():
             raise SynthError(f"{out}: exists and is not a folder; choose another OUT")
-        if out.is_dir() and any(out.iterdir()) and not self.overwrite:
-            raise SynthError(f"{out}: folder is not empty; pass --overwrite to replace it or choose another OUT")
+        if out.is_dir() and any(out.iterdir()):
+            if not self.overwrite:
+                raise SynthError(f"{out}: folder is not empty; pass --overwrite to replace it or choose another OUT")
+            check_replaceable(out)
         parent = _existing_parent(out)
         if not os.access(parent, os.W_OK | os.X_OK):
             raise SynthError(f"{out}: cannot write into {parent}; choose a writable OUT")
+
+
+def _synth_files(root: Path) -> set[str]:
+    """Relative paths (POSIX) of what synth may have written below `root`: folders and files."""
+    made = {MARKER, MASK_DIR, f"{MASK_DIR}/abnormal", *CLASSES}
+    pattern = re.compile(rf"({'|'.join(CLASSES)})_\d{{4}}\.png")
+    for folder in (*CLASSES, f"{MASK_DIR}/abnormal"):
+        if (root / folder).is_dir():
+            made |= {f"{folder}/{p.name}" for p in (root / folder).iterdir()
+                     if p.is_file() and pattern.fullmatch(p.name) and p.name.startswith(Path(folder).name)}
+    return made
+
+
+def foreign_entries(root: Path) -> list[str]:
+    """Paths below `root` (relative, POSIX) that synth did not write; a foreign folder is listed once."""
+    made, foreign = _synth_files(root), []
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root).as_posix()
+        if relative not in made and not any(relative.startswith(f"{other}/") for other in foreign):
+            foreign.append(relative)
+    return foreign
+
+
+def check_replaceable(out: Path) -> None:
+    """SynthError unless `out` is empty or holds synth's marker and nothing but what synth writes."""
+    if not any(out.iterdir()):
+        return
+    if not (out / MARKER).is_file():
+        raise SynthError(f"{out}: holds no {MARKER}, so synth did not write it; --overwrite only replaces "
+                         f"a folder synth wrote. Choose another OUT")
+    foreign = foreign_entries(out)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise SynthError(f"{out}: also holds {shown}, which synth did not write; --overwrite would delete "
+                         f"them. Move them out of the folder or choose another OUT")
 
 
 def _existing_parent(path: Path) -> Path:
@@ -191,13 +235,15 @@ def synthesize(config: SynthConfig) -> Path:
     """Write the sample dataset to `config.out` atomically; returns the folder.
 
     Files go to a temporary folder beside OUT, which replaces OUT only when complete, so an
-    interrupted run leaves whatever OUT held before."""
+    interrupted or failed run (a full disk) leaves whatever OUT held before. Raises SynthError."""
     config.validate()
     out = Path(config.out).absolute()
+    created: list[Path] = []
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        created = make_parents(out)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.synth-", dir=out.parent))
     except OSError as error:
+        remove_empty(created)
         raise SynthError(f"{out}: cannot write there ({error.strerror}); choose a writable OUT") from error
     umask = os.umask(0)
     os.umask(umask)
@@ -205,22 +251,35 @@ def synthesize(config: SynthConfig) -> Path:
     try:
         _write_class(staging, config, "normal", config.normal)
         _write_class(staging, config, "abnormal", config.abnormal)
+        _write_marker(staging, config)
         _replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    except OSError as error:
+        raise SynthError(f"{error.filename or out}: {error.strerror or error}; free some disk space or choose "
+                         f"another OUT. Nothing was changed") from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # after an exchange this is the old OUT
+        if not out.exists():
+            remove_empty(created)
     return out
 
 
+def _write_marker(root: Path, config: SynthConfig) -> None:
+    options = {"normal": config.normal, "abnormal": config.abnormal, "size": config.size, "seed": config.seed,
+               "masks": config.masks}
+    (root / MARKER).write_text(json.dumps({"written_by": "ddpm-data synth", **options}, sort_keys=True) + "\n")
+
+
 def _replace(staging: Path, out: Path) -> None:
-    """Move `staging` to `out`; an existing `out` is removed only after the move succeeded."""
+    """Move `staging` to `out`, swapping it with an existing `out` (checked again first) in one step."""
     if not out.exists():
         staging.rename(out)
         return
-    retired = out.with_name(f".{out.name}.old-{os.getpid()}")
-    out.rename(retired)
-    staging.rename(out)
-    shutil.rmtree(retired, ignore_errors=True)
+    check_replaceable(out)
+    if not exchange(staging, out):  # no renameat2: two renames
+        retired = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(retired)
+        staging.rename(out)
+        shutil.rmtree(retired, ignore_errors=True)
 
 
 def contact_sheet(root: str | Path, path: str | Path, per_class: int = 8) -> Path:

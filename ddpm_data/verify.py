@@ -7,10 +7,16 @@ Checks, per file: the SHA-256 recorded in the manifest; every tar sample has a d
 and a `.json` sidecar naming that class; per-shard and per-class counts match the manifest;
 every HDF5 row has the right shape, dtype and label, and holds exactly the pixels of the tar
 sample with the same key (and no key is missing on either side).
+
+Each problem is charged to the file that is wrong, and to it alone: a damaged shard's samples
+judge nothing else (its class is left out of the count check, and HDF5 rows of its class are not
+blamed for missing from it), and a shard whose bytes match their recorded sha256 but not the
+recorded sample count shows the manifest is wrong, not the shard.
 """
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from ddpm_data.manifest import MANIFEST_NAME, SPLITS, Manifest, ManifestError, load_manifest, sha256_file
-from ddpm_data.shardformat import (ChecksumError, FormatError, ShardEntry, decode_png, iter_shard, key_prefix,
+from ddpm_data.shardformat import (FormatError, ShardEntry, decode_png, iter_shard, key_prefix,
                                    read_hdf5_split, sample_problems)
 
 HDF5_BLOCK = 256  # rows read at a time
-_UNTRUSTED = b""  # pixel digest placeholder for a tar sample from a damaged shard
+SHARD_NAME = re.compile(r"(?P<split>train|val)-(?P<class>.+)-\d{6}\.tar")  # shardformat.shard_name
 
 
 @dataclass(frozen=True)
@@ -63,43 +69,40 @@ class _Checker:
     def __init__(self, manifest: Manifest, report: VerifyReport) -> None:
         self.manifest, self.report = manifest, report
         self.shape = (manifest.channels, manifest.stored_size, manifest.stored_size)
+        # pixel digests and counts of the intact shards only: a damaged shard judges no other file
         self.tar_pixels: dict[str, dict[str, bytes]] = {split: {} for split in SPLITS}  # split -> key -> digest
         self.tar_counts: dict[str, dict[str, int]] = {split: defaultdict(int) for split in SPLITS}
-        # a shard that is missing or unreadable: do not blame the manifest counts or the HDF5 file for it
-        self.damaged_splits: set[str] = set()
-        self.damaged_classes: set[tuple[str, str]] = set()
+        self.damaged_classes: set[tuple[str, str]] = set()  # (split, class) with a damaged shard
 
     def problem(self, path: str, message: str) -> None:
         self.report.problems.append(Problem(path, message))
 
-    def check_shard(self, entry: ShardEntry) -> None:
+    def check_shard(self, entry: ShardEntry, listed: bool = True) -> None:
         """Read the shard once: each sample as it comes, the sha256 when the file is exhausted.
 
-        Pixel digests are kept aside until then, so a shard that fails its checksum does not judge
-        the HDF5 file (a flipped bit may still decode)."""
+        Its pixel digests and count are kept only when the shard has no problem at all (a flipped
+        bit may still decode, or split a sample in two). A shard the manifest does not list
+        (`listed=False`) has no sha256 or count to check."""
         self.report.files_checked += 1
-        label, digests = self.manifest.label(entry.class_name), {}
+        label, digests, problems_before = self.manifest.label(entry.class_name), {}, len(self.report.problems)
         try:
             for key, members in iter_shard(self.manifest.root / entry.path, entry.sha256):
                 if key in digests or key in self.tar_pixels[entry.split]:
                     self.problem(entry.path, f"sample {key}: key appears twice in split {entry.split}")
                 digests[key] = self.check_sample(entry, label, key, members)
-        except ChecksumError as error:
+        except FormatError as error:  # ChecksumError, missing or unreadable
             self.problem(entry.path, error.reason)
-            digests = dict.fromkeys(digests, _UNTRUSTED)
-        except FormatError as error:  # missing or unreadable: its samples cannot be counted
-            self.problem(entry.path, error.reason)
-            self.damaged_splits.add(entry.split)
+        if len(self.report.problems) > problems_before:
             self.damaged_classes.add((entry.split, entry.class_name))
             return
-        if len(digests) != entry.count:
-            self.problem(entry.path, f"holds {len(digests)} samples, manifest says {entry.count}")
+        if listed and len(digests) != entry.count:  # the bytes are the ones recorded: the count is wrong
+            self.problem(MANIFEST_NAME, f"shard {entry.path}: count {entry.count}, but the shard (whose sha256 "
+                                        f"matches) holds {len(digests)} samples")
         self.tar_pixels[entry.split].update({key: d for key, d in digests.items() if d is not None})
         self.tar_counts[entry.split][entry.class_name] += len(digests)
 
     def check_sample(self, entry: ShardEntry, label: int, key: str, members: dict[str, bytes]) -> bytes | None:
-        """Check one tar sample; returns its pixel digest, _UNTRUSTED when its PNG is bad, None
-        when it has no PNG to compare."""
+        """Check one tar sample; returns its pixel digest, None when its PNG is missing or bad."""
         self.report.samples_checked += 1
         for reason in sample_problems(key, members, entry.class_name, label):
             self.problem(entry.path, f"sample {key}: {reason}")
@@ -109,7 +112,7 @@ class _Checker:
             return _pixel_digest(decode_png(members["png"], self.shape))
         except FormatError as error:
             self.problem(entry.path, f"sample {key}: .png {error.reason}")
-            return _UNTRUSTED  # the HDF5 row cannot be compared; not its fault
+            return None
 
     def check_counts(self) -> None:
         for split in SPLITS:
@@ -136,20 +139,39 @@ class _Checker:
             except FormatError as error:
                 self.problem(relative, error.reason)
 
+    def expected_rows(self, split: str) -> tuple[int, str]:
+        """Rows /{split} must hold: what its intact shards hold (the manifest's counts may be the
+        wrong file), or the manifest's count when a shard of the split is damaged."""
+        if any(damaged == split for damaged, _ in self.damaged_classes):
+            return self.manifest.num_samples(split), "the manifest says"
+        return sum(self.tar_counts[split].values()), "the tar shards hold"
+
+    def check_unlisted_shards(self) -> None:
+        """A shard in the folder that the manifest does not list: the manifest lost it. Its samples
+        are still read, so the HDF5 rows it holds are not blamed for lacking a tar sample."""
+        listed = {entry.path for entry in self.manifest.shards}
+        for path in sorted(self.manifest.root.glob("*.tar")):
+            match = SHARD_NAME.fullmatch(path.name)
+            if path.name in listed or match is None or match["class"] not in self.manifest.classes:
+                continue
+            self.problem(MANIFEST_NAME, f"does not list the shard {path.name} found in the folder")
+            self.check_shard(ShardEntry(path.name, match["split"], match["class"], 0, ""), listed=False)
+
     def check_hdf5_split(self, relative: str, split: str) -> None:
         """Every row of /{split}, HDF5_BLOCK rows at a time, against the tar samples."""
-        n, tar_pixels, seen = self.manifest.num_samples(split), self.tar_pixels[split], set()
+        n, source = self.expected_rows(split)
+        tar_pixels, seen = self.tar_pixels[split], set()
         start, total = 0, None
         while total is None or start < total:
             block = read_hdf5_split(self.manifest.root / relative, split, self.shape, slice(start, start + HDF5_BLOCK))
             total, start = block.total, start + HDF5_BLOCK
             if total != n:
-                self.problem(relative, f"/{split} holds {total} rows, the manifest says {n}")
+                self.problem(relative, f"/{split} holds {total} rows, {source} {n}")
                 return
             for pixels, label, key in zip(block.images, block.labels, block.keys):
                 seen.add(key)
                 self.check_hdf5_row(relative, split, pixels, int(label), key)
-        for key in sorted(set(tar_pixels) - seen) if split not in self.damaged_splits else []:
+        for key in sorted(set(tar_pixels) - seen):
             self.problem(relative, f"/{split}: tar sample {key} is missing")
 
     def check_hdf5_row(self, relative: str, split: str, pixels: np.ndarray, label: int, key: str) -> None:
@@ -158,9 +180,10 @@ class _Checker:
         if not 0 <= label < len(classes) or not key.startswith(key_prefix(classes[label])):
             self.problem(relative, f"/{split} row {key}: label {label} does not match the key")
         digest = self.tar_pixels[split].get(key)
-        if digest is None and split not in self.damaged_splits:
-            self.problem(relative, f"/{split} row {key}: no tar sample with this key")
-        elif digest not in (None, _UNTRUSTED) and digest != _pixel_digest(pixels):
+        if digest is None:
+            if not 0 <= label < len(classes) or (split, classes[label]) not in self.damaged_classes:
+                self.problem(relative, f"/{split} row {key}: no tar sample with this key")
+        elif digest != _pixel_digest(pixels):
             self.problem(relative, f"/{split} row {key}: pixels differ from the tar sample")
 
 
@@ -175,6 +198,7 @@ def verify(folder: str | Path) -> VerifyReport:
     checker = _Checker(manifest, report)
     for entry in manifest.shards:
         checker.check_shard(entry)
+    checker.check_unlisted_shards()
     checker.check_counts()
     checker.check_hdf5()
     return report

@@ -6,8 +6,10 @@ to the shards, keyed by the manifest's SHA-256 and this config, so a second eval
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -111,26 +113,55 @@ def load_or_train(
 ) -> tuple[SmallClassifier, Path, bool]:
     """The cached classifier for `real`, training and caching it first if needed.
 
-    Returns (model in eval mode, cache path, whether it was trained now). A cache that cannot be
-    written (read-only shards) only costs retraining next time.
+    Returns (model in eval mode, cache path, whether it was trained now). The cache only saves
+    time: one that cannot be read (truncated, corrupt, from another model) is retrained and
+    replaced, and one that cannot be written (read-only shards, full disk) is skipped, each with a
+    warning through `log`.
     """
     path = cache_path(real, config)
-    model = SmallClassifier(real.channels, len(real.classes), config.width, config.input_size)
     if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["state_dict"])
-        return model.to(device).eval(), path, False
+        model = _load_cached(path, real, config, log)
+        if model is not None:
+            return model.to(device).eval(), path, False
     log(f"training the eval classifier on {len(real.train)} real train images ({config.epochs} epochs)")
     model = train_classifier(real.train, len(real.classes), config, device)
     state = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "classes": list(real.classes),
              "size": real.size, "channels": real.channels, "config": asdict(config)}
+    _save_cache(state, path, log)
+    return model, path, True
+
+
+# torch.load raises RuntimeError (damaged zip), pickle.UnpicklingError, EOFError; load_state_dict raises
+# RuntimeError/KeyError for other weights; a cache path that is not a file raises OSError.
+_CACHE_ERRORS = (RuntimeError, OSError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError)
+
+
+def _load_cached(path: Path, real: RealData, config: ClassifierConfig,
+                 log: Callable[[str], None]) -> SmallClassifier | None:
+    """The classifier cached at `path`, or None (with a warning) when the file cannot be used."""
+    model = SmallClassifier(real.channels, len(real.classes), config.width, config.input_size)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["state_dict"])
+    except _CACHE_ERRORS as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        log(f"warning: {path}: unreadable eval classifier cache ({reason}); retraining the eval classifier")
+        return None
+    return model
+
+
+def _save_cache(state: dict, path: Path, log: Callable[[str], None]) -> None:
+    """Write `state` to `path` whole (a temporary file renamed over it), or warn and go on."""
     partial = path.with_suffix(".pt.partial")
     try:
         torch.save(state, partial)
         partial.replace(path)
-    except OSError as error:
-        log(f"warning: could not cache the eval classifier at {path} ({error}); it will be retrained next time")
-    return model, path, True
+    except (OSError, RuntimeError) as error:  # torch's own file writer raises RuntimeError
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        log(f"warning: could not cache the eval classifier at {path} ({reason}); going on without a cache, "
+            f"it will be retrained next time")
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
 
 
 @torch.no_grad()

@@ -133,7 +133,8 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] | None = None) -> di
         "classes": [real.classes[label] for label in labels],
         "counts": {split: {real.classes[label]: int((image_set.labels == label).sum()) for label in labels}
                    for split, image_set in (("samples", samples), ("train", real.train), ("val", real.val))},
-        "classifier": {"cache": str(classifier_path), "trained_now": trained, "config": asdict(classifier_config)},
+        "classifier": {"cache": str(classifier_path) if classifier_path.is_file() else "not cached",
+                       "trained_now": trained, "config": asdict(classifier_config)},
         "warnings": _warnings(samples, real, labels),
         "config": {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(config).items()},
     }

@@ -86,6 +86,7 @@ def test_cli_defaults_equal_build_config_defaults():
     defaults = BuildConfig()
     assert str(defaults.src) == str(parameters["src"].default)
     assert ",".join(map(str, defaults.size)) == parameters["size"].default
-    for name in ("out", "margin", "channels", "val_fraction", "shard_size", "workers", "max_pixels", "strict", "overwrite"):
+    for name in ("out", "margin", "channels", "val_fraction", "shard_size", "workers", "max_pixels", "strict", "overwrite",
+                 "buffer_mb"):
         assert getattr(defaults, name) == parameters[name].default, name
     assert defaults.fit.value == parameters["fit"].default

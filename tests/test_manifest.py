@@ -70,6 +70,15 @@ def test_missing_manifest_names_path_and_build_command(tmp_path):
     (lambda d: d.update(stored_size=90), "size <= stored_size"),
     (lambda d: d["shards"][0].pop("sha256"), "lacks path/split/class/count/sha256"),
     (lambda d: d["shards"][0].update(split="test"), "unknown split or class"),
+    (lambda d: d["counts"]["train"].update(normal="5"), r"counts\['train'\] must be integers >= 0"),
+    (lambda d: d["counts"]["val"].update(abnormal=-1), r"counts\['val'\] must be integers >= 0"),
+    (lambda d: d["counts"].update(val=[1, 0]), "field 'counts' must hold"),
+    (lambda d: d["counts"]["train"].update(cats=1), "field 'counts' must hold"),
+    (lambda d: d["shards"][0].update(count=2.5), "integer count >= 0"),
+    (lambda d: d["classes"].append(3), "field 'classes' must list distinct class names"),
+    (lambda d: d.update(mean=[0.5, "x", 0.3]), "field 'mean' must be a list of numbers"),
+    (lambda d: d.update(ignored=True), "field 'ignored' must be an integer"),
+    (lambda d: d.update(skipped=["normal/x.png"]), "field 'skipped' must be a list"),
 ])
 def test_invalid_manifest_is_rejected(tmp_path, change, message):
     document = _document()

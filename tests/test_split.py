@@ -102,3 +102,22 @@ def test_source_folder_is_not_modified(tmp_path):
     before = sorted((p, p.stat().st_mtime_ns) for p in src.rglob("*"))
     plan_source(src, 0.1)
     assert sorted((p, p.stat().st_mtime_ns) for p in src.rglob("*")) == before
+
+
+def test_pipes_devices_and_broken_links_are_skipped_without_opening(tmp_path, monkeypatch):
+    import os
+
+    src = make_folder(tmp_path / "src", {"normal": 2})
+    os.mkfifo(src / "normal" / "pipe.png")
+    (src / "normal" / "zero.png").symlink_to("/dev/zero")
+    (src / "normal" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, *args: opened.append(str(path)) or real_open(path, *args))
+    plan = plan_source(src, 0.0)
+    assert dict(plan.skipped) == {
+        "normal/gone.png": "unreadable: broken symbolic link",
+        "normal/pipe.png": "not a regular file (named pipe); skipped without opening it",
+        "normal/zero.png": "not a regular file (symbolic link to a character device); skipped without opening it",
+    }
+    assert len(plan.items) == 2 and sorted(os.path.basename(path) for path in opened) == ["img_000.png", "img_001.png"]

@@ -120,16 +120,21 @@ def test_bad_options_name_the_option_and_write_nothing(tmp_path, args, message):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_non_empty_out_needs_overwrite_and_is_kept(tmp_path):
+def test_non_empty_out_needs_overwrite_and_only_synth_output_is_replaced(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    result = runner.invoke(data_app, ["synth", str(out), "--normal", "1", "--abnormal", "1", "--size", "16"])
+    args = ["synth", str(out), "--normal", "1", "--abnormal", "1", "--size", "16"]
+    result = runner.invoke(data_app, args)
     assert result.exit_code == 2 and "--overwrite" in result.output
+    result = runner.invoke(data_app, [*args, "--overwrite"])
+    assert result.exit_code == 2 and ".ddpm-synth.json" in result.output  # not synth's folder: refused
     assert (out / "precious.txt").read_text() == "keep me"
-    result = runner.invoke(data_app, ["synth", str(out), "--normal", "1", "--abnormal", "1", "--size", "16", "--overwrite"])
+    (out / "precious.txt").unlink()
+    assert runner.invoke(data_app, args).exit_code == 0  # an empty OUT is fine
+    result = runner.invoke(data_app, [*args, "--normal", "2", "--overwrite"])
     assert result.exit_code == 0, result.output
-    assert not (out / "precious.txt").exists() and len(list((out / "normal").glob("*.png"))) == 1
+    assert len(list((out / "normal").glob("*.png"))) == 2 and (out / ".ddpm-synth.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"], "staging or retired folder left behind"
 
 

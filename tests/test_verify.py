@@ -76,14 +76,40 @@ def test_missing_shard_is_named_alone(folder):
     assert report.bad_files == [shard] and report.problems[0].message == "missing"
 
 
-def test_counts_disagreeing_with_the_shards(folder):
+def test_counts_disagreeing_with_the_shards_blame_the_manifest(folder):
+    """The shards still match their recorded sha256, so the counts beside it are what is wrong."""
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["shards"][0]["count"] += 1
     manifest["counts"]["train"]["normal"] += 1
     (folder / "manifest.json").write_text(manifest_to_json(manifest))
     report = verify(folder)
-    assert manifest["shards"][0]["path"] in report.bad_files and "manifest.json" in report.bad_files
-    assert any("manifest says" in p.message for p in report.problems)
+    assert report.bad_files == ["manifest.json"]
+    assert any(f"shard {manifest['shards'][0]['path']}: count" in p.message for p in report.problems)
+    assert any("counts[train][normal]" in p.message for p in report.problems)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip-key", "swap-in-other"])
+def test_one_damaged_shard_is_the_only_file_blamed(folder, damage):
+    shards = json.loads((folder / "manifest.json").read_text())["shards"]
+    shard = folder / shards[0]["path"]
+    if damage == "truncate":
+        shard.write_bytes(shard.read_bytes()[:1500])  # inside the second sample
+    elif damage == "flip-key":
+        flip_byte(shard, 1029)  # a member name of the second sample: it splits in two
+    else:
+        shard.write_bytes((folder / shards[-1]["path"]).read_bytes())
+    report = verify(folder)
+    assert report.bad_files == [shards[0]["path"]], report.problems
+
+
+def test_shard_missing_from_the_manifest_blames_the_manifest(folder):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    dropped = manifest["shards"].pop(0)
+    manifest["counts"][dropped["split"]][dropped["class"]] -= dropped["count"]
+    (folder / "manifest.json").write_text(manifest_to_json(manifest))
+    report = verify(folder)
+    assert report.bad_files == ["manifest.json"]
+    assert f"does not list the shard {dropped['path']}" in report.problems[0].message
 
 
 def test_broken_manifest_is_reported_not_raised(folder):
