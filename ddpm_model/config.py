@@ -50,7 +50,7 @@ class TrainConfig:
     samples_per_class: int = 8          # images per class row of a sample grid
     sample_steps: int = 50              # DDIM steps for the grids
     sample_guidance: float = 2.0        # classifier-free guidance scale for the grids
-    sample_eta: float = 1.0             # DDIM eta for the grids; 1 (stochastic) forgives an early model's errors
+    sample_eta: float = 0.0             # DDIM eta for the grids and quality scores, as ddpm-sample's default
     val_images: int = 256               # at most this many validation images (fixed t, noise)
     quality_every: int = 1000           # steps between sample-quality scores (SWD to val); 0 = off
     quality_samples: int = 16           # images per class drawn (fixed seed) for each score
@@ -107,7 +107,7 @@ class ModelOptions:
     preset: str | None = None                    # a PRESETS name; None = the one for the shards' size
     overrides: dict[str, Any] = field(default_factory=dict)
     aug_conditioning: bool = True                # feed augmentation parameters to the model (non-leaking augmentation)
-    data_normalization: bool = True              # run the chain on zero-mean data of std 0.5 (DiffusionConfig.data_mean)
+    data_normalization: bool = False             # run the chain on zero-mean data of std 0.5 (DiffusionConfig.data_mean); measured worse with v-prediction, docs/benchmarks.md
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ class SampleConfig:
     n: int = 64                          # images per class
     sampler: Sampler = Sampler.DDIM
     steps: int = 50                      # DDIM steps (DDPM always uses all num_timesteps)
-    eta: float = 1.0                     # DDIM stochasticity; 1 = ancestral-like (measured better), 0 = deterministic
+    eta: float = 0.0                     # DDIM stochasticity; 0 = deterministic (measured best with v-prediction)
     guidance: float = 2.0                # classifier-free guidance scale; 1 = conditional only
     seed: int = 0
     batch_size: int = 16                 # images per forward pass

@@ -21,14 +21,13 @@ ddpm-data stats "$OUT/shards/96" --grid "$OUT/shards-96.png"
 ddpm-data verify "$OUT/shards/96"
 ddpm-data preview "$OUT/shards/96" --n 2000 --balance sqrt --grid "$OUT/preview-96.png"
 
-step "4. train the tiny preset at 32 px ($STEPS steps of 16 images, sqrt class balance)"
-ddpm-train --shards "$OUT/shards/32" --out "$OUT/run" --overwrite --preset tiny --batch-size 16 \
-  --balance sqrt --max-steps "$STEPS" --lr 1e-3 --warmup-steps 50 --ema-decay 0.999 \
-  --log-every 25 --val-every 100 --checkpoint-every 250 --sample-every 250 --sample-steps 25 \
-  --samples-per-class 8 --progress
+step "4. train at 32 px with the default recipe (tiny preset, $STEPS steps of 16 images, sqrt class balance)"
+ddpm-train --img-size 32 --shards "$OUT/shards/32" --out "$OUT/run" --overwrite --max-steps "$STEPS" \
+  --log-every 25 --val-every 100 --quality-every 100 --checkpoint-every 250 --sample-every 250 \
+  --sample-steps 25 --progress
 
-step "5. sample 64 images of each class (EMA weights, DDIM 25 steps with eta 1, guidance 2)"
-ddpm-sample --checkpoint "$OUT/run" --n 64 --steps 25 --eta 1 --out "$OUT/samples"
+step "5. sample 64 images of each class from the best-scoring checkpoint (DDIM 25 steps, guidance 2)"
+ddpm-sample --checkpoint "$OUT/run/checkpoints/best-quality.pt" --n 64 --steps 25 --out "$OUT/samples"
 
 step "6. measure the samples against the real 32 px images"
 ddpm-eval --real "$OUT/shards/32" --samples "$OUT/samples" --report "$OUT/eval" --classifier-epochs 15 \

@@ -52,7 +52,7 @@ def final_weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def test_dry_run_prints_the_resolved_config_and_writes_nothing(shards, tmp_path):
-    result = train_ok("--shards", shards, "--out", tmp_path / "run", "--dry-run",
+    result = train_ok("--shards", shards, "--out", tmp_path / "run", "--dry-run", "--data-normalization",
                       "--channel-multipliers", "1,2", "--use-attention", "0,1", "--model-channels", "32",
                       "--num-res-blocks", "2", "--upsample", "bilinear")
     document = json.loads(result.output[: result.output.rindex("}") + 1])
@@ -62,7 +62,7 @@ def test_dry_run_prints_the_resolved_config_and_writes_nothing(shards, tmp_path)
     assert unet["aug_dim"] == 9  # conditioned on the augmentation parameters
     diffusion = document["model"]["diffusion"]
     assert {k: diffusion[k] for k in ("num_timesteps", "beta_schedule", "prediction", "class_dropout")} == {
-        "num_timesteps": 1000, "beta_schedule": "cosine", "prediction": "eps", "class_dropout": 0.1}
+        "num_timesteps": 1000, "beta_schedule": "cosine", "prediction": "v", "class_dropout": 0.1}
     # data normalisation: the manifest's train statistics in [-1, 1] units
     manifest = json.loads((shards / "manifest.json").read_text())
     assert diffusion["data_mean"] == pytest.approx([2 * m - 1 for m in manifest["mean"]], abs=1e-6)

@@ -1,0 +1,603 @@
+"""Sample quality of `ddpm-train`'s default recipe against diffusers' example recipe, at a fixed
+budget of training images, scored by `ddpm-eval` against the same shards.
+
+    python bench/quality.py                                   # 16,000 images at 32 px, CPU
+    python bench/quality.py --images 8000 --ours-args "--lr 1e-3 --warmup-steps 50" \\
+        --sample-args "--eta 1" --no-baseline                 # screen a recipe (our side only)
+    python bench/quality.py --prototype min-snr --ours-args "--lr 1e-3"   # a code change, prototyped
+    python bench/quality.py --device cuda --images 64000
+
+Both sides train on the same batches: our reader (same images, batch size, class balance and
+order) and our Augmenter, with one generator drawn in the same order as `DDPM.loss` draws it, so
+augmentation, timesteps, noise and label dropout are identical; only the model and the recipe
+differ.
+
+- ours: `ddpm-train` with only the budget, the batch size and the seed (the project's default
+  recipe) plus `--ours-args`; checkpoints at `--checkpoints` points of the budget, each sampled
+  with `ddpm-sample` (defaults plus `--sample-args`) and scored, so the last line carries the
+  convergence curve. `--prototype min-snr` trains our model in a small loop here instead (the
+  trainer's own `train()` with min-SNR-gamma loss weights, Hang et al. 2023, arXiv 2303.09556).
+- baseline: diffusers' `UNet2DModel` in our preset's layout (parameter count within 15%), with a
+  class embedding plus a null class and label dropout 0.1 (classifier-free guidance), trained as
+  diffusers' examples/unconditional_image_generation/train_unconditional.py does: epsilon MSE on
+  `DDPMScheduler`'s linear schedule, AdamW (betas 0.95/0.999, weight decay 1e-6, eps 1e-8), lr 1e-4
+  with 500 warm-up steps then cosine, gradient clip 1, `EMAModel` (max 0.9999, warm-up power 3/4);
+  sampled with `DDIMScheduler` with our `ddpm-sample` default steps and guidance (eta
+  `--baseline-eta`, diffusers' default 0).
+
+Everything lands in `--work` (default runs/bench-quality): sample data, shards, runs, samples and
+evaluations, each reused when its settings match (`--no-reuse` redoes them). The last line is
+JSON: per side the headline metrics, mean colour per channel against the data's, our SWD per
+checkpoint, and `ratio` = (baseline swd - floor) / (ours swd - floor). Deterministic for a seed on
+a given device. diffusers is a benchmark-only dependency (`pip install -e .[bench]`).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+METRICS = ("swd", "frechet_classifier_distance", "class_accuracy", "spectrum_hf_ratio", "copies",
+           "nn_ratio")
+PROTOTYPES = ("min-snr",)
+SAMPLE_BATCH = 16  # images per forward pass, as ddpm-sample's default
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    work: Path = ROOT / "runs" / "bench-quality"  # data, shards, runs, samples, evaluations
+    images: int = 16_000              # training budget in images, both sides
+    size: int = 32                    # px; the shards are built at this size
+    batch_size: int = 16              # images per step, both sides
+    seed: int = 0
+    device: str = "cpu"
+    checkpoints: int = 4              # points of our run that are sampled and scored (the curve)
+    n: int = 64                       # samples per class at the end of each run
+    n_curve: int = 32                 # samples per class at our intermediate checkpoints
+    ours_args: tuple[str, ...] = ()   # extra ddpm-train flags (a recipe to screen)
+    sample_args: tuple[str, ...] = ()  # extra ddpm-sample flags for our side
+    baseline: bool = True             # False: our side only (screening)
+    baseline_eta: float = 0.0         # DDIM eta of the baseline (DDIMPipeline's default)
+    prototype: str | None = None      # a code change tried in this script ("min-snr")
+    min_snr_gamma: float = 5.0        # gamma of min-SNR-gamma weighting (Hang et al. 2023: 5)
+    threads: int = 2                  # torch threads, here and in the subprocesses
+    classifier_epochs: int = 30       # ddpm-eval's classifier (cached next to the shards)
+    reuse: bool = True                # reuse runs, samples and evaluations with the same settings
+
+    def total_steps(self) -> int:
+        return math.ceil(self.images / self.batch_size)
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def checkpoint_every(total_steps: int, points: int) -> int:
+    """Steps between checkpoints so that a run of `total_steps` saves at `points` evenly spaced
+    steps (the last one being the end of the run, which the trainer always saves)."""
+    if points < 1 or total_steps < 1:
+        raise ValueError(f"--checkpoints {points}, total steps {total_steps}: both must be >= 1")
+    return max(1, total_steps // points)
+
+
+def curve_points(checkpoints: Sequence[Path], total_steps: int, points: int) -> list[Path]:
+    """The `step-XXXXXXXX.pt` files at `points` evenly spaced steps (a reused run may hold more)."""
+    every = checkpoint_every(total_steps, points)
+    steps = [(int(path.stem.split("-")[1]), path) for path in checkpoints]
+    return [path for step, path in steps if step % every == 0 or step == total_steps]
+
+
+def class_mean_colour(images: np.ndarray, labels: np.ndarray) -> list[float]:
+    """Mean of each channel in [0, 1], unweighted over classes (as ddpm-eval averages), for
+    images uint8 (N, C, H, W) with labels (N,)."""
+    if images.ndim != 4 or len(images) != len(labels) or len(images) == 0:
+        raise ValueError(f"images {images.shape}, labels {np.shape(labels)}: need (N, C, H, W) and (N,), N > 0")
+    per_class = [images[labels == label].astype(np.float64).mean(axis=(0, 2, 3)) / 255.0
+                 for label in np.unique(labels)]
+    return [round(float(v), 4) for v in np.mean(per_class, axis=0)]
+
+
+def headline(result: dict[str, Any]) -> dict[str, Any]:
+    """The bench's figures from one `ddpm-eval --json` result."""
+    out = {key: result.get(key) for key in METRICS}
+    out["swd_floor"] = result["reference"]["val_vs_train"]["swd"]
+    out["fcd_floor"] = result["reference"]["val_vs_train"]["frechet_classifier_distance"]
+    out["swd_levels"] = result.get("swd_levels")
+    return out
+
+
+def excess_ratio(baseline: float, ours: float, floor: float) -> float:
+    """(baseline - floor) / (ours - floor): how many times further from real the baseline is."""
+    return (baseline - floor) / max(ours - floor, 1e-9)
+
+
+def settings_key(*parts: Any) -> str:
+    """A short stable hash of JSON-able settings, naming a cached run/sample/eval folder."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def min_snr_weight(alpha_bar: torch.Tensor, gamma: float, prediction: str) -> torch.Tensor:
+    """Per-sample loss weight of min-SNR-gamma (Hang et al. 2023, arXiv 2303.09556, eq. 8 and
+    its v form): min(SNR, gamma) / SNR for an eps target, min(SNR, gamma) / (SNR + 1) for v,
+    SNR = alpha_bar / (1 - alpha_bar)."""
+    snr = alpha_bar / (1 - alpha_bar)
+    clipped = snr.clamp(max=gamma)
+    return clipped / snr if prediction == "eps" else clipped / (snr + 1)
+
+
+# ---------------------------------------------------------------- running the CLI
+
+
+def cli(app: str, *args: str) -> list[str]:
+    """argv running this checkout's `ddpm-<app>` (cli.<app>_app) with this interpreter."""
+    return [sys.executable, "-c", f"import cli; cli.{app}_app()", *args]
+
+
+def run(argv: list[str], threads: int, log: Path | None = None) -> str:
+    """Run a CLI command; its stdout (stderr goes to `log` or is shown on failure)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
+    if log is not None:
+        log.write_text(done.stdout + done.stderr)
+    if done.returncode:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        raise SystemExit(f"failed ({done.returncode}): {shlex.join(argv[3:])}\n{tail}")
+    return done.stdout
+
+
+def prepare_data(config: QualityConfig) -> Path:
+    """The bundled sample data (`ddpm-data synth`) built at `size` px, reused if present."""
+    data, shards = config.work / "data", config.work / "shards" / str(config.size)
+    if not (data / "normal").is_dir():
+        run(cli("data", "synth", str(data), "--overwrite"), config.threads)
+    if not (shards / "manifest.json").is_file():
+        run(cli("data", "build", "--src", str(data), "--size", str(config.size), "--out", str(shards),
+                "--overwrite"), config.threads)
+    return shards
+
+
+def data_colour(shards: Path, size: int) -> list[float]:
+    """Mean colour of the real train split, centre-cropped as evaluation crops it."""
+    from ddpm_data.augment import center_crop
+    from ddpm_data.stream import load_split
+
+    images, labels = load_split(shards, "train")
+    crops = ((center_crop(images, size) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return class_mean_colour(crops.numpy(), labels.numpy())
+
+
+def folder_colour(samples: Path, classes: Sequence[str]) -> list[float]:
+    from PIL import Image
+
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for path in sorted((samples / name).glob("*.png")):
+            images.append(np.asarray(Image.open(path).convert("RGB")).transpose(2, 0, 1))
+            labels.append(label)
+    return class_mean_colour(np.stack(images), np.array(labels))
+
+
+def evaluate(config: QualityConfig, shards: Path, samples: Path) -> dict[str, Any]:
+    """`ddpm-eval --json` of a sample folder (cached as samples/eval.json)."""
+    cached = samples / "eval.json"
+    if config.reuse and cached.is_file():
+        return json.loads(cached.read_text())
+    out = run(cli("eval", "--real", str(shards), "--samples", str(samples), "--json",
+                  "--device", config.device, "--classifier-epochs", str(config.classifier_epochs)),
+              config.threads)
+    result = json.loads(out)
+    cached.write_text(json.dumps(result))
+    return result
+
+
+def score(config: QualityConfig, shards: Path, samples: Path, classes: Sequence[str]) -> dict[str, Any]:
+    figures = headline(evaluate(config, shards, samples))
+    figures["mean_colour"] = folder_colour(samples, classes)
+    return figures
+
+
+# ---------------------------------------------------------------- our side
+
+
+def resolved_plan(config: QualityConfig, shards: Path, train_args: list[str]) -> dict[str, Any]:
+    """`ddpm-train --dry-run`'s resolved configuration for these flags."""
+    out = run(cli("train", "--shards", str(shards), "--dry-run", *train_args),
+              config.threads)
+    text = out[: out.rindex("\nparameters:")] if "\nparameters:" in out else out
+    return json.loads(text)
+
+
+def resolved_run(plan: dict[str, Any]) -> Any:
+    """The RunConfig of a `--dry-run` document."""
+    from ddpm_model.runfolder import run_config_from
+
+    return run_config_from(plan, Path("ddpm-train --dry-run"))
+
+
+def train_args(config: QualityConfig) -> list[str]:
+    """The flags of our run: budget, batch size, seed (the recipe), then intervals and extras."""
+    every = checkpoint_every(config.total_steps(), config.checkpoints)
+    return ["--max-images", str(config.images), "--batch-size", str(config.batch_size),
+            "--seed", str(config.seed),
+            # bookkeeping, not recipe: checkpoints for the curve, no grids before the end
+            "--checkpoint-every", str(every), "--keep", str(config.checkpoints + 2),
+            "--sample-every", "0", "--device", config.device, *config.ours_args]
+
+
+def train_ours(config: QualityConfig, shards: Path) -> tuple[Path, dict[str, Any], float | None]:
+    """(run folder, resolved plan, seconds or None when reused)."""
+    args = train_args(config)
+    key = settings_key(config.images, config.size, config.batch_size, config.seed, config.device,
+                       config.ours_args, config.prototype, config.min_snr_gamma)
+    name = f"ours-{config.prototype}" if config.prototype else "ours"
+    run_dir = config.work / "runs" / f"{name}-{config.images}-{key}"
+    plan = resolved_plan(config, shards, args)
+    summary = run_dir / "summary.json"
+    if config.reuse and summary.is_file() and json.loads(summary.read_text()).get("status") == "finished":
+        return run_dir, plan, None
+    started = time.perf_counter()
+    if config.prototype:
+        train_prototype(config, shards, plan, run_dir)
+    else:
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        run(cli("train", "--shards", str(shards), "--out", str(run_dir), "--overwrite",
+                "--no-progress", *args), config.threads, log=run_dir.with_suffix(".log"))
+    (run_dir / "bench.json").write_text(json.dumps({"train_args": args, "prototype": config.prototype,
+                                                    "min_snr_gamma": config.min_snr_gamma}, indent=2))
+    return run_dir, plan, time.perf_counter() - started
+
+
+class MinSnrLoss(nn.Module):
+    """`DDPM.loss` with min-SNR-gamma per-sample weights; draws t, noise and label dropout from
+    the generator in DDPM.loss's order, so it sees the same batches as ddpm-train."""
+
+    def __init__(self, ddpm: nn.Module, gamma: float):
+        super().__init__()
+        self.ddpm, self.gamma = ddpm, gamma
+
+    def forward(self, images, labels, aug_params, generator):
+        model, n = self.ddpm, images.shape[0]
+        source = generator.device
+        diffusion = model.diffusion_config
+        t = torch.randint(0, diffusion.num_timesteps, (n,), generator=generator, device=source).to(images.device)
+        noise = torch.randn(tuple(images.shape), generator=generator, device=source).to(images.device, images.dtype)
+        if diffusion.class_dropout > 0:
+            dropped = torch.rand((n,), generator=generator, device=source).to(images.device) < diffusion.class_dropout
+            labels = torch.where(dropped, torch.full_like(labels, model.null_class), labels)
+        x0 = model.to_model_space(images)
+        x_t = model.schedule.q_sample(x0, t, noise)
+        target = noise if diffusion.prediction == "eps" else model.schedule.v_target(x0, t, noise)
+        error = (model.unet(x_t, t, labels, aug_params).float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+        weight = min_snr_weight(model.schedule.alphas_cumprod[t], self.gamma, diffusion.prediction)
+        return (weight * error).mean()
+
+
+def train_prototype(config: QualityConfig, shards: Path, plan: dict[str, Any], run_dir: Path) -> None:
+    """PROTOTYPE: our model and the trainer's own loop (`ddpm_model.train.train`), configured by
+    the resolved plan of the same flags, with the loss replaced (min-SNR-gamma)."""
+    import shutil
+
+    from ddpm_data.augment import Augmenter
+    from ddpm_data.stream import open_reader
+    from ddpm_model.diffusion import DDPM
+    from ddpm_model.ema import EMA
+    from ddpm_model.train import Distributed, RunIO, TrainParts, train
+
+    if config.prototype not in PROTOTYPES:
+        raise SystemExit(f"--prototype {config.prototype!r}: unknown; valid: {', '.join(PROTOTYPES)}")
+    resolved = resolved_run(plan)
+    cfg, device = resolved.train, torch.device(config.device)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(plan, indent=2, sort_keys=True))
+    torch.manual_seed(cfg.seed)
+    model = DDPM.from_dict(plan["model"]).to(device)
+    reader = open_reader(shards, resolved.reader)
+    parts = TrainParts(
+        model=model, step_model=MinSnrLoss(model, config.min_snr_gamma), ema=EMA(model, cfg.ema_decay),
+        optimizer=torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
+        scaler=torch.amp.GradScaler(device.type, enabled=False), batches=reader,
+        augment=Augmenter(resolved.augment, config.size), generator=torch.Generator(device).manual_seed(cfg.seed),
+        val=None, autocast=contextlib.nullcontext, use_aug_params=model.unet_config.aug_dim > 0)
+    io = RunIO(run_dir, {"model_config": plan["model"], "classes": plan["classes"], "run_config": plan["run"]})
+    result = train(parts, io, cfg, cfg.total_steps(1.0, cfg.batch_size), Distributed())
+    (run_dir / "summary.json").write_text(json.dumps({"status": result.status, "step": result.step,
+                                                      "images_seen": result.images_seen}))
+
+
+def sample_ours(config: QualityConfig, shards: Path, checkpoint: Path, n: int, classes: Sequence[str]) -> dict[str, Any]:
+    key = settings_key(n, config.sample_args, config.seed, config.device)
+    samples = config.work / "samples" / checkpoint.parents[1].name / f"{checkpoint.stem}-{key}"
+    if not (config.reuse and (samples / "eval.json").is_file()):
+        run(cli("sample", "--checkpoint", str(checkpoint), "--out", str(samples), "--n", str(n),
+                "--seed", str(config.seed), "--device", config.device, "--overwrite", *config.sample_args), config.threads)
+        (samples / "eval.json").unlink(missing_ok=True)
+    return score(config, shards, samples, classes)
+
+
+# ---------------------------------------------------------------- diffusers' recipe
+
+# diffusers' examples/unconditional_image_generation/train_unconditional.py defaults
+BASELINE_RECIPE = {"lr": 1e-4, "betas": (0.95, 0.999), "weight_decay": 1e-6, "eps": 1e-8,
+                   "lr_schedule": "cosine", "warmup_steps": 500, "grad_clip": 1.0,
+                   "ema_max_decay": 0.9999, "ema_inv_gamma": 1.0, "ema_power": 0.75,
+                   "num_train_timesteps": 1000, "beta_schedule": "linear", "class_dropout": 0.1}
+
+
+def diffusers_unet(model_config: dict[str, Any]) -> nn.Module:
+    """UNet2DModel in our model's layout: same stage channels, blocks per stage, attention
+    stages, GroupNorm groups, head size and scale-shift conditioning, plus a null class."""
+    from diffusers import UNet2DModel
+
+    channels = tuple(model_config["model_channels"] * m for m in model_config["channel_multipliers"])
+    attention = model_config["use_attention"]
+    return UNet2DModel(
+        sample_size=model_config["image_size"], in_channels=model_config["in_channels"],
+        out_channels=model_config["in_channels"], block_out_channels=channels,
+        layers_per_block=model_config["num_res_blocks"],
+        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention),
+        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
+        norm_num_groups=model_config["norm_groups"], attention_head_dim=model_config["attention_head_channels"],
+        resnet_time_scale_shift="scale_shift", num_class_embeds=model_config["num_classes"] + 1)
+
+
+def train_baseline(config: QualityConfig, shards: Path, plan: dict[str, Any]) -> tuple[nn.Module, Path, float | None]:
+    """(UNet2DModel with the EMA weights, run folder, seconds or None when reused)."""
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    from ddpm_data.augment import Augmenter
+
+    resolved = resolved_run(plan)
+    key = settings_key(config.images, config.size, config.batch_size, config.seed, config.device,
+                       plan["run"]["reader"], plan["run"]["augment"], BASELINE_RECIPE)
+    run_dir = config.work / "runs" / f"baseline-{config.images}-{key}"
+    torch.manual_seed(config.seed)
+    net = diffusers_unet(plan["model"]["unet"])
+    weights = run_dir / "ema.pt"
+    if config.reuse and weights.is_file():
+        net.load_state_dict(torch.load(weights, weights_only=True))
+        return net.eval(), run_dir, None
+    r = BASELINE_RECIPE
+    device, total = torch.device(config.device), config.total_steps()
+    net.to(device).train()
+    noise_schedule = DDPMScheduler(num_train_timesteps=r["num_train_timesteps"], beta_schedule=r["beta_schedule"])
+    optimizer = torch.optim.AdamW(net.parameters(), lr=r["lr"], betas=r["betas"], weight_decay=r["weight_decay"],
+                                  eps=r["eps"])
+    lr_schedule = get_scheduler(r["lr_schedule"], optimizer, num_warmup_steps=r["warmup_steps"],
+                                num_training_steps=total)
+    ema = EMAModel(net.parameters(), decay=r["ema_max_decay"], use_ema_warmup=True, inv_gamma=r["ema_inv_gamma"],
+                   power=r["ema_power"])
+    batches = iter(open_batches(shards, resolved.reader))
+    augment = Augmenter(resolved.augment, config.size)
+    generator = torch.Generator(device).manual_seed(config.seed)  # as ddpm-train seeds rank 0
+    null = plan["model"]["unet"]["num_classes"]
+    started = time.perf_counter()
+    for step in range(total):
+        images, labels = next(batches)
+        x0, _ = augment(images.to(device), generator)
+        labels = labels.to(device)
+        # t, noise, label dropout: drawn in DDPM.loss's order, so both sides see the same draws
+        n, source = x0.shape[0], generator.device
+        t = torch.randint(0, r["num_train_timesteps"], (n,), generator=generator, device=source).to(device)
+        noise = torch.randn(tuple(x0.shape), generator=generator, device=source).to(device)
+        dropped = torch.rand((n,), generator=generator, device=source).to(device) < r["class_dropout"]
+        labels = torch.where(dropped, torch.full_like(labels, null), labels)
+        prediction = net(noise_schedule.add_noise(x0, noise, t), t, class_labels=labels).sample
+        loss = F.mse_loss(prediction.float(), noise.float())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), r["grad_clip"])
+        optimizer.step()
+        lr_schedule.step()
+        ema.step(net.parameters())
+        if (step + 1) % max(1, total // 10) == 0:
+            print(f"  baseline step {step + 1}/{total}  loss {loss.item():.4f}  "
+                  f"lr {lr_schedule.get_last_lr()[0]:.2e}", flush=True)
+    seconds = time.perf_counter() - started
+    ema.copy_to(net.parameters())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), weights)
+    (run_dir / "bench.json").write_text(json.dumps({"recipe": BASELINE_RECIPE, "steps": total,
+                                                    "seconds": seconds}, indent=2))
+    return net.eval(), run_dir, seconds
+
+
+class open_batches:
+    """Our reader as an endless iterator (a stream-mode reader is re-entered when exhausted)."""
+
+    def __init__(self, shards: Path, reader_config: Any):
+        from ddpm_data.stream import open_reader
+
+        self.reader = open_reader(shards, reader_config)
+
+    def __iter__(self):
+        while True:
+            yield from self.reader
+
+
+@torch.no_grad()
+def sample_baseline(config: QualityConfig, shards: Path, net: nn.Module, run_dir: Path, classes: Sequence[str],
+                    steps: int, guidance: float) -> dict[str, Any]:
+    """DDIM samples with classifier-free guidance, seeded per class as ddpm-sample seeds them."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    from ddpm_model.sample import save_png, to_uint8
+
+    r = BASELINE_RECIPE
+    key = settings_key(config.n, steps, guidance, config.baseline_eta, config.seed, config.device)
+    samples = config.work / "samples" / run_dir.name / f"ema-{key}"
+    if config.reuse and (samples / "eval.json").is_file():
+        return score(config, shards, samples, classes)
+    device = torch.device(config.device)
+    net.to(device).eval()
+    trained = DDPMScheduler(num_train_timesteps=r["num_train_timesteps"], beta_schedule=r["beta_schedule"])
+    ddim = DDIMScheduler.from_config(trained.config)
+    ddim.set_timesteps(steps)
+    size, null = net.config.sample_size, len(classes)
+    for label, name in enumerate(classes):
+        generator = torch.Generator(device).manual_seed(config.seed * 1_000_003 + label)
+        folder = samples / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.png"):
+            old.unlink()
+        for start in range(0, config.n, SAMPLE_BATCH):
+            count = min(SAMPLE_BATCH, config.n - start)
+            x = torch.randn((count, net.config.in_channels, size, size), generator=generator, device=device)
+            wanted = torch.full((count,), label, device=device)
+            both_labels = torch.cat([wanted, torch.full_like(wanted, null)])
+            for t in ddim.timesteps:
+                cond, uncond = net(torch.cat([x, x]), t, class_labels=both_labels).sample.chunk(2)
+                eps = uncond + guidance * (cond - uncond)
+                x = ddim.step(eps, t, x, eta=config.baseline_eta, generator=generator).prev_sample
+            for offset, image in enumerate(to_uint8(x.clamp(-1, 1))):
+                save_png(image, folder / f"{start + offset:04d}.png")
+    (samples / "eval.json").unlink(missing_ok=True)
+    return score(config, shards, samples, classes)
+
+
+# ---------------------------------------------------------------- report
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return "(" + ", ".join(f"{v:.2f}" for v in value) + ")"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def print_table(ours: dict[str, Any], baseline: dict[str, Any] | None, colour: list[float],
+                curve: list[dict[str, Any]]) -> None:
+    rows = [("swd", "swd", "<= 4 x floor"), ("swd floor (real val)", "swd_floor", ""),
+            ("frechet classifier dist.", "frechet_classifier_distance", "<= baseline / 2"),
+            ("class accuracy", "class_accuracy", ">= 0.9"), ("spectrum hf ratio", "spectrum_hf_ratio", "0.8-1.25"),
+            ("near-copies", "copies", "0"), ("nn ratio", "nn_ratio", ">= 0.9"),
+            ("mean colour (R, G, B)", "mean_colour", f"data {fmt(colour)} +- 0.02")]
+    print(f"\n{'':26} {'ours':>20} {'baseline':>20}   goal")
+    for label, key, goal in rows:
+        theirs = fmt(baseline.get(key)) if baseline else "-"
+        print(f"{label:26} {fmt(ours.get(key)):>20} {theirs:>20}   {goal}")
+    print("\nour SWD along the run: " + ", ".join(f"{p['images']:,} img {p['swd']:.3f}" for p in curve))
+
+
+def parse_args() -> QualityConfig:
+    defaults = QualityConfig()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=defaults.work, help="folder for data, runs, samples (reused)")
+    parser.add_argument("--images", type=int, default=defaults.images, help="training budget in images, both sides")
+    parser.add_argument("--size", type=int, default=defaults.size, help="image size in px (shards built at it)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--device", default=defaults.device, help="cpu or cuda")
+    parser.add_argument("--checkpoints", type=int, default=defaults.checkpoints,
+                        help="points of our run sampled and scored (the convergence curve)")
+    parser.add_argument("--n", type=int, default=defaults.n, help="samples per class at the end")
+    parser.add_argument("--n-curve", type=int, default=defaults.n_curve,
+                        help="samples per class at intermediate checkpoints")
+    parser.add_argument("--ours-args", default="", help='extra ddpm-train flags, e.g. "--lr 1e-3 --prediction v"')
+    parser.add_argument("--sample-args", default="", help='extra ddpm-sample flags for our side, e.g. "--eta 1"')
+    parser.add_argument("--no-baseline", action="store_true", help="our side only (screening)")
+    parser.add_argument("--baseline-eta", type=float, default=defaults.baseline_eta,
+                        help="DDIM eta of the baseline (diffusers' default 0)")
+    parser.add_argument("--prototype", choices=PROTOTYPES, default=None,
+                        help="train our model in a loop here with a code change: min-snr")
+    parser.add_argument("--min-snr-gamma", type=float, default=defaults.min_snr_gamma)
+    parser.add_argument("--threads", type=int, default=defaults.threads, help="torch threads")
+    parser.add_argument("--classifier-epochs", type=int, default=defaults.classifier_epochs)
+    parser.add_argument("--no-reuse", action="store_true", help="redo runs, samples and evaluations")
+    args = parser.parse_args()
+    if args.images < args.batch_size or args.checkpoints < 1 or args.n < 2 or args.n_curve < 2:
+        parser.error("--images must be >= --batch-size; --checkpoints >= 1; --n and --n-curve >= 2")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device here; use --device cpu")
+    return QualityConfig(
+        work=args.work.resolve(), images=args.images, size=args.size, batch_size=args.batch_size, seed=args.seed,
+        device=args.device, checkpoints=args.checkpoints, n=args.n, n_curve=args.n_curve,
+        ours_args=tuple(shlex.split(args.ours_args)), sample_args=tuple(shlex.split(args.sample_args)),
+        baseline=not args.no_baseline, baseline_eta=args.baseline_eta, prototype=args.prototype,
+        min_snr_gamma=args.min_snr_gamma, threads=args.threads, classifier_epochs=args.classifier_epochs,
+        reuse=not args.no_reuse)
+
+
+def main() -> None:
+    config = parse_args()
+    torch.set_num_threads(config.threads)
+    load_start = [round(v, 2) for v in os.getloadavg()]
+    print(f"load average at start: {load_start}", flush=True)
+    started = time.perf_counter()
+    shards = prepare_data(config)
+    colour = data_colour(shards, config.size)
+
+    run_dir, plan, ours_seconds = train_ours(config, shards)
+    classes = plan["classes"]
+    label = f"ours{' (PROTOTYPE ' + config.prototype + ')' if config.prototype else ''}"
+    print(f"{label}: {plan['parameters']:,} parameters; train flags: {shlex.join(config.ours_args) or '(defaults)'}; "
+          f"sample flags: {shlex.join(config.sample_args) or '(defaults)'}; "
+          f"{'reused ' + run_dir.name if ours_seconds is None else f'trained in {ours_seconds:.0f} s'}", flush=True)
+    from ddpm_model.checkpoint import step_checkpoints
+
+    checkpoints = curve_points(step_checkpoints(run_dir), config.total_steps(), config.checkpoints)
+    curve = []
+    for checkpoint in checkpoints:
+        last = checkpoint == checkpoints[-1]
+        figures = sample_ours(config, shards, checkpoint, config.n if last else config.n_curve, classes)
+        step = int(checkpoint.stem.split("-")[1])
+        curve.append({"step": step, "images": step * config.batch_size, "swd": figures["swd"],
+                      "n": config.n if last else config.n_curve})
+        print(f"  {label} at {step * config.batch_size:,} images: swd {figures['swd']:.3f}", flush=True)
+    ours = {**figures, "parameters": plan["parameters"], "train_args": list(config.ours_args),
+            "sample_args": list(config.sample_args), "prototype": config.prototype, "train_seconds": ours_seconds}
+
+    baseline = None
+    if config.baseline:
+        from ddpm_model.config import SampleConfig
+
+        net, base_dir, base_seconds = train_baseline(config, shards, plan)
+        params = sum(p.numel() for p in net.parameters())
+        apart = abs(params - plan["parameters"]) / plan["parameters"]
+        print(f"baseline: diffusers UNet2DModel {params:,} parameters vs ours {plan['parameters']:,} "
+              f"({apart:.1%} apart); {'reused ' + base_dir.name if base_seconds is None else f'trained in {base_seconds:.0f} s'}",
+              flush=True)
+        if apart > 0.15:
+            raise SystemExit("configurations are not matched: parameter counts differ by > 15%")
+        defaults = SampleConfig(checkpoint=Path("."), out=Path("."))
+        baseline = {**sample_baseline(config, shards, net, base_dir, classes, defaults.steps, defaults.guidance),
+                    "parameters": params, "sampler": {"steps": defaults.steps, "guidance": defaults.guidance,
+                                                      "eta": config.baseline_eta}, "train_seconds": base_seconds}
+
+    print_table(ours, baseline, colour, curve)
+    load_end = [round(v, 2) for v in os.getloadavg()]
+    print(f"load average at end: {load_end}; {time.perf_counter() - started:.0f} s")
+    result = {"images": config.images, "size": config.size, "batch_size": config.batch_size, "seed": config.seed,
+              "device": config.device, "data_colour": colour, "ours": ours, "ours_curve": curve,
+              "baseline": baseline, "load_average": {"start": load_start, "end": load_end}}
+    if baseline is not None:
+        result["ratio"] = round(excess_ratio(baseline["swd"], ours["swd"], ours["swd_floor"]), 3)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

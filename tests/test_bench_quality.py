@@ -1,0 +1,84 @@
+"""The pure helpers of bench/quality.py (the bench itself trains for minutes; it is not run here)."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+PATH = Path(__file__).resolve().parents[1] / "bench" / "quality.py"
+spec = importlib.util.spec_from_file_location("bench_quality", PATH)
+quality = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = quality  # dataclasses look their module up while the file runs
+spec.loader.exec_module(quality)
+
+
+@pytest.mark.parametrize("total, points, every", [(1000, 4, 250), (500, 4, 125), (1001, 4, 250), (3, 4, 1)])
+def test_checkpoint_every_spreads_points_over_the_run(total, points, every):
+    assert quality.checkpoint_every(total, points) == every
+    saved = set(range(every, total + 1, every)) | {total}  # the trainer also saves the last step
+    assert len(saved) >= min(points, total)
+
+
+def test_checkpoint_every_rejects_nonsense():
+    with pytest.raises(ValueError, match="--checkpoints 0"):
+        quality.checkpoint_every(1000, 0)
+
+
+def test_class_mean_colour_is_unweighted_over_classes():
+    images = np.zeros((4, 3, 2, 2), dtype=np.uint8)
+    images[:3] = 255  # three white images of class 0, one black image of class 1
+    labels = np.array([0, 0, 0, 1])
+    assert quality.class_mean_colour(images, labels) == [0.5, 0.5, 0.5]
+
+
+def test_class_mean_colour_per_channel():
+    images = np.zeros((2, 3, 4, 4), dtype=np.uint8)
+    images[:, 0] = 255
+    images[:, 2] = 51
+    assert quality.class_mean_colour(images, np.array([1, 1])) == [1.0, 0.0, 0.2]
+
+
+def test_class_mean_colour_checks_shapes():
+    with pytest.raises(ValueError, match="need"):
+        quality.class_mean_colour(np.zeros((2, 3, 4), dtype=np.uint8), np.array([0, 1]))
+
+
+def test_excess_ratio_measures_distance_above_the_floor():
+    assert quality.excess_ratio(baseline=2.1, ours=0.6, floor=0.1) == pytest.approx(4.0)
+    assert quality.excess_ratio(baseline=0.6, ours=0.6, floor=0.1) == pytest.approx(1.0)
+    assert quality.excess_ratio(baseline=1.0, ours=0.1, floor=0.1) > 1e6  # ours at the floor
+
+
+def test_headline_reads_the_eval_json():
+    result = {"swd": 1.5, "frechet_classifier_distance": 30.0, "class_accuracy": 0.75, "spectrum_hf_ratio": 0.5,
+              "copies": 0, "nn_ratio": 1.1, "swd_levels": [1.0, 2.0],
+              "reference": {"val_vs_train": {"swd": 0.08, "frechet_classifier_distance": 1.0}}}
+    figures = quality.headline(result)
+    assert figures["swd"] == 1.5 and figures["swd_floor"] == 0.08 and figures["fcd_floor"] == 1.0
+    assert set(quality.METRICS) <= set(figures)
+
+
+def test_settings_key_is_stable_and_sensitive():
+    assert quality.settings_key(16000, ("--lr", "1e-3")) == quality.settings_key(16000, ("--lr", "1e-3"))
+    assert quality.settings_key(16000, ("--lr", "1e-3")) != quality.settings_key(16000, ("--lr", "2e-3"))
+
+
+def test_min_snr_weight_closed_forms():
+    alpha_bar = torch.tensor([0.99, 0.5, 0.01], dtype=torch.float64)
+    snr = alpha_bar / (1 - alpha_bar)  # 99, 1, 1/99
+    eps = quality.min_snr_weight(alpha_bar, 5.0, "eps")
+    torch.testing.assert_close(eps, torch.stack([5 / snr[0], torch.tensor(1.0, dtype=torch.float64),
+                                                 torch.tensor(1.0, dtype=torch.float64)]))
+    v = quality.min_snr_weight(alpha_bar, 5.0, "v")
+    torch.testing.assert_close(v, torch.stack([5 / (snr[0] + 1), snr[1] / (snr[1] + 1), snr[2] / (snr[2] + 1)]))
+
+
+def test_curve_points_pick_evenly_spaced_checkpoints():
+    files = [Path(f"step-{step:08d}.pt") for step in (125, 250, 375, 500)]
+    assert [p.name for p in quality.curve_points(files, 500, 4)] == [f.name for f in files]
+    assert [p.name for p in quality.curve_points(files, 500, 2)] == ["step-00000250.pt", "step-00000500.pt"]
+    assert [p.name for p in quality.curve_points(files, 500, 1)] == ["step-00000500.pt"]
