@@ -319,10 +319,14 @@ def create_ddpm(image_size: int, model_channels: int, channel_multipliers: Seque
                 num_res_blocks: int, use_attention: Sequence[bool | int], num_classes: int,
                 num_timesteps: int = 1000, beta_schedule: str = "cosine", in_channels: int = 3,
                 dropout: float = 0.1, upsample: str = "bilinear", aug_dim: int = 0,
-                class_dropout: float = 0.1, prediction: str = "v", norm_groups: int = 32,
+                class_dropout: float = 0.1, prediction: str = "eps", norm_groups: int = 32,
                 attention_head_channels: int = 64) -> DDPM:
     """`DDPM(UNetConfig(...), DiffusionConfig(...))` from keywords (see the two configs for
-    their meaning). Raises ValueError naming the argument when the settings cannot work."""
+    their meaning). Raises ValueError naming the argument when the settings cannot work.
+
+    The call of the design analysis (docs/design.md), with its model's defaults: eps-prediction
+    as in the original DDPM. `ddpm-train` builds `DiffusionConfig()` directly, whose default is
+    the measured recipe's v-prediction; pass `prediction="v"` here for the same."""
     unet = UNetConfig(
         image_size=image_size, model_channels=model_channels,
         channel_multipliers=tuple(channel_multipliers), num_res_blocks=num_res_blocks,

@@ -125,7 +125,7 @@ def test_create_ddpm_is_the_two_configs():
     model = tiny(num_timesteps=20, class_dropout=0.2)
     assert model.unet_config == UNetConfig(8, 16, (1, 2), 1, (False, True), num_classes=2,
                                            norm_groups=8, dropout=0.0)
-    assert model.diffusion_config == DiffusionConfig(num_timesteps=20, class_dropout=0.2)
+    assert model.diffusion_config == DiffusionConfig(num_timesteps=20, class_dropout=0.2, prediction="eps")
 
 
 # The model_config of a checkpoint written before the two configs (all fields in one dict).
@@ -139,9 +139,10 @@ OLD_FLAT_CONFIG = {
 
 def test_old_flat_configs_still_load():
     unet, diffusion = configs_from_dict(OLD_FLAT_CONFIG)
-    assert unet == tiny().unet_config and diffusion == tiny().diffusion_config
+    old = tiny(prediction="eps")  # the default before v-prediction; old files name theirs
+    assert unet == old.unet_config and diffusion == old.diffusion_config
     model = DDPM.from_dict(OLD_FLAT_CONFIG)
-    model.load_state_dict(tiny().state_dict())
+    model.load_state_dict(old.state_dict())
     with pytest.raises(ValueError, match=r"model config: unknown keys \['colour'\]"):
         configs_from_dict({**OLD_FLAT_CONFIG, "colour": 1})
     with pytest.raises(ValueError, match=r"model config: unet: unknown fields \['colour'\]"):
