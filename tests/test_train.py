@@ -59,7 +59,7 @@ def centre(images: torch.Tensor, generator: torch.Generator):
 def build(tmp_path, config: TrainConfig, augment=centre, with_val: bool = True, samples=None):
     torch.manual_seed(config.seed)
     model = DDPM(dataclasses.replace(PRESETS["tiny"], image_size=SIZE, model_channels=16),
-                 DiffusionConfig(num_timesteps=100))
+                 DiffusionConfig(num_timesteps=100, prediction="eps"))  # thresholds calibrated on eps
     images, labels = dataset()
     val = None
     if with_val:
