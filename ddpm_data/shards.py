@@ -245,6 +245,7 @@ class _SizeWriter:
             "source_sizes": dict(sorted(self.source_sizes.items())),
             "ignored": plan.ignored,
             "options": config.to_dict(),
+            "sample_checksums": True,  # shardformat writes png_sha256 into every sidecar, pixel_sha256 into data.h5
         }
 
 
