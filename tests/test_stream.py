@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ddpm_data import stream
+from ddpm_data import rows, stream
 from ddpm_data.balance import Balance
 from ddpm_data.manifest import ManifestError, load_manifest
 from ddpm_data.shardformat import decode_png, iter_shard
@@ -80,8 +80,8 @@ def test_ranks_and_workers_get_disjoint_non_empty_parts(tiny_shards, world_size,
 
 
 def test_split_units_by_shard_and_by_sample():
-    assert split_units([4, 4, 3], part=1, parts=2) == [[], [0, 1, 2, 3], []]
-    owned = [split_units([4, 4, 3], part, parts=5) for part in range(5)]
+    assert [list(items) for items in split_units([4, 4, 3], part=1, parts=2)] == [[], [0, 1, 2, 3], []]
+    owned = [[list(items) for items in split_units([4, 4, 3], part, parts=5)] for part in range(5)]
     assert owned[0] == [[0], [1], [2]] and owned[4] == [[], [0], [1]]
     flat = sorted((u, i) for part in owned for u, items in enumerate(part) for i in items)
     assert flat == [(u, i) for u, n in enumerate([4, 4, 3]) for i in range(n)]
@@ -206,7 +206,7 @@ def test_stream_mode_hashes_each_shard_once_per_read(copy_shards, monkeypatch):
     """No checksum pass at open; each read hashes the shard's bytes exactly once, a bad shard included."""
     shard_dir = copy_shards()
     damage(shard_dir / "train-abnormal-000001.tar", "flip")
-    monkeypatch.setattr(stream, "sha256_file", lambda path: pytest.fail(f"{path} hashed outside a read"))
+    monkeypatch.setattr(rows, "sha256_file", lambda path: pytest.fail(f"{path} hashed outside a read"))
     reads, real_read_shard = [], stream.read_shard
     hashed = count_hashing(monkeypatch)
 
