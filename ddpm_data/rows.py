@@ -25,14 +25,6 @@ Ranges = list[tuple[int, int]]   # [start, stop) row ranges, sorted and disjoint
 HDF5_READ_ROWS = 1024            # rows read (and checked) per HDF5 call: bounds the temporary copy
 
 
-def spread_rows(total: int, limit: int | None) -> np.ndarray:
-    """`limit` row numbers spread evenly over `total` rows (all rows when limit is None or >= total):
-    the same rows `ddpm_model.train.make_val_set` keeps."""
-    if limit is None or total <= limit:
-        return np.arange(total)
-    return np.unique(np.round(np.linspace(0, total - 1, limit)).astype(np.int64))
-
-
 def as_ranges(rows: np.ndarray) -> Ranges:
     """Sorted row numbers -> the [start, stop) runs they form."""
     if len(rows) == 0:

@@ -1,4 +1,4 @@
-"""`ddpm-data stats`: summarise a shard folder from its manifest, and draw a contact sheet."""
+"""`ddpm-data stats`: summarise a shard folder (or URL) from its manifest, and draw a contact sheet."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,20 +8,19 @@ import numpy as np
 
 from ddpm_data.grid import save_grid
 from ddpm_data.manifest import SPLITS, Manifest, load_manifest
+from ddpm_data.remote import Location, file_sizes, is_url
 from ddpm_data.shardformat import FormatError, decode_png, iter_shard
 
 
-def collect_stats(folder: str | Path) -> dict[str, Any]:
-    """JSON-ready summary of `folder`: counts (as in the manifest), shards with bytes, mean/std,
-    source sizes, skipped files and the ignored count. Raises ManifestError."""
+def collect_stats(folder: Location) -> dict[str, Any]:
+    """JSON-ready summary of `folder` (a path or a URL): counts (as in the manifest), shards with
+    bytes (None when missing, or at a URL that cannot be listed), mean/std, source sizes, skipped
+    files and the ignored count. Raises ManifestError."""
     manifest = load_manifest(folder)
-    shards = []
-    for entry in manifest.shards:
-        path = manifest.root / entry.path
-        shards.append({**entry.to_json(), "bytes": path.stat().st_size if path.exists() else None})
-    hdf5 = manifest.hdf5_path
+    sizes = file_sizes(manifest.root)  # one listing, also for a URL
+    shards = [{**entry.to_json(), "bytes": sizes.get(entry.path)} for entry in manifest.shards]
     return {
-        "folder": str(Path(folder)),
+        "folder": str(folder) if is_url(folder) else str(Path(folder)),
         "size": manifest.size,
         "stored_size": manifest.stored_size,
         "channels": manifest.channels,
@@ -29,7 +28,7 @@ def collect_stats(folder: str | Path) -> dict[str, Any]:
         "counts": manifest.counts,
         "totals": {split: manifest.num_samples(split) for split in SPLITS},
         "shards": shards,
-        "hdf5": {**manifest.hdf5, "bytes": hdf5.stat().st_size if hdf5.exists() else None},
+        "hdf5": {**manifest.hdf5, "bytes": sizes.get(manifest.hdf5["path"])},
         "mean": manifest.mean,
         "std": manifest.std,
         "source_sizes": manifest.source_sizes,
@@ -41,7 +40,7 @@ def collect_stats(folder: str | Path) -> dict[str, Any]:
 
 
 def _megabytes(size: int | None) -> str:
-    return "missing" if size is None else f"{size / 1e6:.2f} MB"
+    return "missing or unlisted" if size is None else f"{size / 1e6:.2f} MB"
 
 
 def format_stats(stats: dict[str, Any], max_sizes: int = 10) -> str:
@@ -74,11 +73,11 @@ def format_stats(stats: dict[str, Any], max_sizes: int = 10) -> str:
     return "\n".join(lines)
 
 
-def _decode(path: Path, key: str, members: dict[str, bytes]) -> np.ndarray:
+def _decode(path: Location, key: str, members: dict[str, bytes], folder: Location) -> np.ndarray:
     try:
         return decode_png(members.get("png", b""))
     except FormatError as error:
-        raise FormatError(path, f"sample {key}: .png {error.reason}; run 'ddpm-data verify {path.parent}'") from error
+        raise FormatError(path, f"sample {key}: .png {error.reason}; run 'ddpm-data verify {folder}'") from error
 
 
 def sample_images(manifest: Manifest, per_class: int) -> dict[str, list[np.ndarray]]:
@@ -88,7 +87,7 @@ def sample_images(manifest: Manifest, per_class: int) -> dict[str, list[np.ndarr
         images: list[np.ndarray] = []
         for path in manifest.shard_paths("train", name) + manifest.shard_paths("val", name):
             for key, members in iter_shard(path):  # the first few samples: not checksummed (see verify)
-                images.append(_decode(path, key, members))
+                images.append(_decode(path, key, members, manifest.root))
                 if len(images) == per_class:
                     break
             if len(images) == per_class:
@@ -97,6 +96,6 @@ def sample_images(manifest: Manifest, per_class: int) -> dict[str, list[np.ndarr
     return {name: images for name, images in rows.items() if images}
 
 
-def write_grid(folder: str | Path, path: str | Path, per_class: int = 8) -> Path:
+def write_grid(folder: Location, path: str | Path, per_class: int = 8) -> Path:
     """Write a contact sheet of `per_class` samples per class of `folder` to `path` (PNG)."""
     return save_grid(sample_images(load_manifest(folder), per_class), path)

@@ -46,7 +46,7 @@ import torch
 from ddpm_data.balance import Balance, class_probabilities, epoch_samples
 from ddpm_data.manifest import Manifest, load_manifest
 from ddpm_data.remote import Location
-from ddpm_data.rows import as_ranges, read_rows, spread_rows
+from ddpm_data.rows import as_ranges, read_rows
 from ddpm_data.shardformat import (FormatError, ShardEntry, decode_png, iter_shard, read_shard, sample_problems,
                                    shard_file_problem)
 
@@ -295,9 +295,12 @@ def _rebuild(manifest: Manifest) -> str:
 def load_split(shard_dir: Location, split: str = "val", limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A split: (uint8 (N, C, S, S) at stored size, int64 labels (N,)) in (label, key) order, from
     data.h5 when the folder is local, else from the split's tar shards (a URL). With `limit`,
-    only that many rows spread evenly over the split are read (`rows.spread_rows`)."""
+    only that many rows spread evenly over the split are read: the rows
+    `ddpm_model.train.make_val_set` keeps, so validation reads no more than it uses."""
     manifest = load_manifest(shard_dir)
-    rows = spread_rows(manifest.num_samples(split), limit)
+    total = manifest.num_samples(split)
+    rows = (torch.linspace(0, total - 1, limit).round().long().unique().numpy() if limit is not None and total > limit
+            else np.arange(total))
     try:
         arrays = read_rows(manifest, split, as_ranges(rows))
     except FormatError as error:

@@ -4,22 +4,30 @@ Each file is read once (`shardformat`): a shard's sha256 is computed while its s
 
 Checks, per file: the SHA-256 recorded in the manifest; every tar sample has a decodable
 `.png` of stored_size x stored_size in the manifest's mode, a `.cls` equal to its class label
-and a `.json` sidecar naming that class; per-shard and per-class counts match the manifest;
-every HDF5 row has the right shape, dtype and label, and holds exactly the pixels of the tar
-sample with the same key (and no key is missing on either side).
+and a `.json` sidecar naming that class (and, where the set has per-sample checksums, the PNG's
+`png_sha256`); per-shard and per-class counts match the manifest; every HDF5 row has the right
+shape, dtype and label, matches its `pixel_sha256` where present, and holds exactly the pixels
+of the tar sample with the same key (and no key is missing on either side).
+
+The folder may be a URL (remote.py): shards are streamed, and data.h5 is copied to a temporary
+local file while it is hashed (h5py needs random access), then checked there.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from ddpm_data.manifest import MANIFEST_NAME, SPLITS, Manifest, ManifestError, load_manifest, sha256_file
+from ddpm_data.remote import Location, RemoteError, is_url, open_input
 from ddpm_data.shardformat import (ChecksumError, FormatError, ShardEntry, decode_png, iter_shard, key_prefix,
-                                   read_hdf5_split, sample_problems)
+                                   pixel_digest, read_hdf5_split, sample_problems)
 
 HDF5_BLOCK = 256  # rows read at a time
 _UNTRUSTED = b""  # pixel digest placeholder for a tar sample from a damaged shard
@@ -40,7 +48,7 @@ class Problem:
 class VerifyReport:
     """Result of `verify`: `ok` when `problems` is empty."""
 
-    folder: Path
+    folder: Location
     problems: list[Problem] = field(default_factory=list)
     files_checked: int = 0
     samples_checked: int = 0   # tar samples + HDF5 rows decoded
@@ -53,10 +61,6 @@ class VerifyReport:
     def bad_files(self) -> list[str]:
         """Each defective file once, in order of discovery."""
         return list(dict.fromkeys(problem.path for problem in self.problems))
-
-
-def _pixel_digest(pixels: np.ndarray) -> bytes:
-    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).digest()
 
 
 class _Checker:
@@ -80,7 +84,7 @@ class _Checker:
         self.report.files_checked += 1
         label, digests = self.manifest.label(entry.class_name), {}
         try:
-            for key, members in iter_shard(self.manifest.root / entry.path, entry.sha256):
+            for key, members in iter_shard(self.manifest.file(entry.path), entry.sha256):
                 if key in digests or key in self.tar_pixels[entry.split]:
                     self.problem(entry.path, f"sample {key}: key appears twice in split {entry.split}")
                 digests[key] = self.check_sample(entry, label, key, members)
@@ -101,12 +105,12 @@ class _Checker:
         """Check one tar sample; returns its pixel digest, _UNTRUSTED when its PNG is bad, None
         when it has no PNG to compare."""
         self.report.samples_checked += 1
-        for reason in sample_problems(key, members, entry.class_name, label):
+        for reason in sample_problems(key, members, entry.class_name, label, self.manifest.sample_checksums):
             self.problem(entry.path, f"sample {key}: {reason}")
         if "png" not in members:
             return None
         try:
-            return _pixel_digest(decode_png(members["png"], self.shape))
+            return pixel_digest(decode_png(members["png"], self.shape))
         except FormatError as error:
             self.problem(entry.path, f"sample {key}: .png {error.reason}")
             return _UNTRUSTED  # the HDF5 row cannot be compared; not its fault
@@ -122,26 +126,26 @@ class _Checker:
 
     def check_hdf5(self) -> None:
         relative = self.manifest.hdf5["path"]
-        path = self.manifest.root / relative
         self.report.files_checked += 1
-        if not path.is_file():
-            self.problem(relative, "missing")
-            return
-        expected = self.manifest.hdf5.get("sha256")
-        if expected and sha256_file(path) != expected:
-            self.problem(relative, "sha256 differs from the manifest (file changed or corrupted)")
-        for split in SPLITS:
-            try:
-                self.check_hdf5_split(relative, split)
-            except FormatError as error:
-                self.problem(relative, error.reason)
+        try:
+            with _local_copy(self.manifest.hdf5_path) as (path, digest):
+                expected = self.manifest.hdf5.get("sha256")
+                if expected and digest != expected:
+                    self.problem(relative, "sha256 differs from the manifest (file changed or corrupted)")
+                for split in SPLITS:
+                    try:
+                        self.check_hdf5_split(path, relative, split)
+                    except FormatError as error:
+                        self.problem(relative, error.reason)
+        except RemoteError as error:
+            self.problem(relative, error.reason)
 
-    def check_hdf5_split(self, relative: str, split: str) -> None:
+    def check_hdf5_split(self, path: Path, relative: str, split: str) -> None:
         """Every row of /{split}, HDF5_BLOCK rows at a time, against the tar samples."""
         n, tar_pixels, seen = self.manifest.num_samples(split), self.tar_pixels[split], set()
         start, total = 0, None
         while total is None or start < total:
-            block = read_hdf5_split(self.manifest.root / relative, split, self.shape, slice(start, start + HDF5_BLOCK))
+            block = read_hdf5_split(path, split, self.shape, slice(start, start + HDF5_BLOCK))
             total, start = block.total, start + HDF5_BLOCK
             if total != n:
                 self.problem(relative, f"/{split} holds {total} rows, the manifest says {n}")
@@ -149,6 +153,10 @@ class _Checker:
             for pixels, label, key in zip(block.images, block.labels, block.keys):
                 seen.add(key)
                 self.check_hdf5_row(relative, split, pixels, int(label), key)
+            if block.digests is None and self.manifest.sample_checksums and start == HDF5_BLOCK:
+                self.problem(relative, f"/{split} lacks its pixel_sha256 dataset")
+            for key in block.bad_rows():
+                self.problem(relative, f"/{split} row {key}: pixels differ from their pixel_sha256")
         for key in sorted(set(tar_pixels) - seen) if split not in self.damaged_splits else []:
             self.problem(relative, f"/{split}: tar sample {key} is missing")
 
@@ -160,13 +168,32 @@ class _Checker:
         digest = self.tar_pixels[split].get(key)
         if digest is None and split not in self.damaged_splits:
             self.problem(relative, f"/{split} row {key}: no tar sample with this key")
-        elif digest not in (None, _UNTRUSTED) and digest != _pixel_digest(pixels):
+        elif digest not in (None, _UNTRUSTED) and digest != pixel_digest(pixels):
             self.problem(relative, f"/{split} row {key}: pixels differ from the tar sample")
 
 
-def verify(folder: str | Path) -> VerifyReport:
-    """Check every file of the shard folder `folder`; never raises for a damaged folder."""
-    report = VerifyReport(folder=Path(folder))
+@contextlib.contextmanager
+def _local_copy(location: Location) -> Iterator[tuple[Path, str]]:
+    """(a local path of the file, its sha256): the file itself when local, else a temporary copy
+    written while hashing it (removed afterwards). RemoteError when it cannot be read."""
+    if isinstance(location, Path):
+        if not location.is_file():
+            raise RemoteError(location, "missing")
+        yield location, sha256_file(location)
+        return
+    digest = hashlib.sha256()
+    with tempfile.TemporaryDirectory(prefix="ddpm-verify-") as folder:
+        path = Path(folder) / "data.h5"
+        with open_input(location) as source, open(path, "wb") as target:
+            while chunk := source.read(1 << 20):
+                digest.update(chunk)
+                target.write(chunk)
+        yield path, digest.hexdigest()
+
+
+def verify(folder: Location) -> VerifyReport:
+    """Check every file of the shard folder `folder` (a path or a URL); never raises for a damaged folder."""
+    report = VerifyReport(folder=folder if is_url(folder) else Path(folder))
     try:
         manifest = load_manifest(folder)
     except ManifestError as error:

@@ -63,8 +63,9 @@ class SmallClassifier(nn.Module):
 
 
 def cache_path(real: RealData, config: ClassifierConfig) -> Path:
-    """`<shards>/eval-classifier-<manifest sha256[:16]>-<config hash>.pt`."""
-    return real.root / f"eval-classifier-{real.manifest_sha256[:16]}-{config.cache_key()}.pt"
+    """`<shards>/eval-classifier-<manifest sha256[:16]>-<config hash>.pt` (for shards at a URL, in
+    the user's cache folder: `RealData.cache_dir`)."""
+    return real.cache_dir / f"eval-classifier-{real.manifest_sha256[:16]}-{config.cache_key()}.pt"
 
 
 def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -126,6 +127,7 @@ def load_or_train(
              "size": real.size, "channels": real.channels, "config": asdict(config)}
     partial = path.with_suffix(".pt.partial")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # the cache folder, for shards at a URL
         torch.save(state, partial)
         partial.replace(path)
     except OSError as error:
