@@ -150,7 +150,8 @@ def make_sample_writer(run_dir: Path, classes: list[str], config: TrainConfig):
 def _validation(config: RunConfig, manifest: Manifest, num_timesteps: int) -> Any:
     if sum(manifest.counts.get("val", {}).values()) == 0:
         return None
-    images, labels = load_split(config.shards, "val")
+    # only the rows make_val_set keeps; from data.h5, or the val tar shards of a URL
+    images, labels = load_split(config.shards, "val", limit=config.train.val_images)
     images = center_crop(torch.as_tensor(images), manifest.size)
     return make_val_set(images, torch.as_tensor(labels), num_timesteps, config.train.seed,
                         config.train.batch_size * 2, config.train.val_images)
