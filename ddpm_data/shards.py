@@ -7,12 +7,15 @@ appends them to the tar shards and the HDF5 file of every size (`parallel.Ordere
 are in flight, so memory does not grow with the folder. Output is written atomically
 (`atomic.atomic_folder`) and is byte-deterministic (fixed tar headers, metadata-free PNG, HDF5
 without timestamps). The files themselves are written by `shardformat` (specified in
-docs/data-format.md).
+docs/data-format.md). An `--out` URL (s3://..., any writable fsspec URL) is built in a local
+temporary folder, then uploaded with the manifest last (`remote.upload_folder`).
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -23,8 +26,9 @@ import numpy as np
 from ddpm_data import images as img
 from ddpm_data.atomic import atomic_folder
 from ddpm_data.images import DEFAULT_MAX_PIXELS, Fit
-from ddpm_data.manifest import FORMAT_VERSION, SPLITS, Manifest, load_manifest, sha256_file, write_manifest
+from ddpm_data.manifest import FORMAT_VERSION, MANIFEST_NAME, SPLITS, Manifest, load_manifest, sha256_file, write_manifest
 from ddpm_data.parallel import OrderedPool
+from ddpm_data.remote import Location, RemoteError, as_location, exists, is_url, join, upload_folder
 from ddpm_data.shardformat import HDF5_NAME, Hdf5Writer, ShardEntry, ShardWriter
 from ddpm_data.split import SourceItem, SourcePlan, find_classes, plan_source
 
@@ -81,9 +85,9 @@ class BuildConfig:
         if self.max_pixels < 1:
             raise BuildError(f"--max-pixels: must be >= 1, got {self.max_pixels}")
 
-    def out_for(self, size: int) -> Path:
-        """Output folder of `size`."""
-        return Path(self.out.replace("{size}", str(size)))
+    def out_for(self, size: int) -> Location:
+        """Output folder of `size`: a Path, or a URL (str) to upload to."""
+        return as_location(self.out.replace("{size}", str(size)), "--out")
 
     def stored_size(self, size: int) -> int:
         """Stored image side for training size `size` (see images.stored_size_for)."""
@@ -261,11 +265,10 @@ def _tool_version() -> str:
         return "unknown"
 
 
-def _check_outputs(config: BuildConfig) -> None:
+def _check_outputs(config: BuildConfig, folders: list[Path]) -> None:
     find_classes(config.src)  # fail on a bad source layout before any work or progress bar
     src = config.src.resolve()
-    for size in config.size:
-        out = config.out_for(size)
+    for out in folders:
         if out.exists() and not config.overwrite:
             raise BuildError(f"{out}: exists; pass --overwrite to replace it (or choose another --out)")
         resolved = out.resolve()
@@ -284,21 +287,54 @@ def build(config: BuildConfig, progress: bool = False) -> list[Manifest]:
     `progress` shows a rich progress bar on stderr (the CLI turns it on).
 
     Raises SourceError (bad source layout) or BuildError (bad options, existing output,
-    `strict` with skipped files, a class left without usable images). Nothing is written to
-    the output paths unless the whole build succeeds.
+    `strict` with skipped files, a class left without usable images, a failed upload). Nothing
+    is written to the output paths unless the whole build succeeds; at a URL, readers find no
+    manifest until every other file is uploaded.
     """
-    _check_outputs(config)
+    try:
+        outputs = [config.out_for(size) for size in config.size]
+    except ValueError as error:
+        raise BuildError(str(error)) from None
+    if not any(is_url(out) for out in outputs):
+        _build(config, outputs, progress)
+        return [load_manifest(out) for out in outputs]
+    if not all(is_url(out) for out in outputs):
+        raise BuildError(f"--out {config.out}: either every size goes to a URL or none")
+    for out in outputs:
+        try:
+            if exists(join(out, MANIFEST_NAME)) and not config.overwrite:
+                raise BuildError(f"{out}: holds a shard set; pass --overwrite to replace it (or choose another --out)")
+        except RemoteError as error:
+            raise BuildError(f"--out {error}") from None
+    staging = Path(tempfile.mkdtemp(prefix="ddpm-build-"))  # $TMPDIR: needs room for the whole output
+    try:
+        folders = [staging / str(size) for size in config.size]
+        _build(config, folders, progress)
+        for folder, out in zip(folders, outputs):
+            upload_folder(folder, out, MANIFEST_NAME, config.overwrite)
+        return [load_manifest(out) for out in outputs]
+    except RemoteError as error:
+        raise BuildError(f"--out {error}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _build(config: BuildConfig, folders: list[Path], progress: bool) -> None:
+    """The build proper, into the local `folders` (one per size, atomically)."""
+    _check_outputs(config, folders)
     workers = available_cores() if config.workers is None else config.workers
     settings = _DecodeSettings(tuple(config.stored_size(s) for s in config.size), config.fit,
                                config.channels, config.max_pixels)
     with _Progress(progress) as reporter, OrderedPool(workers) as pool:
         hashing = reporter.task("hashing source files")
-        plan = plan_source(config.src, config.val_fraction, partial(pool.map, chunksize=8), on_file=hashing)
+        plan = plan_source(config.src, config.val_fraction,
+                           partial(pool.map, chunksize=8, in_flight=max(1, workers) * IN_FLIGHT_PER_WORKER * 8),
+                           on_file=hashing)
         skipped = list(plan.skipped)  # with --strict, all skips are collected first and reported together
-        tasks = [(str(item.path), item.sha256) for item in plan.items]
+        tasks = ((str(item.path), item.sha256) for item in plan.items)  # streamed from the plan's file
         decoded_stream = pool.map(partial(_decode_one, settings), tasks, chunksize=4,
                                   in_flight=max(1, workers) * IN_FLIGHT_PER_WORKER)
-        with _atomic_folders(config) as folders:
+        with _atomic_folders(folders, config.overwrite) as folders:
             writers = [_SizeWriter(folder, size, config.stored_size(size), plan, config)
                        for folder, size in zip(folders, config.size)]
             try:
@@ -320,7 +356,8 @@ def build(config: BuildConfig, progress: bool = False) -> list[Manifest]:
                 for writer in writers:
                     writer.abort()
                 raise
-    return [load_manifest(config.out_for(size)) for size in config.size]
+            finally:
+                plan.close()
 
 
 def _check_classes(writer: _SizeWriter, plan: SourcePlan, skipped: list[tuple[str, str]]) -> None:
@@ -331,10 +368,10 @@ def _check_classes(writer: _SizeWriter, plan: SourcePlan, skipped: list[tuple[st
 
 
 class _atomic_folders:
-    """Enter `atomic_folder` for every output of `config`; all are committed only on success."""
+    """Enter `atomic_folder` for every output folder; all are committed only on success."""
 
-    def __init__(self, config: BuildConfig) -> None:
-        self._managers = [atomic_folder(config.out_for(size), config.overwrite) for size in config.size]
+    def __init__(self, folders: list[Path], overwrite: bool) -> None:
+        self._managers = [atomic_folder(folder, overwrite) for folder in folders]
 
     def __enter__(self) -> list[Path]:
         entered = []
