@@ -88,7 +88,10 @@ class _GuardedFile:
 
     def read(self, size: int = -1) -> bytes:
         try:
-            return self._file.read(size)
+            data = self._file.read(size)
+            if not data and size != 0 and hasattr(self._file, "wait_for_child"):
+                self._file.wait_for_child()  # a pipe at its end: a failed command is an error, not an empty file
+            return data
         except RemoteError:
             raise
         except Exception as error:  # aiohttp, botocore and webdataset's Pipe raise their own types
@@ -147,7 +150,8 @@ def open_input(location: Location) -> BinaryIO:
     options: dict[str, Any] = {"block_size": 0} if urlsplit(location).scheme in ("http", "https") else \
         {"block_size": STREAM_BLOCK_BYTES, "cache_type": "readahead"}
     try:
-        return _GuardedFile(fsspec.open(location, "rb", **options).open(), location)  # type: ignore[return-value]
+        filesystem, path = fsspec.core.url_to_fs(location)
+        return _GuardedFile(filesystem.open(path, "rb", **options), location)  # type: ignore[return-value]
     except Exception as error:  # fsspec backends raise OSError subclasses and their own types
         raise RemoteError(location, _error_reason(error)) from error
 
