@@ -18,8 +18,8 @@ from typing import Iterator
 import numpy as np
 
 from ddpm_data.manifest import Manifest, sha256_file
-from ddpm_data.shardformat import (CHECKSUM_REASON, FormatError, ShardEntry, SplitArrays, decode_png, iter_shard,
-                                   read_hdf5_split, read_shard, sample_problems)
+from ddpm_data.shardformat import (CHECKSUM_REASON, FormatError, ShardEntry, SplitArrays, decode_png, iter_hdf5_rows,
+                                   iter_shard, read_shard, sample_problems)
 
 Ranges = list[tuple[int, int]]   # [start, stop) row ranges, sorted and disjoint
 HDF5_READ_ROWS = 1024            # rows read (and checked) per HDF5 call: bounds the temporary copy
@@ -47,21 +47,21 @@ def _allocate(manifest: Manifest, ranges: Ranges) -> np.ndarray:
 def _from_hdf5(manifest: Manifest, split: str, ranges: Ranges) -> SplitArrays:
     path, shape = Path(manifest.hdf5_path), (manifest.channels, manifest.stored_size, manifest.stored_size)
     images, labels, keys, filled, total, checked = _allocate(manifest, ranges), [], [], 0, 0, False
-    for start, stop in ranges:
-        for first in range(start, stop, HDF5_READ_ROWS):
-            block = read_hdf5_split(path, split, shape, slice(first, min(first + HDF5_READ_ROWS, stop)))
-            if block.digests is None and not checked:  # written before per-row digests: hash the file once
-                expected = manifest.hdf5.get("sha256")
-                if expected and sha256_file(path) != expected:
-                    raise FormatError(path, CHECKSUM_REASON)
-                checked = True
-            bad = block.bad_rows()
-            if bad:
-                raise FormatError(path, f"/{split} row {bad[0]}: pixels {CHECKSUM_REASON}")
-            images[filled:filled + len(block.labels)] = block.images
-            filled, total = filled + len(block.labels), block.total
-            labels.append(block.labels)
-            keys.extend(block.keys)
+    blocks = [slice(first, min(first + HDF5_READ_ROWS, stop)) for start, stop in ranges
+              for first in range(start, stop, HDF5_READ_ROWS)]
+    for block in iter_hdf5_rows(path, split, shape, blocks):
+        if block.digests is None and not checked:  # written before per-row digests: hash the file once
+            expected = manifest.hdf5.get("sha256")
+            if expected and sha256_file(path) != expected:
+                raise FormatError(path, CHECKSUM_REASON)
+            checked = True
+        bad = block.bad_rows()
+        if bad:
+            raise FormatError(path, f"/{split} row {bad[0]}: pixels {CHECKSUM_REASON}")
+        images[filled:filled + len(block.labels)] = block.images
+        filled, total = filled + len(block.labels), block.total
+        labels.append(block.labels)
+        keys.extend(block.keys)
     if filled != len(images):
         raise FormatError(path, f"/{split} holds {total} rows, fewer than the manifest's {manifest.num_samples(split)}")
     return SplitArrays(images, np.concatenate(labels) if labels else np.zeros(0, np.int64), tuple(keys),

@@ -381,6 +381,12 @@ def read_hdf5_split(path: str | Path, split: str, item_shape: tuple[int, int, in
     Raises FormatError naming `path` when the file is missing or unreadable, a dataset is missing,
     or the images are not uint8 (N, *item_shape) with N labels and N keys.
     """
+    return next(iter_hdf5_rows(path, split, item_shape, [rows]))
+
+
+def iter_hdf5_rows(path: str | Path, split: str, item_shape: tuple[int, int, int],
+                   blocks: list[slice]) -> Iterator[SplitArrays]:
+    """`read_hdf5_split` for several row slices, one SplitArrays per slice, the file opened once."""
     import h5py
 
     path = Path(path)
@@ -392,9 +398,10 @@ def read_hdf5_split(path: str | Path, split: str, item_shape: tuple[int, int, in
             digests = h5[f"{split}/{HDF5_DIGESTS}"] if f"{split}/{HDF5_DIGESTS}" in h5 else None
             if digests is not None and digests.shape != (images.shape[0], 32):
                 raise FormatError(path, f"/{split}/{HDF5_DIGESTS} is {digests.shape}, expected ({images.shape[0]}, 32)")
-            return SplitArrays(images[rows], labels[rows].astype(np.int64),
-                               tuple(str(key) for key in keys.asstr()[rows]), images.shape[0],
-                               None if digests is None else digests[rows])
+            for rows in blocks:
+                yield SplitArrays(images[rows], labels[rows].astype(np.int64),
+                                  tuple(str(key) for key in keys.asstr()[rows]), images.shape[0],
+                                  None if digests is None else digests[rows])
     except FormatError:
         raise
     except (OSError, KeyError, ValueError, RuntimeError) as error:  # h5py's errors for damaged files
