@@ -166,6 +166,10 @@ def plan_source(
     try:
         database = folder / "plan.sqlite"
         connection = sqlite3.connect(database)
+        # WAL: the hashing writes while the pool's feeder thread reads the file list through a second
+        # connection; with a rollback journal each spill of the writer's cache waits out the busy
+        # timeout on that reader (100k images: the build stalled for good).
+        connection.execute("PRAGMA journal_mode=WAL")
         with connection:
             ignored += _list_candidates(connection, src, classes)
             connection.commit()  # the hashing reads the list through a second connection
