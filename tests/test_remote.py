@@ -85,6 +85,9 @@ def test_http_set_reads_exactly_as_the_local_folder(tiny_shards):
         report = verify(url)
         assert report.ok, report.problems
         assert report.samples_checked == 2 * sum(manifest.num_samples(s) for s in ("train", "val"))
+        for command in (["stats", url], ["preview", url, "--n", "16", "--json"]):
+            result = CliRunner().invoke(cli.data_app, command)
+            assert result.exit_code == 0 and "Traceback" not in result.output, result.output
 
 
 def test_eval_reads_a_url_like_the_local_folder(tiny_shards):
@@ -210,6 +213,7 @@ def upload(local: Path, url: str) -> None:
 def test_train_and_resume_from_s3_match_a_local_run(s3, tiny_shards, tmp_path):
     url = "s3://shards/train/16"
     upload(tiny_shards, url)
+    assert same(batches(url, mode="stream", workers=2), batches(tiny_shards, mode="stream", workers=2))  # forked workers
     local = tmp_path / "local"
     train("--shards", tiny_shards, "--out", local, "--max-steps", "2", *FAST)
     run = tmp_path / "s3"
