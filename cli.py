@@ -519,7 +519,7 @@ def eval_samples(
 
 
 # ---------------------------------------------------------------- ddpm-study
-study_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+study_app = App(**APP_SETTINGS)
 
 
 @study_app.command(help="Train a grid of configurations on one budget; compare them at one display size (docs/study.md).")
