@@ -16,9 +16,9 @@ import zipfile
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import click
 import typer
 from typer.core import TyperCommand
+from typer.exceptions import TyperException  # typer vendors click: its usage errors derive from this
 
 from ddpm_data.config import AugmentConfig, Fit, Interpolation, ReaderConfig, ReaderMode
 from ddpm_model.choices import BetaSchedule, Prediction, Sampler, UpsampleMode
@@ -97,10 +97,10 @@ class Command(TyperCommand):
 
     interrupted = INTERRUPTED
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (typer.Exit, typer.Abort, TyperException):
             raise  # an exit the command chose, or a usage error click reports itself
         except KeyboardInterrupt:
             typer.echo(f"error: interrupted; {self.interrupted}", err=True)
