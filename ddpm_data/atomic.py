@@ -189,3 +189,21 @@ def atomic_folder(target: str | Path, overwrite: bool,
     finally:
         if not committed:
             remove_empty(created)
+
+
+def check_owned(folder: Path, marker: str, foreign: Callable[[Path], list[str]], error: type[Exception],
+                label: str, writer: str, owned: str, other: str) -> None:
+    """`error` unless `folder` is empty, or holds `marker` (the command wrote it) and nothing the
+    `foreign` listing names: what `--overwrite` may replace. `label` starts the message (the
+    flag and folder), `writer` and `owned` name the command and its folders, `other` the flag
+    to choose another."""
+    if not any(folder.iterdir()):
+        return
+    if not (folder / marker).is_file():
+        raise error(f"{label}: holds no {marker}, so {writer} did not write it; --overwrite only replaces "
+                    f"{owned}. Choose another {other}")
+    names = foreign(folder)
+    if names:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise error(f"{label}: also holds {shown}, which {writer} did not write; --overwrite would "
+                    f"delete them. Move them out of the folder or choose another {other}")

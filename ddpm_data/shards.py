@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ddpm_data import images as img
-from ddpm_data.atomic import BusyError, atomic_folder, busy_holder
+from ddpm_data.atomic import BusyError, atomic_folder, busy_holder, check_owned
 from ddpm_data.images import DEFAULT_MAX_PIXELS, Fit
 from ddpm_data.manifest import (FORMAT_VERSION, MANIFEST_NAME, SPLITS, Manifest, load_manifest, sha256_file,
                                 write_manifest)
@@ -312,16 +312,8 @@ def foreign_entries(folder: Path) -> list[str]:
 
 def check_replaceable(folder: Path) -> None:
     """BuildError unless `folder` is empty or holds a build's output and nothing else."""
-    if not any(folder.iterdir()):
-        return
-    if not (folder / MANIFEST_NAME).is_file():
-        raise BuildError(f"--out {folder}: holds no {MANIFEST_NAME}, so a build did not write it; --overwrite "
-                         f"only replaces a build's output folder. Choose another --out")
-    foreign = foreign_entries(folder)
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise BuildError(f"--out {folder}: also holds {shown}, which a build did not write; --overwrite would "
-                         f"delete them. Move them out of the folder or choose another --out")
+    check_owned(folder, MANIFEST_NAME, foreign_entries, BuildError, f"--out {folder}", "a build",
+                "a build's output folder", "--out")
 
 
 def _write_error(config: BuildConfig, error: OSError) -> BuildError:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ddpm_data.atomic import exchange, make_parents, remove_empty
+from ddpm_data.atomic import check_owned, exchange, make_parents, remove_empty
 
 MASK_DIR = ".masks"
 MARKER = ".ddpm-synth.json"
@@ -98,16 +98,7 @@ def foreign_entries(root: Path) -> list[str]:
 
 def check_replaceable(out: Path) -> None:
     """SynthError unless `out` is empty or holds synth's marker and nothing but what synth writes."""
-    if not any(out.iterdir()):
-        return
-    if not (out / MARKER).is_file():
-        raise SynthError(f"{out}: holds no {MARKER}, so synth did not write it; --overwrite only replaces "
-                         f"a folder synth wrote. Choose another OUT")
-    foreign = foreign_entries(out)
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise SynthError(f"{out}: also holds {shown}, which synth did not write; --overwrite would delete "
-                         f"them. Move them out of the folder or choose another OUT")
+    check_owned(out, MARKER, foreign_entries, SynthError, str(out), "synth", "a folder synth wrote", "OUT")
 
 
 def _existing_parent(path: Path) -> Path:
