@@ -531,6 +531,7 @@ def study(
     preset: Annotated[Optional[str], typer.Option(help="ddpm-train presets; auto = the one for each size. [default: auto]", show_default=False)] = None,
     model_channels: Annotated[Optional[str], typer.Option(help="Widths (first-stage channels), e.g. 32,64. [default: the preset's]", show_default=False)] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Training seeds, e.g. 0,1 (2+ give every metric a noise level). [default: 0]", show_default=False)] = None,
+    design: Annotated[Optional[str], typer.Option(help="grid: every combination of the axes; one-at-a-time: every axis' first value, then each other value alone. [default: grid]", show_default=False)] = None,
     budget_images: Annotated[Optional[int], typer.Option(help="Budget: images seen per cell (ddpm-train --max-images).")] = None,
     budget_minutes: Annotated[Optional[float], typer.Option(help="Budget: wall time of training per cell, minutes.")] = None,
     src: Annotated[Optional[Path], typer.Option(help="Image folder to build missing shard sizes from.")] = None,
@@ -539,7 +540,7 @@ def study(
     baseline: Annotated[Optional[str], typer.Option(help="Cell (or configuration) the others are compared with. [default: the first]", show_default=False)] = None,
     samples_per_class: Annotated[Optional[int], typer.Option(help="Samples per class and cell. [default: 64]", show_default=False)] = None,
     sample_steps: Annotated[Optional[int], typer.Option(help="DDIM steps. [default: 50]", show_default=False)] = None,
-    sample_eta: Annotated[Optional[float], typer.Option(help="DDIM eta. [default: 1]", show_default=False)] = None,
+    sample_eta: Annotated[Optional[float], typer.Option(help="DDIM eta. [default: 0, as ddpm-sample]", show_default=False)] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale. [default: 2]", show_default=False)] = None,
     launcher: Annotated[Optional[str], typer.Option(help="Prefix of each ddpm-train command, e.g. 'torchrun --standalone --nproc_per_node 4 --no-python'.")] = None,
     train_args: Annotated[Optional[str], typer.Option(help="Extra ddpm-train options for every cell, e.g. '--batch-size 8 --balance sqrt'.")] = None,
@@ -554,7 +555,7 @@ def study(
     from ddpm_study.runner import run_study
 
     flags = {"sizes": sizes, "upsample": upsample, "augment": augment, "preset": preset, "model_channels": model_channels,
-             "seeds": seeds, "images": budget_images, "minutes": budget_minutes, "src": src and str(src), "shards": shards,
+             "seeds": seeds, "design": design, "images": budget_images, "minutes": budget_minutes, "src": src and str(src), "shards": shards,
              "display_size": display_size, "baseline": baseline, "n": samples_per_class, "steps": sample_steps,
              "eta": sample_eta, "guidance": guidance, "launcher": launcher, "train_args": train_args,
              "sample_args": sample_args, "eval_args": eval_args, "eval_bootstrap": eval_bootstrap}

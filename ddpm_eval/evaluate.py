@@ -153,10 +153,12 @@ class _ClassReference:
     def __init__(self, train, features, val_distances, config: EvalConfig):
         from ddpm_eval.edges import edge_statistics
         from ddpm_eval.images import to_float
+        from ddpm_eval.jaggedness import staircase_index
         from ddpm_eval.spectrum import radial_power_spectrum
         from ddpm_eval.swd import PyramidSWD
 
         images = to_float(train.images)
+        self.staircase = staircase_index(images)
         self.swd = PyramidSWD(images, config.swd_descriptors, config.swd_directions, config.swd_min_level, config.seed)
         self.frequency, self.power = radial_power_spectrum(images)
         self.edges = edge_statistics(images)
@@ -171,10 +173,12 @@ class _ClassReference:
         from ddpm_eval.edges import edge_statistics, orientation_distance
         from ddpm_eval.frechet import frechet_distance
         from ddpm_eval.images import to_float
+        from ddpm_eval.jaggedness import jaggedness, staircase_index
         from ddpm_eval.spectrum import high_frequency_ratio, log_spectrum_distance, radial_power_spectrum
 
         images = to_float(candidate.images)
         levels = self.swd.distances(images)
+        jagged = jaggedness(staircase_index(images), self.staircase)
         _, power = radial_power_spectrum(images)
         edges = edge_statistics(images)
         return {
@@ -183,6 +187,8 @@ class _ClassReference:
             "swd_levels": levels,
             "spectrum_hf_ratio": high_frequency_ratio(self.frequency, power, self.power),
             "spectrum_distance": log_spectrum_distance(power, self.power),
+            "jaggedness": jagged.value,
+            "jaggedness_se": jagged.standard_error,
             "edge_roughness": edges.roughness,
             "edge_orientation_distance": orientation_distance(edges.orientation_histogram, self.edges.orientation_histogram),
             "class_accuracy": class_accuracy(predictions, candidate.labels),
@@ -198,17 +204,19 @@ def _memorization(neighbours, mask, val_distances, config: EvalConfig) -> dict:
             "nn_distance_median": summary.nn_distance_median}
 
 
-_MEAN_OVER_CLASSES = ("swd", "spectrum_hf_ratio", "spectrum_distance", "edge_roughness", "edge_orientation_distance",
-                      "class_accuracy", "frechet_classifier_distance")
+_MEAN_OVER_CLASSES = ("swd", "spectrum_hf_ratio", "spectrum_distance", "jaggedness", "edge_roughness",
+                      "edge_orientation_distance", "class_accuracy", "frechet_classifier_distance")
 
 
 def _overall(per_class: dict) -> dict:
-    """Unweighted means over classes (per level for `swd_levels`)."""
+    """Unweighted means over classes (per level for `swd_levels`); the jaggedness' standard error
+    combines the classes' as independent, sqrt(sum se^2) / classes."""
     import numpy as np
 
     rows = list(per_class.values())
     overall = {key: float(np.mean([row[key] for row in rows])) for key in _MEAN_OVER_CLASSES}
     overall["swd_levels"] = np.mean([row["swd_levels"] for row in rows], axis=0).tolist()
+    overall["jaggedness_se"] = float(np.sqrt(np.sum([row["jaggedness_se"] ** 2 for row in rows]))) / len(rows)
     return overall
 
 

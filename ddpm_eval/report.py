@@ -58,8 +58,9 @@ def write_report(result: dict, classes: tuple[str, ...], samples: ImageSet, trai
     lines = {"real train": spectra["real_train"]} | {SET_NAMES[key]: spectra[key] for key in SET_NAMES}
     line_chart(spectra["frequency"], lines, "Radial power spectrum of luminance", "spatial frequency (cycles / pixel)",
                y_label="power (pixel values in [-1, 1], squared)", reference="real train").save(out_dir / "spectrum.png")
-    sections += ["## Power spectrum", "", "Above the real curve at high frequency: jaggies, aliasing or noise; "
-                 "below it: blur.", "", "![spectrum](spectrum.png)", ""]
+    sections += ["## Power spectrum", "", "Above the real curve at high frequency: noise or aliasing; below it: blur. "
+                 "A staircase made from a small image can sit on either side: read the jaggedness row for it.", "",
+                 "![spectrum](spectrum.png)", ""]
 
     sections += ["## Near-copies of training images", ""]
     if result["flagged_copies"]:

@@ -7,16 +7,17 @@ from __future__ import annotations
 # (key, label, which direction is better)
 ROWS = (
     ("swd", "SWD, mean over pyramid levels", "lower; val floor is the best reachable"),
-    ("spectrum_hf_ratio", "spectrum high-frequency ratio", "closer to 1; >1 jaggy/aliased/noisy, <1 blurred"),
+    ("spectrum_hf_ratio", "spectrum high-frequency ratio", "closer to 1; >1 noise or aliasing, <1 blur; blind to staircases"),
     ("spectrum_distance", "spectrum log distance (decades)", "lower"),
-    ("edge_roughness", "edge roughness (degrees)", "close to real train; higher = jaggier"),
-    ("edge_orientation_distance", "edge orientation distance", "lower"),
+    ("jaggedness", "jaggedness (staircase edges, points)", "0 = like real; >0 staircase edges; <0 blur or noise"),
+    ("edge_roughness", "edge roughness (degrees)", "close to real train; wobble of edge directions, not staircases"),
+    ("edge_orientation_distance", "edge orientation distance", "lower; edge directions unlike real"),
     ("class_accuracy", "class accuracy (eval classifier)", "higher; trust it only if val accuracy is high"),
     ("frechet_classifier_distance", "Frechet dist., classifier features", "lower; NOT Inception FID"),
     ("copy_fraction", "near-copies of training images", "lower; 0 is healthy"),
     ("nn_ratio", "nearest-train distance / val's", "about 1; well below 1 = memorising"),
 )
-PER_CLASS = ("swd", "spectrum_hf_ratio", "edge_roughness", "class_accuracy", "frechet_classifier_distance", "copies")
+PER_CLASS = ("swd", "spectrum_hf_ratio", "jaggedness", "edge_roughness", "class_accuracy", "frechet_classifier_distance", "copies")
 
 
 def _number(value) -> str:
@@ -27,18 +28,27 @@ def _number(value) -> str:
     return f"{value:.4g}"
 
 
+def _value(metrics: dict, key: str) -> str:
+    """A metric as printed; jaggedness with its standard error (percentage points, signed)."""
+    if key == "jaggedness" and metrics.get("jaggedness") is not None:
+        error = metrics.get("jaggedness_se")
+        return f"{metrics['jaggedness']:+.1f}" + (f" ± {error:.1f}" if error is not None else "")
+    return _number(metrics[key])
+
+
 def _rows(result: dict) -> list[list[str]]:
     floor, ceiling = result["reference"]["val_vs_train"], result["reference"]["blurred_vs_train"]
     rows = []
     for key, label, better in ROWS:
-        rows.append([label, _number(result[key]), _number(floor[key]), _number(ceiling[key]), better])
+        rows.append([label, _value(result, key), _value(floor, key), _value(ceiling, key), better])
         if key == "swd":
             for index, size in enumerate(result["swd_level_sizes"]):
                 name = f"  SWD level {size} px" + (" (finest: edges)" if index == 0 else "")
                 rows.append([name, _number(result["swd_levels"][index]), _number(floor["swd_levels"][index]),
                              _number(ceiling["swd_levels"][index]), "lower"])
         if key == "edge_roughness":
-            rows[-1][4] = f"close to real train ({_number(result['edge_roughness_real'])}); higher = jaggier"
+            rows[-1][4] = (f"close to real train ({_number(result['edge_roughness_real'])}); "
+                           "wobble of edge directions, not staircases")
     return rows
 
 
@@ -59,7 +69,7 @@ def format_text(result: dict) -> str:
     lines.append("")
     lines.append("per class: " + "  ".join(PER_CLASS))
     for name, metrics in result["per_class"].items():
-        lines.append(f"  {name}: " + "  ".join(_number(metrics[key]) for key in PER_CLASS))
+        lines.append(f"  {name}: " + "  ".join(_value(metrics, key) for key in PER_CLASS))
     lines.append(f"eval classifier val accuracy {_number(result['classifier_val_accuracy'])} ({result['classifier']['cache']})")
     lines.append(f"note: {result['frechet_note']}")
     lines += [f"warning: {message}" for message in result["warnings"]]
@@ -73,5 +83,5 @@ def format_markdown(result: dict) -> str:
     lines += ["| " + " | ".join(cell.strip() for cell in row) + " |" for row in _rows(result)]
     lines += ["", "| class | " + " | ".join(PER_CLASS) + " |", "|" + "---|" * (len(PER_CLASS) + 1)]
     for name, metrics in result["per_class"].items():
-        lines.append(f"| {name} | " + " | ".join(_number(metrics[key]) for key in PER_CLASS) + " |")
+        lines.append(f"| {name} | " + " | ".join(_value(metrics, key) for key in PER_CLASS) + " |")
     return "\n".join(lines)

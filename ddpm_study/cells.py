@@ -45,9 +45,19 @@ class Cell:
 
 
 def grid_cells(grid: Grid) -> list[Cell]:
-    """Every combination, sizes outermost and seeds innermost (the order of the table)."""
-    axes = (grid.sizes, grid.upsample, grid.augment, grid.preset, grid.model_channels, grid.seeds)
-    return [Cell(*values) for values in itertools.product(*axes)]
+    """The cells of `grid.design`, seeds innermost (the order of the table).
+
+    grid: every combination, sizes outermost. one-at-a-time: the starting point (every axis' first
+    value), then for each axis in turn each of its other values with the other axes at the start.
+    """
+    axes = (grid.sizes, grid.upsample, grid.augment, grid.preset, grid.model_channels)
+    if grid.design == "grid":
+        combinations = list(itertools.product(*axes))
+    else:
+        start = tuple(axis[0] for axis in axes)
+        combinations = [start] + [start[:index] + (value,) + start[index + 1:]
+                                  for index, axis in enumerate(axes) for value in axis[1:]]
+    return [Cell(*combination, seed) for combination in combinations for seed in grid.seeds]
 
 
 def parse_split(text: str) -> tuple[int, int]:

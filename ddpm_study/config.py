@@ -19,6 +19,7 @@ from ddpm_data.config import AUGMENT_PRESETS
 TOML_NAME = "study.toml"
 UPSAMPLE_MODES = ("bilinear", "bicubic", "nearest", "conv_transpose")  # ddpm-train --upsample
 MIN_SIZE = 16  # px; the smallest size ddpm-data builds and the tiny preset trains
+DESIGNS = ("grid", "one-at-a-time")  # every combination | the first values, then each other value alone
 
 
 class StudyError(ValueError):
@@ -27,7 +28,12 @@ class StudyError(ValueError):
 
 @dataclass(frozen=True)
 class Grid:
-    """The axes of the study; every combination is one cell (one ddpm-train run)."""
+    """The axes of the study and how they combine into cells (one ddpm-train run per cell and seed).
+
+    design 'grid': every combination. 'one-at-a-time': the first value of every axis (the starting
+    point), then each other value of each axis with the rest kept at the starting point: 1 + the
+    sum of (values - 1) configurations instead of their product.
+    """
 
     sizes: tuple[int, ...]  # training resolutions, px; shards come from the --shards pattern
     upsample: tuple[str, ...] = ("bilinear",)  # ddpm-train --upsample
@@ -35,6 +41,7 @@ class Grid:
     preset: tuple[str, ...] = ("auto",)  # ddpm-train --preset; auto = the preset ddpm-train picks for the size
     model_channels: tuple[int | None, ...] = (None,)  # ddpm-train --model-channels; None = the preset's width
     seeds: tuple[int, ...] = (0,)  # ddpm-train --seed; 2+ seeds give every metric a noise level
+    design: str = "grid"  # grid | one-at-a-time (see the class docstring)
 
 
 @dataclass(frozen=True)
@@ -51,7 +58,7 @@ class SampleSettings:
 
     n: int = 64  # images per class; below 50 ddpm-eval warns that its numbers are noisy
     steps: int = 50  # DDIM steps
-    eta: float = 1.0  # DDIM eta; 1 is kinder to a briefly trained model (docs/training.md)
+    eta: float = 0.0  # DDIM eta; 0 as in ddpm-sample (measured best with v-prediction, docs/benchmarks.md)
     guidance: float = 2.0  # classifier-free guidance scale
 
 
@@ -137,7 +144,8 @@ def write_toml(config: StudyConfig) -> Path:
     lines = ["# ddpm-study settings; flags given on the command line override them (docs/study.md)."]
     top = {"src": config.src, "shards": config.shards, "display_size": config.display_size, "baseline": config.baseline}
     lines += [f"{key} = {value(item)}" for key, item in top.items() if item is not None]
-    grid = {name: [item for item in items if item is not None] for name, items in dataclasses.asdict(config.grid).items()}
+    grid = {name: items if isinstance(items, str) else [item for item in items if item is not None]
+            for name, items in dataclasses.asdict(config.grid).items()}
     run = {"launcher": shlex.join(config.launcher), "train_args": list(config.train_args),
            "sample_args": list(config.sample_args), "eval_args": list(config.eval_args),
            "eval_bootstrap": config.eval_bootstrap}
@@ -206,6 +214,7 @@ def _build(root: Path, settings: dict[str, Any], where: dict[str, str], path: Pa
         preset=get("preset", str, Grid.preset, True, lambda p: p.strip() != "", "empty preset name; use auto or a ddpm-train preset"),
         model_channels=get("model_channels", int, Grid.model_channels, True, lambda w: w >= 1, "must be >= 1"),
         seeds=get("seeds", int, Grid.seeds, True, lambda s: s >= 0, "must be >= 0"),
+        design=get("design", str, Grid.design, check=lambda d: d in DESIGNS, need=f"unknown; valid: {', '.join(DESIGNS)}"),
     )
     images = get("images", int, check=lambda n: n >= 1, need="must be >= 1")
     minutes = get("minutes", float, check=lambda m: m > 0 and math.isfinite(m), need="must be > 0")

@@ -23,7 +23,7 @@ import numpy as np
 
 from ddpm_study.cells import Cell
 from ddpm_study.config import StudyConfig
-from ddpm_study.runner import STATE_NAME, cell_dir, read_json, sample_marker, write_json
+from ddpm_study.files import STATE_NAME, cell_dir, read_json, sample_marker, write_json
 from ddpm_study.tools import Tools
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -33,8 +33,9 @@ def metrics_path(config: StudyConfig, cell: Cell) -> Path:
     return cell_dir(config, cell) / "study" / f"metrics-{config.display}.json"
 
 
-def display_dir(config: StudyConfig, cell: Cell) -> Path:
-    return cell_dir(config, cell) / "study" / f"display-{config.display}"
+def display_dir(config: StudyConfig, cell: Cell, nearest: bool = False) -> Path:
+    """Where the cell's samples are, resized to the display size: LANCZOS, or nearest neighbour (`nearest`)."""
+    return cell_dir(config, cell) / "study" / f"display-{'nearest-' if nearest else ''}{config.display}"
 
 
 def pick_metrics(result: dict) -> dict:
@@ -44,10 +45,12 @@ def pick_metrics(result: dict) -> dict:
                                               "frechet_classifier_distance", "class_accuracy", "nn_ratio")} | {"swd_finest": levels[0]}
 
 
-def resize_folder(source: Path, target: Path, size: int) -> dict[str, int]:
-    """source/<class>/* -> target/<class>/*.png at size x size px (PIL LANCZOS); returns images per class."""
+def resize_folder(source: Path, target: Path, size: int, nearest: bool = False) -> dict[str, int]:
+    """source/<class>/* -> target/<class>/*.png at size x size px (PIL LANCZOS, or NEAREST with `nearest`);
+    returns images per class."""
     from PIL import Image
 
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.LANCZOS
     if target.exists():
         shutil.rmtree(target)
     counts = {}
@@ -57,7 +60,7 @@ def resize_folder(source: Path, target: Path, size: int) -> dict[str, int]:
         for path in files:
             with Image.open(path) as image:
                 if image.size != (size, size):
-                    image = image.resize((size, size), Image.Resampling.LANCZOS)
+                    image = image.resize((size, size), resample)
                 image.save(target / class_dir.name / f"{path.stem}.png")
         counts[class_dir.name] = len(files)
     return counts
@@ -106,12 +109,14 @@ def measure_cell(config: StudyConfig, cell: Cell, tools: Tools, log: Callable[[s
     result, error = _evaluate(tools, real_dir, folder, config.eval_args)
     if error:
         return f"measure: {error}"
+    nearest_folder = display_dir(config, cell, nearest=True)
+    resize_folder(run_dir / "study" / "samples", nearest_folder, config.display, nearest=True)
     try:
         reference = DisplayReference.of(real_dir)
-        jagged = reference.jaggedness(folder)
+        jagged, jagged_nearest = reference.jaggedness(folder), reference.jaggedness(nearest_folder)
     except ValueError as error:  # the evaluator's input errors name the file and the fix
         return f"measure: {error}"
-    noise = {"jaggedness": jagged.standard_error}
+    noise = {"jaggedness": jagged.standard_error, "jaggedness_nearest": jagged_nearest.standard_error}
     if config.eval_bootstrap:
         spread, error = _bootstrap(tools, real_dir, folder, config)
         if error:
@@ -121,10 +126,11 @@ def measure_cell(config: StudyConfig, cell: Cell, tools: Tools, log: Callable[[s
     summary = read_json(run_dir / "summary.json")
     write_json(path, {
         "cell": cell.name, "configuration": cell.configuration, "inputs": inputs,
-        "metrics": {**pick_metrics(result), "jaggedness": jagged.value},
+        "metrics": {**pick_metrics(result), "jaggedness": jagged.value, "jaggedness_nearest": jagged_nearest.value},
         "noise": noise,
         "edge_roughness_real": result.get("edge_roughness_real"),
-        "real_val": {**pick_metrics(val), "jaggedness": reference.val_jaggedness.value, "n": val.get("n")},
+        "real_val": {**pick_metrics(val), "jaggedness": reference.val_jaggedness.value,
+                     "jaggedness_nearest": reference.val_jaggedness.value, "n": val.get("n")},
         "counts": {"samples": counts, "real_train": len(reference.real.train), "real_val": len(reference.real.val)},
         "training": {"images_seen": summary.get("images_seen"), "step": summary.get("step"),
                      "train_seconds": read_json(run_dir / STATE_NAME).get("train_seconds")},

@@ -15,7 +15,7 @@ import numpy as np
 from ddpm_study.cells import Cell, find_configuration
 from ddpm_study.config import StudyConfig
 from ddpm_study.measure import display_dir, metrics_path
-from ddpm_study.runner import read_json, write_json
+from ddpm_study.files import read_json, write_json
 from ddpm_study.table import compare, format_markdown
 
 REPORT_DIR = "report"

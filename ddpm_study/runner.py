@@ -18,19 +18,16 @@ over. A cell that fails is reported, and the study continues with the other cell
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from ddpm_study.cells import Cell, find_configuration, grid_cells, split_cells
 from ddpm_study.config import StudyConfig, StudyError
+from ddpm_study.files import STATE_NAME, cell_dir, latest_checkpoint, read_json, sample_marker, write_json
 from ddpm_study.tools import Subprocesses, TerminationAsInterrupt, Tools
 
-CELLS_DIR = "cells"
-STATE_NAME = "study-cell.json"  # in a run folder: wall time spent training it, over all launches
 UNBOUNDED_STEPS = 10**9  # duration for a wall-time budget: the study stops the run, not ddpm-train
 # ddpm-train options the study sets per cell; in train_args they would change what a cell is.
 RESERVED_TRAIN = ("--shards", "--img-size", "--out", "--resume", "--overwrite", "--dry-run", "--seed", "--upsample",
@@ -44,30 +41,12 @@ class Outcome:
     report: Path | None = None
 
 
-def cell_dir(config: StudyConfig, cell: Cell) -> Path:
-    return config.root / CELLS_DIR / cell.name
 
 
-def read_json(path: Path) -> dict:
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return document if isinstance(document, dict) else {}
 
 
-def write_json(path: Path, document: dict) -> Path:
-    """Written whole to a temporary file and renamed: parallel tasks and readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    temporary.replace(path)
-    return path
 
 
-def latest_checkpoint(run_dir: Path) -> str | None:
-    names = sorted(path.name for path in (run_dir / "checkpoints").glob("step-*.pt"))
-    return names[-1] if names else None
 
 
 def training_state(config: StudyConfig, cell: Cell) -> str:
@@ -191,12 +170,6 @@ def sample_cell(config: StudyConfig, cell: Cell, tools: Tools, log: Callable[[st
     return None
 
 
-def sample_marker(config: StudyConfig, cell: Cell) -> dict | None:
-    """What the cell's samples must have been drawn from and with; None without a checkpoint."""
-    checkpoint = latest_checkpoint(cell_dir(config, cell))
-    if checkpoint is None:
-        return None
-    return {"checkpoint": checkpoint, **asdict(config.sample), "seed": cell.seed, "sample_args": list(config.sample_args)}
 
 
 def run_study(config: StudyConfig, split: tuple[int, int] | None = None, dry_run: bool = False,

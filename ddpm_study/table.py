@@ -51,6 +51,7 @@ class Metric:
 
 METRICS = (
     Metric("jaggedness", "jaggedness", "lower", 1, signed=True),
+    Metric("jaggedness_nearest", "jagg. (nearest view)", "lower", 1, signed=True),
     Metric("swd", "SWD", "lower"),
     Metric("swd_finest", "SWD finest", "lower"),
     Metric("spectrum_hf_ratio", "HF ratio", "real", 2),
@@ -101,7 +102,7 @@ def _aggregate(name: str, cells: list[dict]) -> dict:
             noise, source = float(np.std(known, ddof=1) / math.sqrt(len(known))), f"seeds ({len(known)})"
         elif len(cells) == 1 and (cells[0].get("noise") or {}).get(metric.key) is not None:
             noise = cells[0]["noise"][metric.key]
-            source = "images" if metric.key == "jaggedness" else "bootstrap"
+            source = "images" if metric.key.startswith("jaggedness") else "bootstrap"
         else:
             noise, source = None, None
         values[metric.key] = {"mean": mean, "noise": noise, "noise_source": source, "per_seed": per_seed}
@@ -165,9 +166,12 @@ def _spread(values: list, digits: int = 0) -> str:
 def format_markdown(table: dict, display_size: int, real_dir: str) -> str:
     """The two tables (values with noise; % improvement vs the baseline) as Markdown."""
     labels = [metric.label for metric in METRICS]
+    roughness = next(metric for metric in METRICS if metric.key == "edge_roughness")
     lines = [f"Every cell's samples resized (LANCZOS) to {display_size} px and measured against the real train "
-             f"images of {real_dir}. Value ± standard error (source per metric in study.json: seeds, images or "
-             f"bootstrap); – = not available. Real edge roughness: {_number(table.get('edge_roughness_real'), METRICS[4])}.",
+             f"images of {real_dir}; 'jagg. (nearest view)' measures the samples enlarged with nearest neighbour "
+             f"instead, as a small image looks in a viewer that does not smooth. Value ± standard error (source per "
+             f"metric in study.json: seeds, images or bootstrap); – = not available. Real edge roughness: "
+             f"{_number(table.get('edge_roughness_real'), roughness)}.",
              "", "| configuration | seeds | samples/cell | images trained | train min | " + " | ".join(labels) + " |",
              "|---" * (5 + len(labels)) + "|"]
     real = (table.get("real_val") or {}).get("values")

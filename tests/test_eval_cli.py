@@ -22,7 +22,8 @@ def test_json_has_the_metrics_at_the_top_level(folders):
     result = CliRunner().invoke(eval_app, ["--real", str(shards), "--samples", str(samples), "--json", *FAST_FLAGS])
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
-    for key in ("swd", "swd_levels", "class_accuracy", "classifier_val_accuracy", "spectrum_hf_ratio", "edge_roughness",
+    for key in ("swd", "swd_levels", "class_accuracy", "classifier_val_accuracy", "spectrum_hf_ratio", "jaggedness",
+                "jaggedness_se", "edge_roughness",
                 "frechet_classifier_distance", "copies", "nn_ratio", "reference"):
         assert key in document
 
@@ -31,7 +32,8 @@ def test_text_summary_shows_references_and_directions(folders):
     shards, samples = folders
     result = CliRunner().invoke(eval_app, ["--real", str(shards), "--samples", str(samples), "--class", "normal", *FAST_FLAGS])
     assert result.exit_code == 0, result.output
-    for text in ("val (floor)", "blurred (ceiling)", "SWD level 32 px (finest: edges)", "NOT Inception FID", "normal:"):
+    for text in ("val (floor)", "blurred (ceiling)", "SWD level 32 px (finest: edges)", "NOT Inception FID", "normal:",
+                 "jaggedness (staircase edges, points)", "not staircases"):
         assert text in result.stdout
 
 

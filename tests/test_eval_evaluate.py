@@ -7,7 +7,8 @@ from eval_helpers import CLASSES, FAST, blur, fresh_real, jaggy, make_shards, no
 from ddpm_eval.evaluate import EvalConfig, evaluate
 from ddpm_eval.images import EvalInputError, load_real
 
-METRICS = ("swd", "swd_levels", "spectrum_hf_ratio", "spectrum_distance", "edge_roughness", "edge_orientation_distance",
+METRICS = ("swd", "swd_levels", "spectrum_hf_ratio", "spectrum_distance", "jaggedness", "jaggedness_se", "edge_roughness",
+           "edge_orientation_distance",
            "class_accuracy", "classifier_val_accuracy", "frechet_classifier_distance", "copies", "copy_fraction", "nn_ratio")
 
 
@@ -44,6 +45,17 @@ def test_a_fresh_real_set_scores_like_the_val_floor(results):
     assert result["swd"] < 2 * floor["swd"]
     assert 0.6 < result["spectrum_hf_ratio"] < 1.5
     assert result["copies"] == 0 and 0.7 < result["nn_ratio"] < 1.4
+    assert abs(result["jaggedness"]) < 3 * result["jaggedness_se"] + 1
+
+
+def test_jaggedness_is_reported_per_class_with_its_standard_error(results):
+    import numpy as np
+
+    result = results["fresh"]
+    per_class = [result["per_class"][name] for name in CLASSES]
+    assert result["jaggedness"] == pytest.approx(np.mean([row["jaggedness"] for row in per_class]))
+    assert result["jaggedness_se"] == pytest.approx(np.sqrt(sum(row["jaggedness_se"] ** 2 for row in per_class)) / len(per_class))
+    assert result["jaggedness_se"] > 0
 
 
 def test_blurred_noisy_and_jaggy_sets_rank_worse_than_fresh_real(results):

@@ -45,7 +45,7 @@ def test_a_size_without_shards_and_without_src_names_both_fixes(tmp_path, monkey
 
 def test_an_unknown_key_in_study_toml_fails_naming_it(tmp_path):
     (tmp_path / "study.toml").write_text("[grid]\nsizes = [40]\nseed = [1]\n[budget]\nimages = 10\n")
-    assert "unknown key 'seed' in [grid]; valid: augment, model_channels, preset, seeds, sizes, upsample" in \
+    assert "unknown key 'seed' in [grid]; valid: augment, design, model_channels, preset, seeds, sizes, upsample" in \
         one_line_error(invoke(tmp_path))
 
 

@@ -1,6 +1,7 @@
 """ddpm_study.config and cells: study.toml and flags, validation, cell names, the --cells k/n split."""
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -75,7 +76,7 @@ def test_flags_alone_make_a_config_that_round_trips_through_study_toml(tmp_path)
 
 
 @pytest.mark.parametrize("text, message", [
-    ("[grid]\nsizes = [40]\nsize = [96]\n[budget]\nimages = 1\n", "unknown key 'size' in [grid]; valid: augment, model_channels"),
+    ("[grid]\nsizes = [40]\nsize = [96]\n[budget]\nimages = 1\n", "unknown key 'size' in [grid]; valid: augment, design, model_channels"),
     ("sizes = [40]\n", "'sizes' belongs in the [grid] table; move it below that header"),
     ("size = [40]\n", "unknown key 'size'; valid: baseline, display_size, shards, src, [grid], [budget]"),
     ("[grid]\nsizes = [40]\n", "budget: missing; pass exactly one of --budget-images N"),
@@ -147,3 +148,25 @@ def test_the_baseline_may_be_a_cell_or_a_configuration():
     assert find_configuration(cells, "40px-bilinear-aug-auto") == "40px-bilinear-aug-auto"
     with pytest.raises(StudyError, match="--baseline 64px: no such cell or configuration in the grid; configurations: 40px"):
         find_configuration(cells, "64px")
+
+
+def test_one_at_a_time_changes_each_axis_alone_from_the_first_values():
+    from ddpm_study.cells import grid_cells
+    from ddpm_study.config import Grid
+
+    grid = Grid(sizes=(40, 96), upsample=("conv_transpose", "bilinear"), augment=("none", "default"), seeds=(0, 1),
+                design="one-at-a-time")
+    configurations = list(dict.fromkeys(cell.configuration for cell in grid_cells(grid)))
+    assert configurations == ["40px-conv_transpose-noaug-auto", "96px-conv_transpose-noaug-auto",
+                              "40px-bilinear-noaug-auto", "40px-conv_transpose-aug-auto"]
+    assert len(grid_cells(grid)) == 8  # four configurations, two seeds each
+    assert len(grid_cells(dataclasses.replace(grid, design="grid"))) == 16
+
+
+def test_an_unknown_design_is_refused_naming_the_choices(tmp_path):
+    with pytest.raises(StudyError, match="--design 'full': unknown; valid: grid, one-at-a-time"):
+        load_study(tmp_path, {"sizes": "40", "images": 10, "design": "full"})
+    config, _ = load_study(tmp_path, {"sizes": "40,96", "images": 10, "design": "one-at-a-time"})
+    assert config.grid.design == "one-at-a-time"
+    assert 'design = "one-at-a-time"' in write_toml(config).read_text()
+    assert load_study(tmp_path, {})[0].grid.design == "one-at-a-time"  # read back from study.toml

@@ -13,7 +13,8 @@ from study_helpers import FakeTools, option
 from ddpm_study.cells import grid_cells
 from ddpm_study.config import Budget, Grid, SampleSettings, StudyConfig
 from ddpm_study.measure import display_dir, metrics_path, resize_folder
-from ddpm_study.runner import cell_dir, run_study
+from ddpm_study.files import cell_dir
+from ddpm_study.runner import run_study
 
 QUICK_EVAL = ("--classifier-epochs", "1", "--swd-descriptors", "64", "--swd-directions", "8")
 
@@ -54,6 +55,11 @@ def test_every_cell_is_resized_to_the_display_size_and_measured_against_its_shar
     shown = Image.open(display_dir(config, small) / "normal" / "0003.png")
     assert native.size == (16, 16) and shown.size == (32, 32)
     assert np.array_equal(np.asarray(shown), np.asarray(native.resize((32, 32), Image.Resampling.LANCZOS)))
+    enlarged = Image.open(display_dir(config, small, nearest=True) / "normal" / "0003.png")  # as a plain viewer shows it
+    assert np.array_equal(np.asarray(enlarged), np.asarray(native.resize((32, 32), Image.Resampling.NEAREST)))
+    small_metrics, large_metrics = (json.loads(metrics_path(config, cell).read_text()) for cell in (small, large))
+    assert small_metrics["noise"]["jaggedness_nearest"] > 0
+    assert large_metrics["metrics"]["jaggedness_nearest"] == pytest.approx(large_metrics["metrics"]["jaggedness"])  # 32 px at 32
     report = json.loads((config.root / "report" / "study.json").read_text())
     assert report["display_size"] == 32 and len(report["table"]["configurations"]) == 2
 

@@ -14,7 +14,8 @@ from study_helpers import FakeTools, option
 
 from ddpm_study.cells import grid_cells
 from ddpm_study.config import Budget, Grid, StudyConfig, StudyError
-from ddpm_study.runner import STATE_NAME, cell_dir, run_study, training_state
+from ddpm_study.files import STATE_NAME, cell_dir
+from ddpm_study.runner import run_study, training_state
 
 
 @pytest.fixture

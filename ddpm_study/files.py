@@ -1,0 +1,52 @@
+"""Where a study keeps its files, and how it reads and writes them: the helpers every study module shares.
+
+It imports nothing of the study but its config, so runner, measure and report all build on it and
+none of them needs another for a path or a JSON file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from ddpm_study.cells import Cell
+from ddpm_study.config import StudyConfig
+
+CELLS_DIR = "cells"
+STATE_NAME = "study-cell.json"  # in a run folder: wall time spent training it, over all launches
+
+
+def cell_dir(config: StudyConfig, cell: Cell) -> Path:
+    return config.root / CELLS_DIR / cell.name
+
+
+def read_json(path: Path) -> dict:
+    """The JSON object in `path`; {} when it is missing, unreadable or not an object."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def write_json(path: Path, document: dict) -> Path:
+    """Written whole to a temporary file and renamed: parallel tasks and readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    temporary.replace(path)
+    return path
+
+
+def latest_checkpoint(run_dir: Path) -> str | None:
+    names = sorted(path.name for path in (run_dir / "checkpoints").glob("step-*.pt"))
+    return names[-1] if names else None
+
+
+def sample_marker(config: StudyConfig, cell: Cell) -> dict | None:
+    """What the cell's samples must have been drawn from and with; None without a checkpoint."""
+    checkpoint = latest_checkpoint(cell_dir(config, cell))
+    if checkpoint is None:
+        return None
+    return {"checkpoint": checkpoint, **asdict(config.sample), "seed": cell.seed, "sample_args": list(config.sample_args)}
