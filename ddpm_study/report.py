@@ -49,7 +49,8 @@ def write_report(config: StudyConfig, cells: list[Cell], failures: dict[str, str
             sections += [f"## Samples at {config.display} px", "",
                          f"Each row: {FIGURE_IMAGES} samples of one configuration (first seed), resized to {config.display} px, "
                          "then crops of the strongest edges of the first two, enlarged (nearest neighbour) so that "
-                         "single pixels show.", "", f"![samples]({figure.name})", ""]
+                         "single pixels show; the last crop is the first sample's window as a plain viewer shows the "
+                         "small image enlarged (nearest neighbour from its trained size).", "", f"![samples]({figure.name})", ""]
     sections += ["## Status", ""]
     sections += [f"- pending (no results yet): {', '.join(cell.name for cell in pending)}" if pending else "- every cell measured"]
     sections += [f"- failed {name}: {error}" for name, error in failures.items()]
@@ -86,16 +87,20 @@ def _figure(config: StudyConfig, cells: list[Cell], documents: list[dict], path:
         if document["configuration"] in shown:
             continue
         shown.add(document["configuration"])
-        folder = display_dir(config, by_name[document["cell"]])
+        cell = by_name[document["cell"]]
+        folder, nearest = display_dir(config, cell), display_dir(config, cell, nearest=True)
         files = _spread_over_classes([sorted(d.glob("*.png")) for d in sorted(folder.iterdir()) if d.is_dir()])
-        rows.append((document["configuration"], [_read_rgb(f) for f in files]))
+        plain = nearest / files[0].parent.name / files[0].name if files else None
+        rows.append((document["configuration"], [_read_rgb(f) for f in files],
+                     _read_rgb(plain) if plain is not None and plain.is_file() else None))
     try:
         val = DisplayReference.of(config.shard_dir(config.display)).real.val
     except (OSError, ValueError) as error:
         log(f"study: no real row in the picture ({error})")
     else:
         picks = _spread_over_classes([list(np.flatnonzero(val.labels == label)) for label in np.unique(val.labels)])
-        rows.append(("real val", [val.images[index].transpose(1, 2, 0) for index in picks]))
+        images = [val.images[index].transpose(1, 2, 0) for index in picks]
+        rows.append(("real val", images, images[0] if images else None))
     return samples_figure(rows, path, f"samples at {config.display} px, and enlarged crops of their strongest edges")
 
 
