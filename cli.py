@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import pickle
 import zipfile
@@ -98,6 +99,7 @@ class Command(TyperCommand):
     interrupted = INTERRUPTED
 
     def invoke(self, ctx: typer.Context) -> Any:
+        refuse_non_finite(ctx)
         try:
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, TyperException):
@@ -111,6 +113,15 @@ class Command(TyperCommand):
                 raise
             typer.echo(f"error: {line}", err=True)
             raise typer.Exit(getattr(error, "exit_code", 2)) from None
+
+
+def refuse_non_finite(ctx: typer.Context) -> None:
+    """Refuse nan and inf in any float option, naming the flag (click's FLOAT accepts both)."""
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            flag = max(param.opts, key=len) if param.opts else param.name
+            fail(f"{flag}: {value} is not a finite number; give a number such as 0.1")
 
 
 class App(typer.Typer):

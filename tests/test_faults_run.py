@@ -390,6 +390,28 @@ def test_a_diverged_run_exits_1(monkeypatch):
     refused(invoke(cli.train_app, "--shards", "."), 1, "became nan at step 5")
 
 
+@pytest.mark.parametrize("app, args", [
+    (cli.train_app, ["--lr", "nan"]), (cli.train_app, ["--lr", "inf"]), (cli.train_app, ["--grad-clip", "nan"]),
+    (cli.train_app, ["--ema-decay", "-inf"]), (cli.train_app, ["--hflip", "nan"]),
+    (cli.sample_app, ["--checkpoint", ".", "--out", ".", "--guidance", "inf"]),
+    (cli.eval_app, ["--real", ".", "--samples", ".", "--blur-sigma", "nan"]),
+    (cli.data_app, ["build", "--val-fraction", "nan"]),
+])
+def test_non_finite_float_options_are_refused_naming_the_flag(tmp_path, app, args):
+    flag, value = args[-2:]
+    refused(invoke(app, *args), 2, f"{flag}: {value} is not a finite number")
+
+
+@pytest.mark.parametrize("app, args, needle", [
+    (cli.train_app, ["--shards", ".", "--weight-decay", "-1"], "--weight-decay: -1.0 must be >= 0"),
+    (cli.train_app, ["--shards", ".", "--sample-eta", "-0.5"], "--sample-eta: -0.5 must be >= 0"),
+    (cli.train_app, ["--shards", ".", "--sample-guidance", "-2"], "--sample-guidance: -2.0 must be >= 0"),
+    (cli.sample_app, ["--checkpoint", ".", "--out", ".", "--eta", "-1"], "--eta: -1.0 must be >= 0"),
+])
+def test_negative_float_options_are_refused_naming_the_flag(app, args, needle):
+    refused(invoke(app, *args), 2, needle)
+
+
 def test_sample_interrupted_keeps_the_previous_images(trained, tmp_path, monkeypatch):
     out = tmp_path / "samples"
     ok(cli.sample_app, "--checkpoint", trained, "--n", "2", "--steps", "2", "--out", out, "--device", "cpu")
