@@ -13,12 +13,14 @@ import json
 import math
 import os
 import pickle
+import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
 from typer.exceptions import TyperException  # typer vendors click: its usage errors derive from this
 
 from ddpm_data.config import AugmentConfig, Fit, Interpolation, ReaderConfig, ReaderMode
@@ -87,7 +89,36 @@ def error_line(error: Exception) -> str | None:
     return None
 
 
-class Command(TyperCommand):
+class OneLineUsage:
+    """click's usage errors (unknown option, bad choice, missing value) as one `error:` line
+    naming the flag, like every other error, instead of click's usage block and "Error:"."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except TyperException as error:
+            raise one_line(error)
+
+
+class Group(OneLineUsage, TyperGroup):
+    """The `ddpm-data` command group: an unknown command is one line too."""
+
+    def resolve_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().resolve_command(*args, **kwargs)
+        except TyperException as error:
+            raise one_line(error)
+
+
+def one_line(error: TyperException) -> TyperException:
+    """`error`, shown as one `error:` line; bare `ddpm-data` keeps printing its help."""
+    if type(error).__name__ != "NoArgsIsHelpError":
+        line = f"error: {usage_line(error)}"
+        error.show = lambda file=None: typer.echo(line, err=True)
+    return error
+
+
+class Command(OneLineUsage, TyperCommand):
     """A command whose failures end as `error: ...` on stderr, never as a traceback.
 
     User errors (OSError, json.JSONDecodeError, unreadable torch files, running out of memory,
@@ -101,7 +132,9 @@ class Command(TyperCommand):
     def invoke(self, ctx: typer.Context) -> Any:
         refuse_non_finite(ctx)
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.showwarning = show_warning
+                return super().invoke(ctx)
         except (typer.Exit, typer.Abort, TyperException):
             raise  # an exit the command chose, or a usage error click reports itself
         except KeyboardInterrupt:
@@ -113,6 +146,19 @@ class Command(TyperCommand):
                 raise
             typer.echo(f"error: {line}", err=True)
             raise typer.Exit(getattr(error, "exit_code", 2)) from None
+
+
+def usage_line(error: TyperException) -> str:
+    """click's usage error as one line naming the flag: "--mode: 'bogus' is not one of ...; see 'ddpm-data preview --help'"."""
+    message = error.format_message().replace("Value error, ", "").rstrip(".")
+    message = re.sub(r"^Invalid value for '([^']+)'", r"\1", message)
+    ctx = getattr(error, "ctx", None)
+    return f"{message}; see '{ctx.command_path} --help'" if ctx is not None else message
+
+
+def show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """A warning during a command: one `warning: ...` line on stderr, without Python's source line."""
+    typer.echo(f"warning: {message}", err=True)
 
 
 def refuse_non_finite(ctx: typer.Context) -> None:
@@ -136,7 +182,7 @@ class App(typer.Typer):
 # Plain (not boxed) usage errors: one line naming the option, like every other error here.
 APP_SETTINGS = dict(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 data_app = App(help="Prepare image folders: synthesise sample data, build shards, inspect them.",
-               no_args_is_help=True, **APP_SETTINGS)
+               no_args_is_help=True, cls=Group, **APP_SETTINGS)
 train_app = App(**APP_SETTINGS)
 sample_app = App(**APP_SETTINGS)
 eval_app = App(**APP_SETTINGS)

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ddpm_data import images as img
-from ddpm_data.atomic import BusyError, atomic_folder, busy_holder, check_owned
+from ddpm_data.atomic import BusyError, atomic_folder, busy_holder, check_owned, unwritable
 from ddpm_data.images import DEFAULT_MAX_PIXELS, Fit
 from ddpm_data.manifest import (FORMAT_VERSION, MANIFEST_NAME, SPLITS, Manifest, load_manifest, sha256_file,
                                 write_manifest)
@@ -292,16 +292,17 @@ def _check_out_path(out: Path, config: BuildConfig) -> None:
 def _check_out_state(out: Path, config: BuildConfig) -> None:
     """An existing output must be replaceable, nobody else may be writing it, its parent writable."""
     if out.exists():
+        check_replaceable(out)  # says why --overwrite would be refused, before suggesting it
         if not config.overwrite:
             raise BuildError(f"{out}: exists; pass --overwrite to replace it (or choose another --out)")
-        check_replaceable(out)
     holder = busy_holder(out)
     if holder is not None:
         raise BuildError(f"{out}: another build ({holder}) is writing it right now; wait for it to finish "
                          f"or choose another --out")
     parent = next(p for p in out.absolute().parents if p.exists())
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise BuildError(f"--out {out}: cannot write into {parent} (permission denied); choose a writable --out")
+    reason = unwritable(parent)
+    if reason is not None:
+        raise BuildError(f"--out {out}: cannot write into {parent} ({reason}); choose a writable --out")
 
 
 def foreign_entries(folder: Path) -> list[str]:

@@ -192,8 +192,8 @@ def verify(folder: str | Path) -> VerifyReport:
     report = VerifyReport(folder=Path(folder))
     try:
         manifest = load_manifest(folder)
-    except ManifestError as error:
-        report.problems.append(Problem(MANIFEST_NAME, str(error)))
+    except ManifestError as error:  # its message starts with the manifest's path: given once, by Problem
+        report.problems.append(Problem(MANIFEST_NAME, str(error).removeprefix(f"{Path(folder) / MANIFEST_NAME}: ")))
         return report
     checker = _Checker(manifest, report)
     for entry in manifest.shards:

@@ -441,6 +441,15 @@ def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path, monkeypatch):
     assert not (tmp_path / "PWNED").exists() and not (tmp_path / "s").exists()
 
 
+def test_a_raw_pickle_checkpoint_is_refused_in_one_line_without_torchs_warning(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("raw.pt").write_bytes(pickle.dumps({"format_version": 1, "step": 1}, protocol=4))
+    result = invoke(cli.sample_app, "--checkpoint", "raw.pt", "--out", "s")
+    refused(result, 2, "raw.pt: not a readable checkpoint", "refused unread")
+    assert "UserWarning" not in result.stderr and "warning" not in result.stderr.lower()
+    assert "weights_only" not in result.stderr
+
+
 KILLED_WRITER = textwrap.dedent("""
     import sys, time, torch
     from pathlib import Path
