@@ -148,8 +148,8 @@ def _load_cached(path: Path, real: RealData, config: ClassifierConfig,
         model.load_state_dict(state["state_dict"])
     except _CACHE_ERRORS as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        if isinstance(error, pickle.UnpicklingError):  # not torch's advice to load it unrestricted
-            reason = "a pickle that is more than tensors and plain data, refused unread"
+        if reason.startswith("Weights only load failed"):  # not torch's advice to load it unrestricted
+            reason = "corrupt, or a pickle of more than tensors and plain data: refused unread"
         log(f"warning: {path}: unreadable eval classifier cache ({reason}); retraining the eval classifier")
         return None
     return model

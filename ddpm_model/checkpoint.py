@@ -79,9 +79,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         with warnings.catch_warnings():  # torch warns about the pickle protocol of a foreign file
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:  # torch's text would suggest weights_only=False: never for this file
-        raise CheckpointError(f"{path}: not a readable checkpoint: a pickle that is more than tensors and plain "
-                              f"data (ddpm-train did not write it), refused unread; use a checkpoint of a run") from error
+    except pickle.UnpicklingError as error:  # torch's text suggests weights_only=False: never for such a file
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt, or a pickle of more than tensors and "
+                              f"plain data, which ddpm-train does not write): refused unread") from error
     except Exception as error:  # torch raises several types for truncated/foreign files
         raise CheckpointError(
             f"{path}: not a readable checkpoint (corrupt, truncated, or not written by ddpm-train): "

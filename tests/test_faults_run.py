@@ -253,6 +253,32 @@ def test_resume_falls_back_over_a_truncated_latest_checkpoint(run_copy):
     assert ckpt.load_checkpoint(ckpt.latest_checkpoint(run_copy))["step"] == 7
 
 
+def test_resume_refuses_another_img_size(run_copy):
+    before = snapshot(run_copy)
+    refused(invoke(cli.train_app, "--out", run_copy, "--resume", "--img-size", "48", "--max-steps", "7"), 2,
+            "--img-size 48 (the run has 16)")
+    assert snapshot(run_copy) == before
+    ok(cli.train_app, "--out", run_copy, "--resume", "--img-size", "16", "--max-steps", "7", "--no-progress")
+
+
+def test_resume_warns_about_a_damaged_best_checkpoint_and_writes_it_again(run_copy):
+    best = run_copy / "checkpoints" / "best.pt"
+    best.write_bytes(b"damaged")
+    result = ok(cli.train_app, "--out", run_copy, "--resume", "--max-steps", "7", "--no-progress")
+    assert "best.pt: not a readable checkpoint" in result.output and "writes it again" in result.output
+    assert ckpt.load_checkpoint(best)["step"] == 7  # the final validation replaced it, though no better than the old
+    assert "ddpm-sample refuses it, sample" not in result.output  # nothing damaged at the end
+
+
+def test_finishing_with_a_damaged_best_checkpoint_warns(run_copy):
+    best = run_copy / "checkpoints" / "best-quality.pt"
+    best.write_bytes(b"damaged")
+    result = ok(cli.train_app, "--out", run_copy, "--resume", "--max-steps", "7", "--quality-every", "0",
+                "--no-progress")
+    assert result.output.rstrip().count("best-quality.pt: not a readable checkpoint") == 2  # resuming and finishing
+    assert "ddpm-sample refuses it" in result.output
+
+
 def test_no_usable_checkpoint_is_one_line_naming_each_file(run_copy):
     for path in ckpt.candidates(run_copy):
         path.write_bytes(b"")
