@@ -47,6 +47,7 @@ OS_ERRORS = {
     errno.EIO: "input/output error; the disk or network filesystem failed, check it",
 }
 INTERRUPTED = "files finished before the interruption are kept; rerun the command for the rest"
+OUT_OF_MEMORY = "use a smaller batch size (or --gradient-checkpointing)"
 
 
 def os_error_line(error: OSError) -> str:
@@ -74,8 +75,9 @@ def first_sentence(error: Exception) -> str:
     return text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(error).__name__
 
 
-def error_line(error: Exception) -> str | None:
-    """The message for an error the user can act on; None for anything else (a bug)."""
+def error_line(error: Exception, out_of_memory: str = OUT_OF_MEMORY) -> str | None:
+    """The message for an error the user can act on; None for anything else (a bug).
+    `out_of_memory` is the command's fix for running out of memory."""
     if isinstance(error, OSError):
         return os_error_line(error)
     if isinstance(error, json.JSONDecodeError):
@@ -83,7 +85,7 @@ def error_line(error: Exception) -> str | None:
     if is_torch_load_error(error):
         return f"not a readable torch file ({first_sentence(error)}); restore the file or write it again"
     if is_out_of_memory(error):
-        return f"out of memory ({first_sentence(error)}); use a smaller batch size (or --gradient-checkpointing)"
+        return f"out of memory ({first_sentence(error)}); {out_of_memory}"
     if isinstance(error, ValueError) or isinstance(getattr(error, "exit_code", None), int):
         return str(error)  # the project's errors name the file or flag and the fix
     return None
@@ -128,6 +130,7 @@ class Command(OneLineUsage, TyperCommand):
     """
 
     interrupted = INTERRUPTED
+    out_of_memory = OUT_OF_MEMORY
 
     def invoke(self, ctx: typer.Context) -> Any:
         refuse_non_finite(ctx)
@@ -141,7 +144,7 @@ class Command(OneLineUsage, TyperCommand):
             typer.echo(f"error: interrupted; {self.interrupted}", err=True)
             raise typer.Exit(130) from None
         except Exception as error:
-            line = error_line(error)
+            line = error_line(error, self.out_of_memory)
             if line is None or os.environ.get("DDPM_TRACEBACK"):
                 raise
             typer.echo(f"error: {line}", err=True)
@@ -172,10 +175,12 @@ def refuse_non_finite(ctx: typer.Context) -> None:
 
 class App(typer.Typer):
     """typer.Typer whose every command takes the one error path; `interrupted=` says what a
-    command keeps when Ctrl-C stops it."""
+    command keeps when Ctrl-C stops it, `out_of_memory=` how to need less memory."""
 
-    def command(self, *args: Any, interrupted: str = INTERRUPTED, **kwargs: Any) -> Any:
-        kwargs.setdefault("cls", type("Command", (Command,), {"interrupted": interrupted}))
+    def command(self, *args: Any, interrupted: str = INTERRUPTED, out_of_memory: str = OUT_OF_MEMORY,
+                **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", type("Command", (Command,), {"interrupted": interrupted,
+                                                              "out_of_memory": out_of_memory}))
         return super().command(*args, **kwargs)
 
 
@@ -272,7 +277,8 @@ def synth(
 # ---------------------------------------------------------------- ddpm-data build/stats/verify
 
 
-@data_app.command(interrupted="nothing was written (any previous output is unchanged)")
+@data_app.command(interrupted="nothing was written (any previous output is unchanged)",
+                  out_of_memory="nothing was written; build a smaller --size, with a smaller --buffer-mb or fewer --workers")
 def build(
     src: Annotated[Path, typer.Option(help="ImageFolder source: one subfolder per class, images at any depth.")] = Path("data"),
     size: Annotated[str, typer.Option(help="Training resolution(s) in px; '40,96,128' builds all in one pass.")] = "96",

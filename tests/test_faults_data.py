@@ -275,6 +275,28 @@ def test_build_memory_is_bounded_by_buffer_mb_at_a_large_size(tmp_path):
     assert verify(tmp_path / "s").ok
 
 
+def test_build_refuses_an_absurd_size_before_reading_the_source(proj, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the source was read")
+
+    monkeypatch.setattr(shards, "plan_source", never)
+    before = snapshot(proj.parent)
+    code, output = run("build", "--src", proj / "data", "--size", "32,100000", "--out", proj / "o" / "{size}")
+    error = one_error(output)
+    assert code == 2 and error.startswith("error: --size 100000: above 4096 px") and "MiB of memory" in error
+    assert "batch size" not in error and snapshot(proj.parent) == before
+
+
+def test_build_out_of_memory_gives_build_advice(proj, monkeypatch):
+    def exhausted(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(shards, "build", exhausted)
+    code, output = run(*build_args(proj, proj / "o"))
+    error = one_error(output)
+    assert code == 2 and "out of memory" in error and "--size" in error and "batch size" not in error
+
+
 def test_hdf5_writer_buffers_bytes_not_rows(tmp_path):
     writer = shardformat.Hdf5Writer(tmp_path / "d.h5", 256, 280, 3, ["a"], ("train", "val"), buffer_bytes=1 << 20)
     assert all(block.nbytes <= 1 << 19 or len(block) == 1 for block in writer._blocks.values())
