@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import pickle
+import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
 from typer.exceptions import TyperException  # typer vendors click: its usage errors derive from this
 
 from ddpm_data.config import AugmentConfig, Fit, Interpolation, ReaderConfig, ReaderMode
@@ -44,6 +47,7 @@ OS_ERRORS = {
     errno.EIO: "input/output error; the disk or network filesystem failed, check it",
 }
 INTERRUPTED = "files finished before the interruption are kept; rerun the command for the rest"
+OUT_OF_MEMORY = "use a smaller batch size (or --gradient-checkpointing)"
 
 
 def os_error_line(error: OSError) -> str:
@@ -71,8 +75,9 @@ def first_sentence(error: Exception) -> str:
     return text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(error).__name__
 
 
-def error_line(error: Exception) -> str | None:
-    """The message for an error the user can act on; None for anything else (a bug)."""
+def error_line(error: Exception, out_of_memory: str = OUT_OF_MEMORY) -> str | None:
+    """The message for an error the user can act on; None for anything else (a bug).
+    `out_of_memory` is the command's fix for running out of memory."""
     if isinstance(error, OSError):
         return os_error_line(error)
     if isinstance(error, json.JSONDecodeError):
@@ -80,13 +85,42 @@ def error_line(error: Exception) -> str | None:
     if is_torch_load_error(error):
         return f"not a readable torch file ({first_sentence(error)}); restore the file or write it again"
     if is_out_of_memory(error):
-        return f"out of memory ({first_sentence(error)}); use a smaller batch size (or --gradient-checkpointing)"
+        return f"out of memory ({first_sentence(error)}); {out_of_memory}"
     if isinstance(error, ValueError) or isinstance(getattr(error, "exit_code", None), int):
         return str(error)  # the project's errors name the file or flag and the fix
     return None
 
 
-class Command(TyperCommand):
+class OneLineUsage:
+    """click's usage errors (unknown option, bad choice, missing value) as one `error:` line
+    naming the flag, like every other error, instead of click's usage block and "Error:"."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except TyperException as error:
+            raise one_line(error)
+
+
+class Group(OneLineUsage, TyperGroup):
+    """The `ddpm-data` command group: an unknown command is one line too."""
+
+    def resolve_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().resolve_command(*args, **kwargs)
+        except TyperException as error:
+            raise one_line(error)
+
+
+def one_line(error: TyperException) -> TyperException:
+    """`error`, shown as one `error:` line; bare `ddpm-data` keeps printing its help."""
+    if type(error).__name__ != "NoArgsIsHelpError":
+        line = f"error: {usage_line(error)}"
+        error.show = lambda file=None: typer.echo(line, err=True)
+    return error
+
+
+class Command(OneLineUsage, TyperCommand):
     """A command whose failures end as `error: ...` on stderr, never as a traceback.
 
     User errors (OSError, json.JSONDecodeError, unreadable torch files, running out of memory,
@@ -96,36 +130,64 @@ class Command(TyperCommand):
     """
 
     interrupted = INTERRUPTED
+    out_of_memory = OUT_OF_MEMORY
 
     def invoke(self, ctx: typer.Context) -> Any:
+        refuse_non_finite(ctx)
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.showwarning = show_warning
+                return super().invoke(ctx)
         except (typer.Exit, typer.Abort, TyperException):
             raise  # an exit the command chose, or a usage error click reports itself
         except KeyboardInterrupt:
             typer.echo(f"error: interrupted; {self.interrupted}", err=True)
             raise typer.Exit(130) from None
         except Exception as error:
-            line = error_line(error)
+            line = error_line(error, self.out_of_memory)
             if line is None or os.environ.get("DDPM_TRACEBACK"):
                 raise
             typer.echo(f"error: {line}", err=True)
             raise typer.Exit(getattr(error, "exit_code", 2)) from None
 
 
+def usage_line(error: TyperException) -> str:
+    """click's usage error as one line naming the flag: "--mode: 'bogus' is not one of ...; see 'ddpm-data preview --help'"."""
+    message = error.format_message().replace("Value error, ", "").rstrip(".")
+    message = re.sub(r"^Invalid value for '([^']+)'", r"\1", message)
+    ctx = getattr(error, "ctx", None)
+    return f"{message}; see '{ctx.command_path} --help'" if ctx is not None else message
+
+
+def show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """A warning during a command: one `warning: ...` line on stderr, without Python's source line."""
+    typer.echo(f"warning: {message}", err=True)
+
+
+def refuse_non_finite(ctx: typer.Context) -> None:
+    """Refuse nan and inf in any float option, naming the flag (click's FLOAT accepts both)."""
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            flag = max(param.opts, key=len) if param.opts else param.name
+            fail(f"{flag}: {value} is not a finite number; give a number such as 0.1")
+
+
 class App(typer.Typer):
     """typer.Typer whose every command takes the one error path; `interrupted=` says what a
-    command keeps when Ctrl-C stops it."""
+    command keeps when Ctrl-C stops it, `out_of_memory=` how to need less memory."""
 
-    def command(self, *args: Any, interrupted: str = INTERRUPTED, **kwargs: Any) -> Any:
-        kwargs.setdefault("cls", type("Command", (Command,), {"interrupted": interrupted}))
+    def command(self, *args: Any, interrupted: str = INTERRUPTED, out_of_memory: str = OUT_OF_MEMORY,
+                **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", type("Command", (Command,), {"interrupted": interrupted,
+                                                              "out_of_memory": out_of_memory}))
         return super().command(*args, **kwargs)
 
 
 # Plain (not boxed) usage errors: one line naming the option, like every other error here.
 APP_SETTINGS = dict(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 data_app = App(help="Prepare image folders: synthesise sample data, build shards, inspect them.",
-               no_args_is_help=True, **APP_SETTINGS)
+               no_args_is_help=True, cls=Group, **APP_SETTINGS)
 train_app = App(**APP_SETTINGS)
 sample_app = App(**APP_SETTINGS)
 eval_app = App(**APP_SETTINGS)
@@ -215,7 +277,8 @@ def synth(
 # ---------------------------------------------------------------- ddpm-data build/stats/verify
 
 
-@data_app.command(interrupted="nothing was written (any previous output is unchanged)")
+@data_app.command(interrupted="nothing was written (any previous output is unchanged)",
+                  out_of_memory="nothing was written; build a smaller --size, with a smaller --buffer-mb or fewer --workers")
 def build(
     src: Annotated[Path, typer.Option(help="ImageFolder source: one subfolder per class, images at any depth.")] = Path("data"),
     size: Annotated[str, typer.Option(help="Training resolution(s) in px; '40,96,128' builds all in one pass.")] = "96",

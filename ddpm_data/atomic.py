@@ -207,3 +207,15 @@ def check_owned(folder: Path, marker: str, foreign: Callable[[Path], list[str]],
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         raise error(f"{label}: also holds {shown}, which {writer} did not write; --overwrite would "
                     f"delete them. Move them out of the folder or choose another {other}")
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why no file can be created in the existing `folder` ("read-only filesystem" or
+    "permission denied"), or None when one can."""
+    if os.access(folder, os.W_OK | os.X_OK):
+        return None
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    return "read-only filesystem" if read_only else "permission denied"

@@ -108,8 +108,11 @@ _REQUIRED: dict[str, tuple[type | tuple[type, ...], str]] = {
 }
 
 
-def _rebuild_hint(folder: Path) -> str:
-    size = folder.name if folder.name.isdigit() else "N"
+def _rebuild_hint(folder: Path, size: Any = None) -> str:
+    """The build command to (re)write `folder`: the manifest's size when it has one, else the
+    folder's name when that is a plain size (shards/96), else N."""
+    if not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
+        size = folder.name if folder.name.isdigit() and folder.name == str(int(folder.name)) else "N"
     return f"run 'ddpm-data build --size {size}'"
 
 
@@ -131,6 +134,7 @@ def load_manifest(folder: str | Path) -> Manifest:
         raise ManifestError(f"{path}: unreadable ({error}); {hint} to rebuild it") from error
     if not isinstance(document, dict):
         raise ManifestError(f"{path}: not a JSON object; {hint} to rebuild it")
+    hint = _rebuild_hint(root, document.get("size"))
     for name, (kind, description) in _REQUIRED.items():
         value = document.get(name)
         if value is None:

@@ -6,14 +6,52 @@ the consumer is slower than the workers; a semaphore on the input side bounds th
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.pool
+import os
 import signal
 import threading
+from multiprocessing.context import ForkProcess, ForkServerProcess, SpawnProcess
 from typing import Any, Callable, Iterable, Iterator
 
 
 def _ignore_sigint() -> None:
     # Ctrl-C is handled by the main process, which terminates the pool and removes temp folders.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class _QuietWhenOrphaned:
+    """A pool worker that exits quietly when its parent is gone (killed with SIGKILL): the result
+    it was sending has no reader, and Python would print the BrokenPipeError twice. The parent's
+    outputs are safe without it (they are written whole, then renamed)."""
+
+    def run(self) -> None:
+        parent = os.getppid()
+        try:
+            super().run()
+        except (BrokenPipeError, ConnectionResetError, EOFError):
+            if os.getppid() == parent:  # the parent still runs: a real error, report it
+                raise
+
+
+class _QuietFork(_QuietWhenOrphaned, ForkProcess):
+    pass
+
+
+class _QuietSpawn(_QuietWhenOrphaned, SpawnProcess):
+    pass
+
+
+class _QuietForkServer(_QuietWhenOrphaned, ForkServerProcess):
+    pass
+
+
+class _Pool(multiprocessing.pool.Pool):
+    """multiprocessing's Pool with workers that exit quietly when orphaned."""
+
+    @staticmethod
+    def Process(ctx: Any, *args: Any, **kwargs: Any) -> Any:
+        quiet = {"fork": _QuietFork, "spawn": _QuietSpawn, "forkserver": _QuietForkServer}[ctx.get_start_method()]
+        return quiet(*args, **kwargs)
 
 
 class _Gate:
@@ -46,7 +84,7 @@ class OrderedPool:
     """
 
     def __init__(self, workers: int) -> None:
-        self._pool = multiprocessing.Pool(workers, initializer=_ignore_sigint) if workers else None
+        self._pool = _Pool(workers, initializer=_ignore_sigint) if workers else None
         self._gates: list[_Gate] = []
 
     def map(self, function: Callable[[Any], Any], items: Iterable[Any], chunksize: int = 1,

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ddpm_data import images as img
-from ddpm_data.atomic import BusyError, atomic_folder, busy_holder, check_owned
+from ddpm_data.atomic import BusyError, atomic_folder, busy_holder, check_owned, unwritable
 from ddpm_data.images import DEFAULT_MAX_PIXELS, Fit
 from ddpm_data.manifest import (FORMAT_VERSION, MANIFEST_NAME, SPLITS, Manifest, load_manifest, sha256_file,
                                 write_manifest)
@@ -44,6 +44,9 @@ IN_FLIGHT_PER_WORKER = 16  # images a worker may run ahead of the writer (fewer 
 # 256 MiB: at size 96 (stored 105 px, 33 KB per image) that is thousands of images, far more than
 # the writer ever needs; at size 2048 (15 MB per image) it still lets every worker run a little ahead.
 DEFAULT_BUFFER_MB = 256
+# The largest training size a build makes: a 4096 px RGB image stored with the default margin is
+# 57 MiB in memory, 16 of them in flight per worker ~1 GiB; the U-Net presets stop at 256 px.
+MAX_SIZE = 4096
 # The files a build writes into its folder, and the eval classifier cached beside them
 # (ddpm_eval.classifier.cache_path). `--overwrite` replaces a folder holding nothing else.
 BUILD_FILE = re.compile(r"manifest\.json|data\.h5|(train|val)-.+-\d{6}\.tar|eval-classifier-\w+-\w+\.pt(\.partial)?")
@@ -74,6 +77,9 @@ class BuildConfig:
     def __post_init__(self) -> None:
         if not self.size or any(not isinstance(s, int) or s < 8 for s in self.size):
             raise BuildError(f"--size: need one or more integers >= 8 (e.g. 96 or 40,96,128), got {self.size!r}")
+        too_large = [s for s in self.size if s > MAX_SIZE]
+        if too_large:
+            raise BuildError(self.size_error(max(too_large)))
         if len(set(self.size)) != len(self.size):
             raise BuildError(f"--size: {self.size!r} lists a size twice")
         if len(self.size) > 1 and "{size}" not in self.out:
@@ -94,6 +100,14 @@ class BuildConfig:
             raise BuildError(f"--max-pixels: must be >= 1, got {self.max_pixels}")
         if self.buffer_mb < 1:
             raise BuildError(f"--buffer-mb: must be >= 1, got {self.buffer_mb}")
+
+    def size_error(self, size: int) -> str:
+        """The message for a --size above MAX_SIZE: the memory one image of it would take."""
+        stored = self.stored_size(size)
+        mib = stored * stored * self.channels / (1 << 20)
+        return (f"--size {size}: above {MAX_SIZE} px, the largest a build makes; one image stored at {stored} px "
+                f"takes {mib:,.0f} MiB of memory ({IN_FLIGHT_PER_WORKER} in flight per worker). Build at a "
+                f"training size such as 96, 128 or 256 (the model presets stop at 256)")
 
     def out_for(self, size: int) -> Path:
         """Output folder of `size`."""
@@ -292,16 +306,17 @@ def _check_out_path(out: Path, config: BuildConfig) -> None:
 def _check_out_state(out: Path, config: BuildConfig) -> None:
     """An existing output must be replaceable, nobody else may be writing it, its parent writable."""
     if out.exists():
+        check_replaceable(out)  # says why --overwrite would be refused, before suggesting it
         if not config.overwrite:
             raise BuildError(f"{out}: exists; pass --overwrite to replace it (or choose another --out)")
-        check_replaceable(out)
     holder = busy_holder(out)
     if holder is not None:
         raise BuildError(f"{out}: another build ({holder}) is writing it right now; wait for it to finish "
                          f"or choose another --out")
     parent = next(p for p in out.absolute().parents if p.exists())
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise BuildError(f"--out {out}: cannot write into {parent} (permission denied); choose a writable --out")
+    reason = unwritable(parent)
+    if reason is not None:
+        raise BuildError(f"--out {out}: cannot write into {parent} ({reason}); choose a writable --out")
 
 
 def foreign_entries(folder: Path) -> list[str]:

@@ -350,9 +350,11 @@ class _ClassStream:
     def _check_some_usable(self) -> None:
         owned = [self.shards[unit].path for unit, items in enumerate(self.sequence.units) if items]
         if all(path in self.source.bad for path in owned):
+            # fewer parts can help only when other parts read shards of this class that are not bad
+            others = any(shard.path not in owned and shard.path not in self.source.bad for shard in self.shards)
             raise ShardError(f"class {self.class_name}: every shard this reader part reads is bad "
                              f"({', '.join(str(path) for path in owned)}); rebuild with "
-                             f"'ddpm-data build --size {self.source.size}', or use fewer --workers")
+                             f"'ddpm-data build --size {self.source.size}'" + (", or use fewer --workers" if others else ""))
 
 
 class _PartStream:

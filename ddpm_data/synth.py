@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ddpm_data.atomic import check_owned, exchange, make_parents, remove_empty
+from ddpm_data.atomic import check_owned, exchange, make_parents, remove_empty, unwritable
 
 MASK_DIR = ".masks"
 MARKER = ".ddpm-synth.json"
@@ -67,12 +67,13 @@ class SynthConfig:
         if out.exists() and not out.is_dir():
             raise SynthError(f"{out}: exists and is not a folder; choose another OUT")
         if out.is_dir() and any(out.iterdir()):
+            check_replaceable(out)  # says why --overwrite would be refused, before suggesting it
             if not self.overwrite:
                 raise SynthError(f"{out}: folder is not empty; pass --overwrite to replace it or choose another OUT")
-            check_replaceable(out)
         parent = _existing_parent(out)
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise SynthError(f"{out}: cannot write into {parent}; choose a writable OUT")
+        reason = unwritable(parent)
+        if reason is not None:
+            raise SynthError(f"{out}: cannot write into {parent} ({reason}); choose a writable OUT")
 
 
 def _synth_files(root: Path) -> set[str]:

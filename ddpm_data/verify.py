@@ -11,7 +11,9 @@ sample with the same key (and no key is missing on either side).
 Each problem is charged to the file that is wrong, and to it alone: a damaged shard's samples
 judge nothing else (its class is left out of the count check, and HDF5 rows of its class are not
 blamed for missing from it), and a shard whose bytes match their recorded sha256 but not the
-recorded sample count shows the manifest is wrong, not the shard.
+recorded sample count shows the manifest is wrong, not the shard. An empty or malformed recorded
+sha256 is a problem of manifest.json; the file it belongs to is still read, and when its samples
+differ from data.h5 whose own sha256 matches, the file without a checksum is blamed.
 """
 from __future__ import annotations
 
@@ -29,6 +31,14 @@ from ddpm_data.shardformat import (FormatError, ShardEntry, decode_png, iter_sha
 
 HDF5_BLOCK = 256  # rows read at a time
 SHARD_NAME = re.compile(r"(?P<split>train|val)-(?P<class>.+)-\d{6}\.tar")  # shardformat.shard_name
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def checksum_problem(value: object) -> str | None:
+    """What is wrong with a recorded sha256 (empty, not 64 hex digits), or None."""
+    if isinstance(value, str) and SHA256.fullmatch(value):
+        return None
+    return f"sha256 {value!r} is not a 64-digit hex checksum, so it verifies nothing"
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,8 @@ class _Checker:
         self.tar_pixels: dict[str, dict[str, bytes]] = {split: {} for split in SPLITS}  # split -> key -> digest
         self.tar_counts: dict[str, dict[str, int]] = {split: defaultdict(int) for split in SPLITS}
         self.damaged_classes: set[tuple[str, str]] = set()  # (split, class) with a damaged shard
+        self.unverified: dict[tuple[str, str], str] = {}  # (split, key) -> its shard, which has no valid sha256
+        self.hdf5_verified = False            # data.h5 matched a well-formed recorded sha256
 
     def problem(self, path: str, message: str) -> None:
         self.report.problems.append(Problem(path, message))
@@ -85,8 +97,12 @@ class _Checker:
         (`listed=False`) has no sha256 or count to check."""
         self.report.files_checked += 1
         label, digests, problems_before = self.manifest.label(entry.class_name), {}, len(self.report.problems)
+        unverified = listed and checksum_problem(entry.sha256)
+        if unverified:
+            self.problem(MANIFEST_NAME, f"shard {entry.path}: {unverified}; rebuild the folder with 'ddpm-data build'")
+            problems_before += 1
         try:
-            for key, members in iter_shard(self.manifest.root / entry.path, entry.sha256):
+            for key, members in iter_shard(self.manifest.root / entry.path, None if unverified else entry.sha256):
                 if key in digests or key in self.tar_pixels[entry.split]:
                     self.problem(entry.path, f"sample {key}: key appears twice in split {entry.split}")
                 digests[key] = self.check_sample(entry, label, key, members)
@@ -99,6 +115,8 @@ class _Checker:
             self.problem(MANIFEST_NAME, f"shard {entry.path}: count {entry.count}, but the shard (whose sha256 "
                                         f"matches) holds {len(digests)} samples")
         self.tar_pixels[entry.split].update({key: d for key, d in digests.items() if d is not None})
+        if unverified:
+            self.unverified.update({(entry.split, key): entry.path for key in digests})
         self.tar_counts[entry.split][entry.class_name] += len(digests)
 
     def check_sample(self, entry: ShardEntry, label: int, key: str, members: dict[str, bytes]) -> bytes | None:
@@ -131,8 +149,13 @@ class _Checker:
             self.problem(relative, "missing")
             return
         expected = self.manifest.hdf5.get("sha256")
-        if expected and sha256_file(path) != expected:
+        unverified = checksum_problem(expected)
+        if unverified:
+            self.problem(MANIFEST_NAME, f"hdf5 {relative}: {unverified}; rebuild the folder with 'ddpm-data build'")
+        elif sha256_file(path) != expected:
             self.problem(relative, "sha256 differs from the manifest (file changed or corrupted)")
+        else:
+            self.hdf5_verified = True
         for split in SPLITS:
             try:
                 self.check_hdf5_split(relative, split)
@@ -184,7 +207,11 @@ class _Checker:
             if not 0 <= label < len(classes) or (split, classes[label]) not in self.damaged_classes:
                 self.problem(relative, f"/{split} row {key}: no tar sample with this key")
         elif digest != _pixel_digest(pixels):
-            self.problem(relative, f"/{split} row {key}: pixels differ from the tar sample")
+            if (split, key) in self.unverified and self.hdf5_verified:  # the file without a checksum changed
+                self.problem(self.unverified[split, key], f"sample {key}: pixels differ from {relative}, whose sha256 "
+                                                   f"matches the manifest (this shard has none to check)")
+            else:
+                self.problem(relative, f"/{split} row {key}: pixels differ from the tar sample")
 
 
 def verify(folder: str | Path) -> VerifyReport:
@@ -192,8 +219,8 @@ def verify(folder: str | Path) -> VerifyReport:
     report = VerifyReport(folder=Path(folder))
     try:
         manifest = load_manifest(folder)
-    except ManifestError as error:
-        report.problems.append(Problem(MANIFEST_NAME, str(error)))
+    except ManifestError as error:  # its message starts with the manifest's path: given once, by Problem
+        report.problems.append(Problem(MANIFEST_NAME, str(error).removeprefix(f"{Path(folder) / MANIFEST_NAME}: ")))
         return report
     checker = _Checker(manifest, report)
     for entry in manifest.shards:

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import pickle
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -141,10 +142,14 @@ def _load_cached(path: Path, real: RealData, config: ClassifierConfig,
     """The classifier cached at `path`, or None (with a warning) when the file cannot be used."""
     model = SmallClassifier(real.channels, len(real.classes), config.width, config.input_size)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of a foreign file
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["state_dict"])
     except _CACHE_ERRORS as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if reason.startswith("Weights only load failed"):  # not torch's advice to load it unrestricted
+            reason = "corrupt, or a pickle of more than tensors and plain data: refused unread"
         log(f"warning: {path}: unreadable eval classifier cache ({reason}); retraining the eval classifier")
         return None
     return model

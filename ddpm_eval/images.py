@@ -143,7 +143,8 @@ def _read_image(path: Path, size: int, mode: str) -> np.ndarray:
             if image.size != (size, size):
                 raise EvalInputError(
                     f"{path}: {image.width}x{image.height} px, expected {size}x{size} (the shards' size); "
-                    f"sample at --size {size} or pass --real shards built at this size"
+                    f"sample from a model trained at {size} px (ddpm-train --img-size {size}) or pass --real "
+                    f"shards built at {image.width} px"
                 )
             return np.asarray(image.convert(mode), dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as error:

@@ -19,7 +19,9 @@ the lowest validation loss so far. A run folder's checkpoint is the newest one t
 from __future__ import annotations
 
 import os
+import pickle
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -74,7 +76,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of a foreign file
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:  # torch's text suggests weights_only=False: never for such a file
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt, or a pickle of more than tensors and "
+                              f"plain data, which ddpm-train does not write): refused unread") from error
     except Exception as error:  # torch raises several types for truncated/foreign files
         raise CheckpointError(
             f"{path}: not a readable checkpoint (corrupt, truncated, or not written by ddpm-train): "

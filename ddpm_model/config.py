@@ -78,6 +78,9 @@ class TrainConfig:
             raise ValueError("--lr must be > 0; --warmup-steps, --grad-clip, --sample-every >= 0")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"--ema-decay: {self.ema_decay} must be in [0, 1)")
+        for name in ("weight_decay", "sample_guidance", "sample_eta"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')}: {getattr(self, name)} must be >= 0")
 
     def total_steps(self, steps_per_epoch: float, images_per_step: int) -> int:
         """Optimizer steps for the chosen duration: max_steps, else max_images, else epochs."""
@@ -160,4 +163,7 @@ class SampleConfig:
             raise ValueError(f"--batch-size: {self.batch_size} must be >= 1")
         if self.steps < 1:
             raise ValueError(f"--steps: {self.steps} must be >= 1")
+        for name in ("eta", "guidance"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name}: {getattr(self, name)} must be >= 0")
         object.__setattr__(self, "sampler", Sampler(self.sampler))

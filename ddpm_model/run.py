@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,6 +235,8 @@ def _train(plan: Plan, manifest: Any, dist: Distributed, device: torch.device) -
                     io.progress.close()
             if dist.is_main:
                 _write_summary(plan, result, total_steps)
+                for reason in damaged_bests(plan.run_dir).values():
+                    print(f"warning: {reason}; ddpm-sample refuses it, sample from another checkpoint", flush=True)
     finally:
         reader.close()
     return result
@@ -300,7 +303,36 @@ def _resume(plan: Plan, parts: TrainParts, state: TrainState, dist: Distributed,
         raise ckpt.CheckpointError(f"{loaded.path}: does not fit this run ({ckpt.first_sentence(error)}); resume with the "
                                    f"options the run was started with, or start a new run with another --out") from None
     notes += [f"warning: {text}" for text in (warning, plan.new_data) if text]
+    if dist.is_main:
+        notes += _forget_damaged_bests(plan.run_dir, state)
     return dataclasses.replace(plan, resume_from=loaded.path), notes
+
+
+# Each best checkpoint and the TrainState field holding the score it was saved at.
+BEST_SCORES = {ckpt.BEST_NAME: "best_val_loss", ckpt.BEST_QUALITY_NAME: "best_quality"}
+
+
+def damaged_bests(run_dir: Path) -> dict[str, str]:
+    """Best checkpoints of `run_dir` that exist but do not load: name -> why."""
+    damaged = {}
+    for name in BEST_SCORES:
+        path = ckpt.checkpoint_dir(run_dir) / name
+        if path.is_file():
+            try:
+                ckpt.load_checkpoint(path)
+            except ckpt.CheckpointError as error:
+                damaged[name] = str(error)
+    return damaged
+
+
+def _forget_damaged_bests(run_dir: Path, state: TrainState) -> list[str]:
+    """On resume: a damaged best checkpoint is replaced at the next score (its saved score is
+    forgotten, else only a better one would replace it; an intact one is kept); the lines that say so."""
+    notes = []
+    for name, reason in damaged_bests(run_dir).items():
+        setattr(state, BEST_SCORES[name], math.inf)
+        notes.append(f"warning: {reason}; ddpm-sample refuses it until this run writes it again at its next score")
+    return notes
 
 
 def _resumable(state: dict[str, Any]) -> str | None:

@@ -202,7 +202,8 @@ def resume_config(saved: RunConfig, document: dict[str, Any], given: RunConfig) 
     conflicts = (_train_conflicts(saved.train, given.train, typed)
                  + _group_conflicts(saved.reader, given.reader, typed)
                  + _augment_conflicts(saved.augment, given.augment, typed)
-                 + _model_conflicts(document, saved, given, typed))
+                 + _model_conflicts(document, saved, given, typed)
+                 + _size_conflicts(document, saved, given, typed))
     if conflicts:
         raise RunError(f"--resume: {given.out} was started with other options: {'; '.join(conflicts)}. "
                        f"Drop these options to continue the run, or start a new run with another --out")
@@ -261,6 +262,15 @@ def _augment_conflicts(saved: Any, given: Any, typed: set[str]) -> list[str]:
         return []
     return [message for name in sorted(_field_names(given))
             if (message := _differs(name, getattr(given, name), getattr(saved, name)))]
+
+
+def _size_conflicts(document: dict[str, Any], saved: RunConfig, given: RunConfig, typed: set[str]) -> list[str]:
+    """A typed --img-size against the size of the images the run trains on."""
+    if "img_size" not in typed or given.img_size is None:
+        return []
+    size = _mapping(document.get("data")).get("size", saved.img_size)
+    message = _differs("img_size", given.img_size, size) if size is not None else None
+    return [message] if message else []
 
 
 def _model_conflicts(document: dict[str, Any], saved: RunConfig, given: RunConfig,

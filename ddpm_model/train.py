@@ -430,6 +430,17 @@ def finish(parts: TrainParts, io: RunIO | None, config: TrainConfig, state: Trai
     return record
 
 
+def diverged_message(loss: float, step: int, io: RunIO | None) -> str:
+    """What diverged, the last good checkpoint, and how to go on: --resume only when one exists."""
+    previous = ckpt.latest_checkpoint(io.run_dir) if io is not None else None
+    fixes = "a lower --lr, a smaller --grad-clip, or --precision fp32"
+    if previous is None:
+        return (f"loss or gradient became {loss} at step {step}; stopped before the first checkpoint, "
+                f"nothing to resume. Try {fixes}, then run the command again (without --resume)")
+    return (f"loss or gradient became {loss} at step {step}; stopped without saving. "
+            f"Last good checkpoint: {previous}. Try {fixes}, then --resume")
+
+
 def train(parts: TrainParts, io: RunIO | None, config: TrainConfig, total_steps: int,
           dist: Distributed, state: TrainState | None = None) -> TrainResult:
     """Run optimizer steps until `total_steps`, a stop signal, or a non-finite loss.
@@ -444,11 +455,7 @@ def train(parts: TrainParts, io: RunIO | None, config: TrainConfig, total_steps:
         while state.step < total_steps:
             loss, non_finite, stop_any = train_step(parts, config, state, dist, stop)
             if non_finite:
-                previous = ckpt.latest_checkpoint(io.run_dir) if io is not None else None
-                raise TrainingDiverged(
-                    f"loss or gradient became {loss} at step {state.step + 1}; stopped without "
-                    f"saving. Last good checkpoint: {previous or 'none yet'}. Try a lower --lr, "
-                    f"a smaller --grad-clip, or --precision fp32, then --resume")
+                raise TrainingDiverged(diverged_message(loss, state.step + 1, io))
             record = maybe_log(parts, io, config, state)
             if record or math.isnan(final_loss):  # before the first metrics line: the last step's
                 final_loss = record["loss"] if record else loss

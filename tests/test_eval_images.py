@@ -50,6 +50,7 @@ def _write(path, size=(32, 32)):
         (lambda root: _write(root / "x.png"), {}, "images directly in the folder"),
         (lambda root: _write(root / "tumour" / "a.png"), {}, "tumour unknown to the shards (classes: abnormal, normal)"),
         (lambda root: _write(root / "normal" / "a.png", (64, 64)), {}, "64x64 px, expected 32x32"),
+        (lambda root: _write(root / "normal" / "a.png", (64, 64)), {}, "trained at 32 px (ddpm-train --img-size 32)"),
         (lambda root: (root / "normal").mkdir(parents=True), {}, "normal: no images"),
         (lambda root: (root / "normal").mkdir(parents=True) or (root / "normal" / "a.png").write_text("no"), {}, "not a readable image"),
         (lambda root: _write(root / "normal" / "a.png"), {"only": "cats"}, "--class cats: not a class"),

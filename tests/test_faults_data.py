@@ -11,6 +11,7 @@ import dataclasses
 import errno
 import hashlib
 import os
+import pickle
 import signal
 import stat
 import subprocess
@@ -169,6 +170,18 @@ def test_synth_overwrite_refuses_its_folder_once_the_user_added_files(tmp_path):
     assert (out / MARKER).is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
+def test_synth_into_a_users_folder_does_not_suggest_overwrite(proj):
+    code, output = run(*synth_args(proj))
+    assert code == 2 and "synth did not write it" in one_error(output) and "pass --overwrite" not in output
+
+
+def test_build_into_a_users_folder_does_not_suggest_overwrite(proj):
+    (proj / "mine").mkdir()
+    (proj / "mine" / "a.txt").write_text("the user's")
+    code, output = run(*build_args(proj, proj / "mine"))
+    assert code == 2 and "a build did not write it" in one_error(output) and "pass --overwrite" not in output
+
+
 def test_synth_disk_full_is_one_line_and_keeps_the_old_folder(tmp_path, monkeypatch):
     out = tmp_path / "data"
     assert run(*synth_args(out))[0] == 0
@@ -260,6 +273,28 @@ def test_build_memory_is_bounded_by_buffer_mb_at_a_large_size(tmp_path):
         tracemalloc.stop()
     assert peak < 6e6, f"peak {peak / 1e6:.1f} MB"  # 4.7 MB, whatever the count; it was 9 MB for 8, 17.5 for 16
     assert verify(tmp_path / "s").ok
+
+
+def test_build_refuses_an_absurd_size_before_reading_the_source(proj, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the source was read")
+
+    monkeypatch.setattr(shards, "plan_source", never)
+    before = snapshot(proj.parent)
+    code, output = run("build", "--src", proj / "data", "--size", "32,100000", "--out", proj / "o" / "{size}")
+    error = one_error(output)
+    assert code == 2 and error.startswith("error: --size 100000: above 4096 px") and "MiB of memory" in error
+    assert "batch size" not in error and snapshot(proj.parent) == before
+
+
+def test_build_out_of_memory_gives_build_advice(proj, monkeypatch):
+    def exhausted(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(shards, "build", exhausted)
+    code, output = run(*build_args(proj, proj / "o"))
+    error = one_error(output)
+    assert code == 2 and "out of memory" in error and "--size" in error and "batch size" not in error
 
 
 def test_hdf5_writer_buffers_bytes_not_rows(tmp_path):
@@ -381,6 +416,17 @@ def test_read_only_output_is_one_line(proj, monkeypatch):
     assert snapshot(proj.parent) == before  # proj/new was created for the build and removed again
 
 
+@pytest.mark.parametrize("command", ["build", "synth"])
+def test_a_read_only_filesystem_is_not_called_permission_denied(proj, monkeypatch, command):
+    real_access, real_statvfs = os.access, os.statvfs
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == proj else real_access(path, mode))
+    monkeypatch.setattr(os, "statvfs", lambda path: os.statvfs_result((0,) * 8 + (os.ST_RDONLY, 255))
+                        if Path(path) == proj else real_statvfs(path))
+    args = build_args(proj, proj / "new" / "32") if command == "build" else synth_args(proj / "new")
+    code, output = run(*args)
+    assert code == 2 and "read-only filesystem" in one_error(output) and "permission denied" not in output
+
+
 # ---------------------------------------------------------------- reading a shard folder
 
 
@@ -425,6 +471,22 @@ def test_malformed_manifest_fields_are_named(proj, field, value, needle):
     assert run("stats", folder)[0] == 2
 
 
+@pytest.mark.parametrize("damage, hint", [("missing", "--size N"), ("malformed", "--size 32")])
+def test_verify_names_the_manifest_once_and_takes_no_size_from_a_folder_name(proj, damage, hint):
+    folder = proj / "v" / "03"
+    folder.parent.mkdir()
+    (proj / "shards" / "32").rename(folder)
+    if damage == "missing":
+        (folder / "manifest.json").unlink()
+    else:
+        document = load_manifest(folder).to_dict()
+        del document["classes"]
+        (folder / "manifest.json").write_text(manifest_to_json(document))
+    code, output = run("verify", folder)
+    line = next(line for line in output.splitlines() if "manifest.json" in line and not line.startswith("error:"))
+    assert code == 1 and line.count("manifest.json") == 1 and f"run 'ddpm-data build {hint}'" in line, output
+
+
 def test_verify_names_only_the_damaged_shard(proj):
     folder = proj / "shards" / "32"
     shard = load_manifest(folder).shards[0].path
@@ -436,7 +498,37 @@ def test_verify_names_only_the_damaged_shard(proj):
     assert blamed == {str(folder / shard)}
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["preview", ".", "--mode", "bogus"], "error: --mode: 'bogus' is not one of 'auto', 'stream', 'memory'"),
+    (["build", "--src"], "error: Option '--src' requires an argument"),
+    (["build", "--bogus"], "error: No such option: --bogus"),
+    (["bogus"], "error: No such command 'bogus'"),
+])
+def test_usage_errors_are_one_lowercase_line(args, needle):
+    code, output = run(*args)
+    assert code == 2 and one_error(output).startswith(needle), output
+    assert "Error:" not in output and "Value error" not in output and "Usage:" not in output
+
+
+@pytest.mark.filterwarnings("always")
+def test_skip_bad_shards_warnings_are_one_line_without_source(proj):
+    folder = proj / "shards" / "32"
+    shard = load_manifest(folder).shards[0].path
+    (folder / shard).write_bytes((folder / shard).read_bytes()[:1500])
+    result = runner.invoke(data_app, ["preview", str(folder), "--mode", "stream", "--skip-bad-shards", "--n", "8"])
+    warned = [line for line in result.stderr.splitlines() if shard in line]
+    assert warned and all(line.startswith("warning: ") and "skipped (--skip-bad-shards)" in line for line in warned)
+    assert "UserWarning" not in result.stderr and ".py:" not in result.stderr, result.stderr
+
+
 # ---------------------------------------------------------------- the eval classifier cache
+
+
+class _Payload:
+    """A pickle that would run code when loaded unrestricted."""
+
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
 
 
 @pytest.fixture
@@ -479,6 +571,15 @@ def test_damaged_eval_classifier_cache_is_retrained(real, damage):
         assert _train(real)[1] is False  # the retrained classifier was cached again
     else:
         assert any("could not cache the eval classifier" in m for m in messages), messages
+
+
+def test_a_malicious_eval_cache_is_not_loaded_and_no_unsafe_load_is_suggested(real, tmp_path):
+    path, _, _ = _train(real)
+    path.write_bytes(pickle.dumps(_Payload()))
+    _, trained, messages = _train(real)
+    warning = next(m for m in messages if "retraining the eval classifier" in m)
+    assert trained and "refused unread" in warning and "weights_only" not in warning and "succeed" not in warning
+    assert not (tmp_path / "PWNED").exists()
 
 
 @pytest.mark.parametrize("error", [RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"),

@@ -253,6 +253,32 @@ def test_resume_falls_back_over_a_truncated_latest_checkpoint(run_copy):
     assert ckpt.load_checkpoint(ckpt.latest_checkpoint(run_copy))["step"] == 7
 
 
+def test_resume_refuses_another_img_size(run_copy):
+    before = snapshot(run_copy)
+    refused(invoke(cli.train_app, "--out", run_copy, "--resume", "--img-size", "48", "--max-steps", "7"), 2,
+            "--img-size 48 (the run has 16)")
+    assert snapshot(run_copy) == before
+    ok(cli.train_app, "--out", run_copy, "--resume", "--img-size", "16", "--max-steps", "7", "--no-progress")
+
+
+def test_resume_warns_about_a_damaged_best_checkpoint_and_writes_it_again(run_copy):
+    best = run_copy / "checkpoints" / "best.pt"
+    best.write_bytes(b"damaged")
+    result = ok(cli.train_app, "--out", run_copy, "--resume", "--max-steps", "7", "--no-progress")
+    assert "best.pt: not a readable checkpoint" in result.output and "writes it again" in result.output
+    assert ckpt.load_checkpoint(best)["step"] == 7  # the final validation replaced it, though no better than the old
+    assert "ddpm-sample refuses it, sample" not in result.output  # nothing damaged at the end
+
+
+def test_finishing_with_a_damaged_best_checkpoint_warns(run_copy):
+    best = run_copy / "checkpoints" / "best-quality.pt"
+    best.write_bytes(b"damaged")
+    result = ok(cli.train_app, "--out", run_copy, "--resume", "--max-steps", "7", "--quality-every", "0",
+                "--no-progress")
+    assert result.output.rstrip().count("best-quality.pt: not a readable checkpoint") == 2  # resuming and finishing
+    assert "ddpm-sample refuses it" in result.output
+
+
 def test_no_usable_checkpoint_is_one_line_naming_each_file(run_copy):
     for path in ckpt.candidates(run_copy):
         path.write_bytes(b"")
@@ -390,6 +416,28 @@ def test_a_diverged_run_exits_1(monkeypatch):
     refused(invoke(cli.train_app, "--shards", "."), 1, "became nan at step 5")
 
 
+@pytest.mark.parametrize("app, args", [
+    (cli.train_app, ["--lr", "nan"]), (cli.train_app, ["--lr", "inf"]), (cli.train_app, ["--grad-clip", "nan"]),
+    (cli.train_app, ["--ema-decay", "-inf"]), (cli.train_app, ["--hflip", "nan"]),
+    (cli.sample_app, ["--checkpoint", ".", "--out", ".", "--guidance", "inf"]),
+    (cli.eval_app, ["--real", ".", "--samples", ".", "--blur-sigma", "nan"]),
+    (cli.data_app, ["build", "--val-fraction", "nan"]),
+])
+def test_non_finite_float_options_are_refused_naming_the_flag(tmp_path, app, args):
+    flag, value = args[-2:]
+    refused(invoke(app, *args), 2, f"{flag}: {value} is not a finite number")
+
+
+@pytest.mark.parametrize("app, args, needle", [
+    (cli.train_app, ["--shards", ".", "--weight-decay", "-1"], "--weight-decay: -1.0 must be >= 0"),
+    (cli.train_app, ["--shards", ".", "--sample-eta", "-0.5"], "--sample-eta: -0.5 must be >= 0"),
+    (cli.train_app, ["--shards", ".", "--sample-guidance", "-2"], "--sample-guidance: -2.0 must be >= 0"),
+    (cli.sample_app, ["--checkpoint", ".", "--out", ".", "--eta", "-1"], "--eta: -1.0 must be >= 0"),
+])
+def test_negative_float_options_are_refused_naming_the_flag(app, args, needle):
+    refused(invoke(app, *args), 2, needle)
+
+
 def test_sample_interrupted_keeps_the_previous_images(trained, tmp_path, monkeypatch):
     out = tmp_path / "samples"
     ok(cli.sample_app, "--checkpoint", trained, "--n", "2", "--steps", "2", "--out", out, "--device", "cpu")
@@ -417,6 +465,15 @@ def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path, monkeypatch):
     torch.save({"format_version": 1, "step": 1, "model_config": {}, "classes": [], "model": Payload()}, "evil.pt")
     refused(invoke(cli.sample_app, "--checkpoint", "evil.pt", "--out", "s"), 2, "evil.pt: not a readable checkpoint")
     assert not (tmp_path / "PWNED").exists() and not (tmp_path / "s").exists()
+
+
+def test_a_raw_pickle_checkpoint_is_refused_in_one_line_without_torchs_warning(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("raw.pt").write_bytes(pickle.dumps({"format_version": 1, "step": 1}, protocol=4))
+    result = invoke(cli.sample_app, "--checkpoint", "raw.pt", "--out", "s")
+    refused(result, 2, "raw.pt: not a readable checkpoint", "refused unread")
+    assert "UserWarning" not in result.stderr and "warning" not in result.stderr.lower()
+    assert "weights_only" not in result.stderr
 
 
 KILLED_WRITER = textwrap.dedent("""

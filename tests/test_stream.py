@@ -183,6 +183,17 @@ def test_modified_shard_is_named_or_skipped_when_read(tiny_shards, copy_shards):
     assert set(torch.cat([labels for _, labels in batches]).tolist()) == {0, 1}
 
 
+@pytest.mark.filterwarnings("ignore:.*skipped \\(--skip-bad-shards\\)")
+def test_a_class_whose_every_shard_is_bad_does_not_advise_fewer_workers_to_a_single_reader(copy_shards):
+    shard_dir = copy_shards()
+    for shard in shard_dir.glob("train-abnormal-*.tar"):
+        damage(shard, "flip")
+    reader = open_reader(shard_dir, ReaderConfig(mode="stream", workers=0, on_error=OnError.skip, balance="balanced"))
+    with pytest.raises(ShardError, match="every shard this reader part reads is bad") as raised:
+        take(reader, 20)
+    assert "--workers" not in str(raised.value)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_passes_over_a_skipped_shard_as_an_uninterrupted_run(copy_shards, workers):
     shard_dir = copy_shards()

@@ -139,6 +139,18 @@ def test_nan_loss_stops_without_overwriting_the_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in parts.model.state_dict().values())
 
 
+def test_nan_before_the_first_checkpoint_does_not_advise_resume(tmp_path):
+    def poisoned(images, generator):
+        x, params = centre(images, generator)
+        return x * math.nan, params
+
+    config = quick(max_steps=10, checkpoint_every=4)
+    parts, io = build(tmp_path, config, augment=poisoned)
+    with pytest.raises(TrainingDiverged, match=r"nan at step 1.*nothing to resume") as raised:
+        train(parts, io, config, 10, Distributed())
+    assert "then --resume" not in str(raised.value)
+
+
 def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
     calls = {"n": 0}
 

@@ -126,3 +126,51 @@ def test_damaged_hdf5_is_still_decoded(folder):
     messages = [p.message for p in report.problems]
     assert report.bad_files == ["data.h5"] and "sha256" in messages[0]
     assert any("pixels differ from the tar sample" in m for m in messages)
+
+
+def _swap_first_png(shard):
+    """Rewrite `shard` with its first sample's PNG replaced by the second's: still a valid tar of
+    decodable PNGs, with other pixels."""
+    import io
+    import tarfile
+
+    with tarfile.open(shard) as tar:
+        members = [(member, tar.extractfile(member).read()) for member in tar.getmembers()]
+    pngs = [data for member, data in members if member.name.endswith(".png")]
+    first = next(i for i, (member, _) in enumerate(members) if member.name.endswith(".png"))
+    members[first] = (members[first][0], pngs[1])
+    with tarfile.open(shard, "w") as tar:
+        for member, data in members:
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("value", ["", "abc", "Z" * 64])
+def test_an_empty_or_malformed_shard_checksum_is_a_problem_of_the_manifest(folder, value):
+    document = json.loads((folder / "manifest.json").read_text())
+    document["shards"][0]["sha256"] = value
+    (folder / "manifest.json").write_text(manifest_to_json(document))
+    report = verify(folder)
+    assert report.bad_files == ["manifest.json"]
+    assert any("is not a 64-digit hex checksum" in p.message and document["shards"][0]["path"] in p.message
+               for p in report.problems)
+
+
+def test_an_empty_hdf5_checksum_is_a_problem_of_the_manifest(folder):
+    document = json.loads((folder / "manifest.json").read_text())
+    document["hdf5"]["sha256"] = ""
+    (folder / "manifest.json").write_text(manifest_to_json(document))
+    report = verify(folder)
+    assert report.bad_files == ["manifest.json"] and "hdf5 data.h5" in report.problems[0].message
+
+
+def test_a_changed_shard_without_a_checksum_is_blamed_not_the_intact_hdf5(folder):
+    document = json.loads((folder / "manifest.json").read_text())
+    shard = document["shards"][0]["path"]
+    assert document["shards"][0]["count"] >= 2
+    document["shards"][0]["sha256"] = ""
+    (folder / "manifest.json").write_text(manifest_to_json(document))
+    _swap_first_png(folder / shard)
+    report = verify(folder)
+    assert report.bad_files == ["manifest.json", shard], report.problems
+    assert any(p.path == shard and "pixels differ from data.h5" in p.message for p in report.problems)
