@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ddpm_data.remote import Location, RemoteError, is_url, join, read_bytes
+from ddpm_data.remote import Location, RemoteError, as_location, is_url, join, read_bytes
 from ddpm_data.shardformat import ShardEntry
 
 FORMAT_VERSION = 1
@@ -133,7 +133,10 @@ def _rebuild_hint(folder: Location) -> str:
 def _read_document(folder: Location) -> tuple[Location, Location, Any]:
     """(root, manifest location, parsed JSON) of a local folder or a URL."""
     if is_url(folder):
-        root: Location = str(folder).rstrip("/") if not str(folder).startswith("pipe:") else str(folder)
+        try:
+            root: Location = as_location(str(folder), "shard folder")  # refuses a URL with credentials
+        except ValueError as error:
+            raise ManifestError(str(error)) from None
         path: Location = join(root, MANIFEST_NAME)
         hint = _rebuild_hint(root)
         try:

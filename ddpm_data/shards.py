@@ -34,7 +34,7 @@ from ddpm_data.images import DEFAULT_MAX_PIXELS, Fit
 from ddpm_data.manifest import (FORMAT_VERSION, MANIFEST_NAME, SPLITS, Manifest, load_manifest, sha256_file,
                                 write_manifest)
 from ddpm_data.parallel import OrderedPool
-from ddpm_data.remote import Location, RemoteError, as_location, exists, is_url, join, upload_folder
+from ddpm_data.remote import Location, RemoteError, as_location, exists, is_url, join, redact, upload_folder
 from ddpm_data.shardformat import HDF5_NAME, Hdf5Writer, ShardEntry, ShardWriter
 from ddpm_data.split import SourceItem, SourcePlan, find_classes, plan_source, read_regular
 
@@ -116,7 +116,7 @@ class BuildConfig:
         """
         options = asdict(self)
         del options["workers"], options["overwrite"], options["buffer_mb"]
-        options.update(src=str(self.src), size=list(self.size), fit=self.fit.value)
+        options.update(src=str(self.src), size=list(self.size), fit=self.fit.value, out=redact(self.out))
         return options
 
 

@@ -18,6 +18,7 @@ import cli
 from ddpm_data import remote
 from ddpm_data.manifest import ManifestError, load_manifest
 from ddpm_data.remote import RemoteError, as_location, is_url, join, name_of
+from ddpm_data.shardformat import FormatError
 from ddpm_data.stream import OnError, ReaderConfig, ShardError, load_split, open_reader
 from ddpm_data.verify import verify
 from ddpm_model import checkpoint as ckpt
@@ -63,8 +64,44 @@ def test_locations_urls_and_pipe_templates(tmp_path):
     assert join("pipe:curl -sf https://h/96", "a.tar") == "pipe:curl -sf https://h/96/a.tar"
     assert join("pipe:aws s3 cp s3://b/96/{} -", "a.tar") == "pipe:aws s3 cp s3://b/96/a.tar -"
     assert name_of("s3://b/shards/96") == "96" and name_of("pipe:aws s3 cp s3://b/96/{} -") == "96"
-    with pytest.raises(ValueError, match="--shards: the URL holds a password; pass credentials through the environment"):
+    with pytest.raises(ValueError, match=r"--shards https://\*\*\*@h/96: the URL holds credentials .* through the environment"):
         as_location("https://user:secret@h/96")
+
+
+SECRET = "s3cr3t"
+WITH_CREDENTIALS = [f"https://reader:{SECRET}@127.0.0.1:9/shards/16", f"https://{SECRET}@127.0.0.1:9/shards/16",
+                    f"https://127.0.0.1:9/shards/16?X-Amz-Signature={SECRET}",
+                    f"pipe:curl -sf https://127.0.0.1:9/shards/16/{{}}?token={SECRET}"]
+
+
+def test_redact_hides_user_password_and_query_values_of_every_url_in_a_text():
+    text = f"s3://b/x and https://u:{SECRET}@h:9/a?sig={SECRET}&v=1, then pipe:curl https://{SECRET}@h/{{}}"
+    assert remote.redact(text) == "s3://b/x and https://***@h:9/a?sig=***&v=***, then pipe:curl https://***@h/{}"
+    assert remote.redact("s3://bucket/shards/96") == "s3://bucket/shards/96"
+    for error in (RemoteError(WITH_CREDENTIALS[0] + "/a.tar", f"download failed (GET {WITH_CREDENTIALS[2]})"),
+                  FormatError(WITH_CREDENTIALS[1] + "/a.tar", "missing")):
+        assert SECRET not in str(error) and SECRET not in error.path and SECRET not in error.reason
+
+
+@pytest.mark.parametrize("url", WITH_CREDENTIALS)
+def test_a_url_with_credentials_is_refused_in_one_line_that_does_not_show_them(url, tmp_path):
+    """Refused by every command before anything is read or written (config.json, the manifest
+    and the logs would keep it), and by the Python API's entry point, load_manifest."""
+    commands = [(cli.train_app, ["--shards", url, "--out", tmp_path / "run", *FAST]),
+                (cli.data_app, ["stats", url]), (cli.data_app, ["verify", url]), (cli.data_app, ["preview", url]),
+                (cli.data_app, ["build", "--src", tmp_path, "--size", "16", "--out", url]),
+                (cli.eval_app, ["--real", url, "--samples", tmp_path])]
+    for app, args in commands:
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        assert result.exit_code == 2, (args, result.output)
+        assert isinstance(result.exception, SystemExit), result.exception
+        errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and "holds credentials" in errors[0] and "environment" in errors[0], result.output
+        assert SECRET not in result.output
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ManifestError, match="holds credentials") as raised:
+        load_manifest(url)
+    assert SECRET not in str(raised.value)
 
 
 # ---------------------------------------------------------------- http
