@@ -1,11 +1,15 @@
-"""Servers on 127.0.0.1 for the remote tests: a plain HTTP server of a folder (optionally cutting
-some downloads short), and moto's S3 server with fake credentials. Both stop with their context."""
+"""Servers on 127.0.0.1 for the remote tests: a plain HTTP server of a folder (in this process,
+optionally cutting some downloads short, or `python -m http.server` as a process), and moto's S3
+server with fake credentials. All stop with their context."""
 from __future__ import annotations
 
 import contextlib
 import functools
 import http.server
 import os
+import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -73,3 +77,20 @@ def moto_s3(bucket: str = "shards") -> Iterator[str]:
             else:
                 os.environ[name] = value
         server.stop()
+
+
+@contextlib.contextmanager
+def python_http_server(folder: Path) -> Iterator[str]:
+    """`python -m http.server` serving `folder` on 127.0.0.1 (a free port), as a user would run it;
+    yields its base URL, and stops the server at the end."""
+    command = [sys.executable, "-u", "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(folder), "0"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = server.stdout.readline()  # "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
+        port = re.search(r" port (\d+)", line)
+        assert port is not None, f"python -m http.server did not start: {line!r}"
+        yield f"http://127.0.0.1:{port[1]}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        server.stdout.close()

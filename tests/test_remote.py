@@ -22,7 +22,7 @@ from ddpm_data.shardformat import FormatError
 from ddpm_data.stream import OnError, ReaderConfig, ShardError, load_split, open_reader
 from ddpm_data.verify import verify
 from ddpm_model import checkpoint as ckpt
-from helpers_remote import http_server, moto_s3
+from helpers_remote import http_server, moto_s3, python_http_server
 
 BAD = "train-abnormal-000001.tar"
 FAST = ["--preset", "tiny", "--model-channels", "8", "--channel-multipliers", "1,2", "--use-attention", "0,0",
@@ -195,6 +195,59 @@ def test_pipe_commands_read_the_set_and_name_a_failing_command(tiny_shards, copy
         batches(f"pipe:cat {shard_dir}/{{}}", 20, mode="stream")
 
 
+def corrupt_a_png(shard: Path) -> str:
+    """Flip one byte in the middle of the first sample's PNG (the file keeps its size); its key."""
+    from ddpm_data.shardformat import iter_shard
+
+    (key, members), *_ = iter_shard(shard)
+    data = bytearray(shard.read_bytes())
+    data[data.index(members["png"]) + len(members["png"]) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    return key
+
+
+def invoke(app, *args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_a_set_served_by_python_http_server_is_verified_previewed_trained_and_resumed(tiny_shards, tmp_path):
+    run = tmp_path / "run"
+    with python_http_server(tiny_shards.parent) as base:
+        url = f"{base}/{tiny_shards.name}"
+        verified = invoke(cli.data_app, "verify", url)
+        assert verified.exit_code == 0 and f"{url}: ok" in verified.output, verified.output
+        previewed = invoke(cli.data_app, "preview", url, "--n", "32", "--json")
+        assert previewed.exit_code == 0, previewed.output
+        assert sum(json.loads(previewed.stdout)["drawn"].values()) == 32
+        train("--shards", url, "--out", run, "--max-steps", "2", *FAST)
+        assert json.loads((run / "config.json").read_text())["data"]["shards"] == url
+        train("--resume", "--out", run, "--max-steps", "4", *FAST)
+    assert ckpt.load_checkpoint(ckpt.latest_checkpoint(run))["step"] == 4
+
+
+def test_a_corrupted_shard_on_http_is_caught_by_verify_and_by_training(copy_shards, tmp_path):
+    shard_dir = copy_shards()
+    key = corrupt_a_png(shard_dir / BAD)
+    with python_http_server(shard_dir.parent) as base:
+        url, bad_url = f"{base}/{shard_dir.name}", f"{base}/{shard_dir.name}/{BAD}"
+        verified = invoke(cli.data_app, "verify", url)
+        assert verified.exit_code == 1, verified.output
+        assert f"{bad_url}: sample {key}: .png fails its sha256 checksum" in verified.stderr
+        assert verified.stderr.splitlines()[-1] == f"error: {url}: 1 bad file(s): {BAD}"
+        refused = invoke(cli.train_app, "--shards", url, "--out", tmp_path / "run", "--max-steps", "8",
+                         "--balance", "balanced", *FAST)
+        assert refused.exit_code == 2 and isinstance(refused.exception, SystemExit), refused.output
+        errors = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
+        # a shard of fewer samples than a window is used only after its file checksum: that one fails first
+        assert len(errors) == 1 and errors[0].startswith(f"error: {bad_url}: fails its sha256 checksum")
+        assert "--skip-bad-shards" in errors[0] and "Traceback" not in refused.output
+        with pytest.warns(UserWarning, match=f"{bad_url}: fails its sha256 checksum .*; skipped"):
+            skipped = invoke(cli.train_app, "--shards", url, "--out", tmp_path / "skip", "--max-steps", "8",
+                             "--balance", "balanced", "--skip-bad-shards", *FAST)
+        assert skipped.exit_code == 0, skipped.output
+    assert ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "skip"))["step"] == 8
+
+
 # ---------------------------------------------------------------- s3 (moto)
 
 
@@ -306,14 +359,20 @@ def _require_signatures(monkeypatch) -> None:
 
 
 @pytest.mark.slow
-def test_two_ranks_train_from_a_url(tiny_shards, tmp_path):
+def test_two_ranks_train_from_a_url_and_resume(tiny_shards, tmp_path):
+    """`torchrun --nproc_per_node 2 --no-python ddpm-train --shards URL`, served by `python -m
+    http.server`; then the same two ranks resume the run from its checkpoint."""
     run, bin_dir = tmp_path / "ddp", Path(sys.executable).parent
-    with http_server(tiny_shards.parent) as base:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                   "--no-python", str(bin_dir / "ddpm-train"), "--shards", f"{base}/{tiny_shards.name}",
-                   "--out", str(run), "--max-steps", "3", *FAST]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    state = ckpt.load_checkpoint(ckpt.latest_checkpoint(run))
-    assert state["world_size"] == 2 and [r["delivered"] for r in state["reader"]] == [3, 3]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--no-python",
+              str(bin_dir / "ddpm-train")]
+    with python_http_server(tiny_shards.parent) as base:
+        url = f"{base}/{tiny_shards.name}"
+        for args in (["--shards", url, "--out", run, "--max-steps", "3"], ["--resume", "--out", run, "--max-steps", "5"]):
+            done = subprocess.run([*launch, *map(str, args), *FAST], capture_output=True, text=True, env=env,
+                                  timeout=300)
+            assert done.returncode == 0, done.stdout + done.stderr
+            state = ckpt.load_checkpoint(ckpt.latest_checkpoint(run))
+            assert state["world_size"] == 2 and state["step"] == int(args[-1])
+            assert [r["delivered"] for r in state["reader"]] == [state["step"]] * 2
+    assert json.loads((run / "config.json").read_text())["data"]["shards"] == url
