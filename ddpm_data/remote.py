@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, BinaryIO, Union
+from typing import Any, BinaryIO, Callable, Union
 from urllib.parse import urlsplit, urlunsplit
 
 Location = Union[Path, str]   # a local folder or file, or a URL
@@ -227,14 +227,33 @@ def file_sizes(folder: Location) -> dict[str, int]:
 # ---------------------------------------------------------------- upload
 
 
-def upload_folder(local: Path, url: str, last: str, overwrite: bool) -> None:
+def list_names(url: str) -> list[str]:
+    """Sorted names of the files directly in the URL folder `url` ([] when there is none).
+    Raises RemoteError naming the URL when it cannot be listed (pipe: commands, plain HTTP)."""
+    if url.startswith(PIPE):
+        raise RemoteError(url, "a pipe: location cannot be listed or written; use an fsspec URL such as "
+                               "s3://bucket/path")
+    import fsspec
+
+    try:
+        filesystem, root = fsspec.core.url_to_fs(url)
+        if not filesystem.exists(root):
+            return []
+        return sorted(Path(name).name for name in filesystem.ls(root, detail=False))
+    except Exception as error:
+        raise RemoteError(url, f"cannot be listed: {_error_reason(error)}") from error
+
+
+def upload_folder(local: Path, url: str, last: str, overwrite: bool, owned: Callable[[str], bool]) -> None:
     """Copy the files of the local folder `local` to the URL folder `url`, `last` (the manifest)
     at the end as the commit point: readers find either no `last` or a complete set.
 
     An existing set (`url/last` present) is refused unless `overwrite`; then its `last` is removed
-    first, so no reader pairs the old manifest with new files, and files of the old set that the
-    new one lacks are removed after the commit. The sizes of the uploaded files are checked against
-    the local ones (one listing) before `last` is written. Raises RemoteError naming the URL.
+    first, so no reader pairs the old manifest with new files, and the files of the old set that
+    the new one lacks, and that `owned(name)` says the writer wrote, are removed after the commit
+    (nothing else is: the caller refuses a folder holding other files first). The sizes of the
+    uploaded files are checked against the local ones (one listing) before `last` is written.
+    Raises RemoteError naming the URL.
     """
     import fsspec
 
@@ -261,7 +280,8 @@ def upload_folder(local: Path, url: str, last: str, overwrite: bool) -> None:
         filesystem.put_file(str(local / last), staged)
         filesystem.mv(staged, manifest)
         for name in sorted(old - {path.name for path in files} - {last}):
-            filesystem.rm_file(f"{root}/{name}")
+            if owned(name):
+                filesystem.rm_file(f"{root}/{name}")
     except RemoteError:
         raise
     except NotImplementedError:

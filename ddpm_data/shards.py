@@ -34,7 +34,7 @@ from ddpm_data.images import DEFAULT_MAX_PIXELS, Fit
 from ddpm_data.manifest import (FORMAT_VERSION, MANIFEST_NAME, SPLITS, Manifest, load_manifest, sha256_file,
                                 write_manifest)
 from ddpm_data.parallel import OrderedPool
-from ddpm_data.remote import Location, RemoteError, as_location, exists, is_url, join, redact, upload_folder
+from ddpm_data.remote import Location, RemoteError, as_location, is_url, list_names, redact, upload_folder
 from ddpm_data.shardformat import HDF5_NAME, Hdf5Writer, ShardEntry, ShardWriter
 from ddpm_data.split import SourceItem, SourcePlan, find_classes, plan_source, read_regular
 
@@ -368,24 +368,42 @@ def build(config: BuildConfig, progress: bool = False, log: Callable[[str], None
     if not all(is_url(out) for out in outputs):
         raise BuildError(f"--out {config.out}: either every size goes to a URL or none")
     for out in outputs:
-        try:
-            if exists(join(out, MANIFEST_NAME)) and not config.overwrite:
-                raise BuildError(f"{out}: holds a shard set; pass --overwrite to replace it "
-                                 f"(or choose another --out)")
-        except RemoteError as error:
-            raise BuildError(f"--out {error}") from None
+        _check_url_out(out, config)
     staging = Path(tempfile.mkdtemp(prefix="ddpm-build-"))  # $TMPDIR: needs room for the whole output
     try:
         folders = [staging / str(size) for size in config.size]
         _check_outputs(config, folders)
         _build_guarded(config, folders, progress, log)
         for folder, out in zip(folders, outputs):
-            upload_folder(folder, out, MANIFEST_NAME, config.overwrite)
+            upload_folder(folder, out, MANIFEST_NAME, config.overwrite, _owned)
         return [load_manifest(out) for out in outputs]
     except RemoteError as error:
         raise BuildError(f"--out {error}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _owned(name: str) -> bool:
+    """A file name a build writes (or the manifest an interrupted upload staged)."""
+    return bool(BUILD_FILE.fullmatch(name)) or name == f".{MANIFEST_NAME}.uploading"
+
+
+def _check_url_out(out: str, config: BuildConfig) -> None:
+    """The rules of a local --out, at a URL, before any work: an existing folder is replaced only
+    with --overwrite, and only when it holds nothing but a build's files."""
+    try:
+        names = list_names(out)
+    except RemoteError as error:
+        raise BuildError(f"--out {error}") from None
+    if not names:
+        return
+    if not config.overwrite:
+        raise BuildError(f"{out}: exists; pass --overwrite to replace it (or choose another --out)")
+    foreign = [name for name in names if not _owned(name)]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise BuildError(f"--out {out}: also holds {shown}, which a build did not write; --overwrite would "
+                         f"delete them. Move them out of the folder or choose another --out")
 
 
 def _build_guarded(config: BuildConfig, folders: list[Path], progress: bool, log: Callable[[str], None]) -> None:

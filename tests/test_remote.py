@@ -285,19 +285,25 @@ def test_build_uploads_to_s3_manifest_last_and_refuses_to_overwrite(s3, tiny_sou
     assert uploaded.shards == local.shards and uploaded.hdf5 == local.hdf5  # the same bytes
     assert uploaded.options["out"] == "s3://shards/built/{size}"
     result = CliRunner().invoke(cli.data_app, [str(a) for a in args])
-    assert result.exit_code == 2 and "s3://shards/built/16: holds a shard set; pass --overwrite" in result.output
+    assert result.exit_code == 2 and "s3://shards/built/16: exists; pass --overwrite" in result.output
     from s3fs import S3FileSystem
 
-    S3FileSystem().pipe_file("shards/built/16/stale.tar", b"old")
+    S3FileSystem().pipe_file("shards/built/16/notes.txt", b"the user's")  # --overwrite deletes no foreign file
+    result = CliRunner().invoke(cli.data_app, [str(a) for a in args + ["--overwrite"]])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert "--out s3://shards/built/16: also holds notes.txt, which a build did not write" in result.output
+    assert S3FileSystem().cat_file("shards/built/16/notes.txt") == b"the user's"
+    S3FileSystem().rm_file("shards/built/16/notes.txt")
+    S3FileSystem().pipe_file("shards/built/16/train-gone-000009.tar", b"old")  # a shard of the set replaced
     result = CliRunner().invoke(cli.data_app, [str(a) for a in args + ["--overwrite"]])
     assert result.exit_code == 0, result.output
-    assert not S3FileSystem().exists("shards/built/16/stale.tar")
+    assert not S3FileSystem().exists("shards/built/16/train-gone-000009.tar")
     result = CliRunner().invoke(cli.data_app, ["verify", "s3://shards/built/16"])
     assert result.exit_code == 0 and "s3://shards/built/16: ok" in result.output, result.output
 
 
 def upload(local: Path, url: str) -> None:
-    remote.upload_folder(local, url, "manifest.json", overwrite=True)
+    remote.upload_folder(local, url, "manifest.json", overwrite=True, owned=lambda name: True)
 
 
 def test_train_and_resume_from_s3_match_a_local_run(s3, tiny_shards, tmp_path):
