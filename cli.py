@@ -282,7 +282,7 @@ def synth(
 def build(
     src: Annotated[Path, typer.Option(help="ImageFolder source: one subfolder per class, images at any depth.")] = Path("data"),
     size: Annotated[str, typer.Option(help="Training resolution(s) in px; '40,96,128' builds all in one pass.")] = "96",
-    out: Annotated[str, typer.Option(help="Output folder; '{size}' is replaced by each size.")] = "shards/{size}",
+    out: Annotated[str, typer.Option(help="Output folder, or a URL (s3://bucket/shards/{size}: built locally, then uploaded, manifest last); '{size}' is replaced by each size.")] = "shards/{size}",
     margin: Annotated[int, typer.Option(help="Crop margin in px per 128 px: stored = round(size*(128+margin)/128); 0 = none.")] = 12,
     fit: Annotated[Fit, typer.Option(help="Non-square images: crop (centre), squash, or pad (black borders).")] = Fit.CROP,
     channels: Annotated[int, typer.Option(help="3 = RGB, 1 = greyscale.")] = 3,
@@ -312,14 +312,16 @@ def build(
 
 @data_app.command()
 def stats(
-    folder: Annotated[Path, typer.Argument(help="Shard folder written by 'ddpm-data build' (e.g. shards/96).")],
+    folder: Annotated[str, typer.Argument(help="Shard folder written by 'ddpm-data build' (e.g. shards/96), or its URL (s3://..., https://..., pipe:CMD).")],
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     grid: Annotated[Optional[Path], typer.Option(help="Also write a contact sheet of samples per class to this PNG.")] = None,
     per_class: Annotated[int, typer.Option(help="Samples per class in the --grid contact sheet.")] = 8,
 ) -> None:
     """Summarise a shard folder: counts, shards, mean/std, source sizes, skipped files."""
+    from ddpm_data.remote import as_location
     from ddpm_data.stats import collect_stats, format_stats, write_grid
 
+    folder = as_location(folder, "FOLDER")
     summary = collect_stats(folder)
     typer.echo(json.dumps(summary, indent=2, sort_keys=True) if json_output else format_stats(summary))
     if grid is not None:
@@ -329,14 +331,16 @@ def stats(
 
 @data_app.command()
 def verify(
-    folder: Annotated[Path, typer.Argument(help="Shard folder written by 'ddpm-data build' (e.g. shards/96).")],
+    folder: Annotated[str, typer.Argument(help="Shard folder written by 'ddpm-data build' (e.g. shards/96), or its URL (s3://..., https://..., pipe:CMD).")],
 ) -> None:
     """Recompute every checksum and decode every sample of the tar shards and data.h5."""
+    from ddpm_data.remote import as_location, join
     from ddpm_data.verify import verify as verify_folder
 
+    folder = as_location(folder, "FOLDER")
     report = verify_folder(folder)
     for problem in report.problems:
-        typer.echo(f"{folder / problem.path}: {problem.message}", err=True)
+        typer.echo(f"{join(folder, problem.path)}: {problem.message}", err=True)
     if not report.ok:
         fail(f"{folder}: {len(report.bad_files)} bad file(s): {', '.join(report.bad_files)}", code=1)
     typer.echo(f"{folder}: ok ({report.files_checked} files, {report.samples_checked} samples decoded)")
@@ -348,7 +352,7 @@ def verify(
 @data_app.command()
 def preview(
     ctx: typer.Context,
-    folder: Annotated[Path, typer.Argument(help="Shard folder written by 'ddpm-data build' (e.g. shards/96).")],
+    folder: Annotated[str, typer.Argument(help="Shard folder written by 'ddpm-data build' (e.g. shards/96), or its URL (s3://..., https://..., pipe:CMD).")],
     n: Annotated[int, typer.Option("--n", help="Samples to draw for the class shares.")] = 1000,
     balance: BalanceOption = str(ReaderConfig.balance),
     mode: ModeOption = ReaderConfig.mode,
@@ -372,8 +376,10 @@ def preview(
 ) -> None:
     """Show what training would receive: class shares of N drawn samples, epoch length, augmented samples."""
     from ddpm_data.preview import PreviewConfig, format_report, preview as run_preview
+    from ddpm_data.remote import as_location
     from ddpm_data.stream import ReaderConfig
 
+    folder = as_location(folder, "FOLDER")
     reader = ReaderConfig(batch_size=batch_size, balance=balance, mode=mode, memory_budget_mb=memory_budget_mb,
                           seed=seed, workers=workers, on_error="skip" if skip_bad_shards else "raise")
     report = run_preview(folder, PreviewConfig(n=n, grid=grid, per_class=per_class, reader=reader,
@@ -388,7 +394,7 @@ def preview(
                               "then renamed); continue with --resume")
 def train(
     ctx: typer.Context,
-    shards: Annotated[Optional[Path], typer.Option(help="Shard folder from 'ddpm-data build' (e.g. shards/96); size, channels and classes come from its manifest.")] = None,
+    shards: Annotated[Optional[str], typer.Option(help="Shard folder from 'ddpm-data build' (e.g. shards/96), or its URL (s3://..., gs://..., https://..., pipe:CMD; credentials from the environment); size, channels and classes come from its manifest.")] = None,
     img_size: Annotated[Optional[int], typer.Option(help="Training size in px: uses shards/N when --shards is not given, else checks it matches.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default: runs/<shards name>-<date-time>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its latest checkpoint. Rerunning the original command with --resume works: options equal to the saved ones are accepted; the learning rate, duration and intervals may change; the architecture, data options, batch size and seed may not.")] = False,
@@ -463,6 +469,7 @@ def train(
     import dataclasses
 
     from ddpm_data.config import OnError
+    from ddpm_data.remote import as_location
     from ddpm_model.run import run_training
 
     params = ctx.params
@@ -475,7 +482,8 @@ def train(
         overrides["use_attention"] = tuple(bool(a) for a in int_list(use_attention, "--use-attention"))
     train_names = [f.name for f in dataclasses.fields(TrainConfig)]
     config = RunConfig(
-        shards=shards, img_size=img_size, out=out, resume=resume, allow_new_data=allow_new_data,
+        shards=None if shards is None else as_location(shards), img_size=img_size, out=out, resume=resume,
+        allow_new_data=allow_new_data,
         overwrite=overwrite, dry_run=dry_run, device=device, progress=progress,
         model=ModelOptions(preset=preset, overrides=overrides, aug_conditioning=aug_conditioning,
                            data_normalization=data_normalization),
@@ -554,7 +562,7 @@ from ddpm_eval.evaluate import EvalConfig as _Eval  # stdlib-only module: defaul
 
 @eval_app.command(help="Measure generated samples against real shards: SWD, smoothness, class fidelity, copies.")
 def eval_samples(
-    real: Annotated[Path, typer.Option("--real", help="Shard folder from 'ddpm-data build' (manifest.json + data.h5).")],
+    real: Annotated[str, typer.Option("--real", help="Shard folder from 'ddpm-data build' (manifest.json + data.h5), or its URL (the tar shards are read).")],
     samples: Annotated[Path, typer.Option("--samples", help="Generated images: SAMPLES/<class>/*.png at the shards' size.")],
     class_name: Annotated[Optional[str], typer.Option("--class", help="Evaluate only this class.")] = _Eval.class_name,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON (metrics at the top level).")] = False,
@@ -570,11 +578,12 @@ def eval_samples(
     copy_ratio: Annotated[float, typer.Option(help="Near-copy: nearest training image closer than this times the 2nd nearest.")] = _Eval.copy_ratio,
     blur_sigma: Annotated[float, typer.Option(help="Gaussian sigma (px) of the blurred smoothness-ceiling reference.")] = _Eval.blur_sigma,
 ) -> None:
+    from ddpm_data.remote import as_location
     from ddpm_eval.evaluate import evaluate
     from ddpm_eval.summary import format_text
 
-    config = _Eval(real=real, samples=samples, class_name=class_name, report=report, seed=seed, device=device,
-                   swd_descriptors=swd_descriptors, swd_directions=swd_directions, swd_min_level=swd_min_level,
+    config = _Eval(real=as_location(real, "--real"), samples=samples, class_name=class_name, report=report,
+                   seed=seed, device=device, swd_descriptors=swd_descriptors, swd_directions=swd_directions, swd_min_level=swd_min_level,
                    classifier_epochs=classifier_epochs, classifier_width=classifier_width,
                    classifier_batch_size=classifier_batch_size, copy_ratio=copy_ratio, blur_sigma=blur_sigma)
     result = evaluate(config, log=lambda message: typer.echo(message, err=True))

@@ -5,7 +5,10 @@ Schema (format_version 1, fully specified in docs/data-format.md): `size`, `stor
 (list of {"path", "split", "class", "count", "sha256"}, paths relative to the folder), `hdf5`
 ({"path", "sha256"}), `skipped` (list of {"path", "reason"}), `mean`/`std` (per channel, [0, 1]
 units, train split at stored size), `source_sizes` ({"WxH": n}), `ignored` (int), `options`
-(the build config), `format_version`, `tool_version`.
+(the build config), `format_version`, `tool_version`; optional `sample_checksums` (true: every
+sample's .json sidecar carries its PNG's sha256 and data.h5 its rows' pixel sha256).
+
+The folder may be a URL (see remote.py): the manifest is read from it like any other file.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ddpm_data.remote import Location, RemoteError, as_location, is_url, join, read_bytes
 from ddpm_data.shardformat import ShardEntry
 
 FORMAT_VERSION = 1
@@ -30,7 +34,7 @@ class ManifestError(ValueError):
 class Manifest:
     """A loaded `manifest.json`; nested fields keep their JSON shapes (dicts and lists)."""
 
-    root: Path                      # the shard folder (absolute)
+    root: Location                  # the shard folder: an absolute Path, or a URL (str)
     format_version: int
     tool_version: str
     size: int                       # training resolution (px)
@@ -46,23 +50,33 @@ class Manifest:
     source_sizes: dict[str, int] = field(default_factory=dict)    # {"WxH": n}
     ignored: int = 0                # non-image and hidden files seen in the source
     options: dict[str, Any] = field(default_factory=dict)         # the build config
+    sample_checksums: bool = False  # per-sample sha256 in the sidecars and data.h5 (sets built before: False)
 
-    def shard_paths(self, split: str, class_name: str | None = None) -> list[Path]:
-        """Absolute paths of the tar shards of `split` (and `class_name`), in manifest order."""
+    @property
+    def is_remote(self) -> bool:
+        """True when the folder is a URL."""
+        return is_url(self.root)
+
+    def file(self, relative: str) -> Location:
+        """Location of a file of the set (a manifest `path`): an absolute Path, or a URL."""
+        return join(self.root, relative)
+
+    def shard_paths(self, split: str, class_name: str | None = None) -> list[Location]:
+        """Locations (absolute paths or URLs) of the tar shards of `split` (and `class_name`), in manifest order."""
         if split not in SPLITS:
             raise ValueError(f"split {split!r}: unknown; valid: {', '.join(SPLITS)}")
         if class_name is not None and class_name not in self.classes:
             raise ValueError(f"class {class_name!r}: unknown; valid: {', '.join(self.classes)}")
         return [
-            self.root / shard.path
+            self.file(shard.path)
             for shard in self.shards
             if shard.split == split and (class_name is None or shard.class_name == class_name)
         ]
 
     @property
-    def hdf5_path(self) -> Path:
-        """Absolute path of the HDF5 file."""
-        return self.root / self.hdf5["path"]
+    def hdf5_path(self) -> Location:
+        """Absolute path (or URL) of the HDF5 file."""
+        return self.file(self.hdf5["path"])
 
     def label(self, class_name: str) -> int:
         """The integer label of `class_name`."""
@@ -78,6 +92,8 @@ class Manifest:
         """The JSON document (without `root`), as written to `manifest.json`."""
         document = asdict(self)
         del document["root"]
+        if not self.sample_checksums:  # absent from sets written before per-sample checksums
+            del document["sample_checksums"]
         document["shards"] = [shard.to_json() for shard in self.shards]
         return document
 
@@ -108,30 +124,55 @@ _REQUIRED: dict[str, tuple[type | tuple[type, ...], str]] = {
 }
 
 
-def _rebuild_hint(folder: Path, size: Any = None) -> str:
+def _rebuild_hint(folder: Location, size: Any = None) -> str:
     """The build command to (re)write `folder`: the manifest's size when it has one, else the
-    folder's name when that is a plain size (shards/96), else N."""
+    folder's name when that is a plain size (shards/96), else N; with --out for a URL."""
     if not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
-        size = folder.name if folder.name.isdigit() and folder.name == str(int(folder.name)) else "N"
-    return f"run 'ddpm-data build --size {size}'"
+        name = str(folder).rstrip("/").rsplit("/", 1)[-1]
+        size = name if name.isdigit() and name == str(int(name)) else "N"
+    return f"run 'ddpm-data build --size {size}'" + (f" --out {folder}" if is_url(folder) else "")
 
 
-def load_manifest(folder: str | Path) -> Manifest:
-    """Read and validate `folder/manifest.json`.
+def _read_document(folder: Location) -> tuple[Location, Location, Any]:
+    """(root, manifest location, parsed JSON) of a local folder or a URL."""
+    if is_url(folder):
+        try:
+            root: Location = as_location(str(folder), "shard folder")  # refuses a URL with credentials
+        except ValueError as error:
+            raise ManifestError(str(error)) from None
+        path: Location = join(root, MANIFEST_NAME)
+        hint = _rebuild_hint(root)
+        try:
+            text = read_bytes(path).decode("utf-8")
+        except RemoteError as error:
+            if error.reason == "missing":
+                raise ManifestError(f"{path}: missing: no shard set there, or its upload has not finished (the "
+                                    f"manifest is written last); {hint} first") from None
+            raise ManifestError(f"{error}") from None
+    else:
+        root, path = Path(folder).resolve(), Path(folder) / MANIFEST_NAME
+        hint = _rebuild_hint(root)
+        if not path.is_file():
+            what = "folder missing" if not Path(folder).exists() else "missing"
+            raise ManifestError(f"{path}: {what}; {hint} first")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise ManifestError(f"{path}: unreadable ({error}); {hint} to rebuild it") from error
+    try:
+        return root, path, json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ManifestError(f"{path}: unreadable ({error}); {hint} to rebuild it") from error
+
+
+def load_manifest(folder: Location) -> Manifest:
+    """Read and validate `folder/manifest.json`; `folder` is a local folder or a URL (remote.py).
 
     Raises ManifestError naming the path and the rebuild command when the file is missing,
     not JSON, of another format version, or lacks / mistypes a required field.
     """
-    root = Path(folder).resolve()
-    path = Path(folder) / MANIFEST_NAME
+    root, path, document = _read_document(folder)
     hint = _rebuild_hint(root)
-    if not path.is_file():
-        what = "folder missing" if not Path(folder).exists() else "missing"
-        raise ManifestError(f"{path}: {what}; {hint} first")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ManifestError(f"{path}: unreadable ({error}); {hint} to rebuild it") from error
     if not isinstance(document, dict):
         raise ManifestError(f"{path}: not a JSON object; {hint} to rebuild it")
     hint = _rebuild_hint(root, document.get("size"))
@@ -163,6 +204,8 @@ def load_manifest(folder: str | Path) -> Manifest:
     problem = _nested_problem(document)
     if problem is not None:
         raise ManifestError(f"{path}: {problem}; {hint} to rebuild it")
+    if not isinstance(document.get("sample_checksums", False), bool):
+        raise ManifestError(f"{path}: field 'sample_checksums' must be true or false; {hint} to rebuild it")
     known = {f.name for f in fields(Manifest)} - {"root"}
     values = {key: value for key, value in document.items() if key in known}
     values["shards"] = [ShardEntry.from_json(shard) for shard in document["shards"]]

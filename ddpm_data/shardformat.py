@@ -7,9 +7,16 @@ JSON lives in manifest.py); docs/data-format.md is the specification.
 - Shards `{split}-{class}-{index:06d}.tar`, GNU tar with fixed header fields (byte-deterministic),
   listed in the manifest as `ShardEntry`s. They are read with webdataset's own tar iterator and
   key grouping, so this reader groups members exactly as any WebDataset pipeline does.
-- data.h5: `/{split}/images` uint8 (N, C, S, S), `/{split}/labels` int64 (N,), `/{split}/keys`.
+- data.h5: `/{split}/images` uint8 (N, C, S, S), `/{split}/labels` int64 (N,), `/{split}/keys`,
+  `/{split}/pixel_sha256` uint8 (N, 32).
+- Files are opened through `remote.open_input`, so a shard or data.h5 may sit at a URL.
 
-Checksums are computed while the bytes pass (`_HashingFile`): once per write, once per read.
+Checksums are computed while the bytes pass (`_HashingFile`): once per write, once per read. Two
+levels: the sha256 of every file (in the manifest) and, since per-sample checksums were added,
+the sha256 of every sample's PNG (`png_sha256` in its .json sidecar) and of every HDF5 row's
+pixels (`pixel_sha256`), so a reader can use a sample as soon as it has read it, without holding
+the whole file until the file's checksum is known. Sets written before carry only the former
+(`Manifest.sample_checksums` is False) and are read the old way.
 """
 from __future__ import annotations
 
@@ -23,10 +30,14 @@ from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
+from ddpm_data.remote import Location, RemoteError, join, open_input, redact
+
 KEY_HASH_HEX = 16                     # hex digits of the file's sha256 in its sample key
 MEMBERS = ("cls", "json", "png")      # a sample's tar members, in the order they are written
 HDF5_NAME = "data.h5"
 HDF5_DATASETS = ("images", "labels", "keys")
+HDF5_DIGESTS = "pixel_sha256"         # optional dataset: sha256 of each row's pixel bytes, uint8 (N, 32)
+SAMPLE_CHECKSUM = "png_sha256"        # .json sidecar field: sha256 hex of the sample's .png bytes
 HDF5_FLUSH_ROWS = 256                 # rows buffered per split before an HDF5 write (at most)
 HDF5_BUFFER_BYTES = 64 << 20          # pixels buffered per file before an HDF5 write (at most)
 TAR_RECORD_BYTES = tarfile.RECORDSIZE   # 10240: tarfile pads every archive to whole records
@@ -40,8 +51,8 @@ class FormatError(ValueError):
     is `{path}: {reason}` (callers add the fix, which depends on the command)."""
 
     def __init__(self, path: str | Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path, self.reason = str(path), reason
+        self.path, self.reason = redact(str(path)), redact(reason)  # a URL's credentials never reach a message
+        super().__init__(f"{self.path}: {self.reason}")
 
 
 class ChecksumError(FormatError):
@@ -105,12 +116,13 @@ class ShardEntry:
 class _HashingFile:
     """A file opened for reading or writing that hashes (SHA-256) every byte passing through it.
 
-    Named after its path, so webdataset's error messages ("... @ file") name the shard.
+    Named after its path, so webdataset's error messages ("... @ file") name the shard. Reading
+    takes an open stream (`remote.open_input`: a local file, a URL, a pipe command's output).
     """
 
-    def __init__(self, path: Path, mode: str) -> None:
+    def __init__(self, path: Location, mode: str, stream: BinaryIO | None = None) -> None:
         self.name = str(path)
-        self._file: BinaryIO = open(path, mode)
+        self._file: BinaryIO = stream if stream is not None else open(path, mode)
         self._hash = hashlib.sha256()
 
     def read(self, size: int = -1) -> bytes:
@@ -134,13 +146,22 @@ class _HashingFile:
         return self._hash.hexdigest()
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except RemoteError as error:  # a pipe command reports its failure when it ends
+            raise FormatError(self.name, error.reason) from None
 
     def __enter__(self) -> "_HashingFile":
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.close()
+        if exc[0] is None:
+            self.close()
+            return
+        try:  # reading stopped early (an error, or the caller had enough): the first error counts
+            self._file.close()
+        except Exception:
+            pass
 
     def __repr__(self) -> str:
         return self.name
@@ -169,7 +190,9 @@ class ShardWriter:
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.GNU_FORMAT, encoding="utf-8")
 
     def add(self, key: str, label: int, sidecar: dict[str, Any], png: bytes) -> None:
-        """Append one sample: its label, its JSON sidecar (sorted keys) and its PNG bytes."""
+        """Append one sample: its label, its JSON sidecar (sorted keys, with the PNG's sha256 added
+        as `png_sha256`) and its PNG bytes."""
+        sidecar = {**sidecar, SAMPLE_CHECKSUM: hashlib.sha256(png).hexdigest()}
         payloads = {"cls": str(label).encode("ascii"), "json": json.dumps(sidecar, sort_keys=True).encode("utf-8"),
                     "png": png}
         for extension in MEMBERS:
@@ -191,19 +214,17 @@ class ShardWriter:
 # ---------------------------------------------------------------- tar shards: read
 
 
-def _message(error: Exception, path: Path) -> str:
+def _message(error: Exception, path: Location) -> str:
     # webdataset appends " @ <file>" to the first of `args` and more context after it.
     message = str(error.args[0]) if error.args else type(error).__name__
     return message.removesuffix(f" @ {path}")
 
 
-def _open_for_reading(path: Path) -> _HashingFile:
+def _open_for_reading(path: Location) -> _HashingFile:
     try:
-        return _HashingFile(path, "rb")
-    except FileNotFoundError:
-        raise FormatError(path, "missing") from None
-    except OSError as error:
-        raise FormatError(path, f"unreadable ({error.strerror or error})") from None
+        return _HashingFile(path, "rb", open_input(path))
+    except RemoteError as error:
+        raise FormatError(path, error.reason) from None
 
 
 def shard_file_problem(path: str | Path) -> str | None:
@@ -225,17 +246,20 @@ def shard_file_problem(path: str | Path) -> str | None:
     return None
 
 
-def iter_shard(path: str | Path, sha256: str | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {extension: bytes}) per sample of a tar shard, in file order, hashing while reading.
+def iter_shard(path: Location, sha256: str | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) per sample of a tar shard (a local path or a URL), in file order,
+    hashing while reading; one sample in memory at a time.
 
     With `sha256`, the digest is checked once the tar is exhausted, after the last sample was
-    yielded: samples yielded before that are not yet verified (use `read_shard` to get them only
-    after the check). Raises FormatError naming `path`: "missing", "unreadable tar after n samples"
-    (prefixed by the checksum reason when the bytes also differ), or ChecksumError.
+    yielded: samples yielded before that are not yet verified by it (check each with
+    `sample_problems(..., checksums=True)`, or use `read_shard` to get them only after the file's
+    check). Raises FormatError naming `path`: "missing", "access denied ...", "download failed ...",
+    "unreadable tar after n samples" (prefixed by the checksum reason when the bytes also differ),
+    or ChecksumError.
     """
     from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-    path = Path(path)
+    path = path if isinstance(path, str) else Path(path)
     with _open_for_reading(path) as file:
         count = 0
         try:
@@ -243,29 +267,42 @@ def iter_shard(path: str | Path, sha256: str | None = None) -> Iterator[tuple[st
             for sample in group_by_keys(files):
                 count += 1
                 yield sample["__key__"], {name: value for name, value in sample.items() if not name.startswith("__")}
+        except RemoteError as error:  # the transfer broke: there is nothing more to read or hash
+            raise FormatError(path, error.reason) from None
         except Exception as error:  # tarfile and webdataset raise several types for a broken archive
-            file.drain()
+            try:
+                file.drain()
+            except RemoteError as broken:
+                raise FormatError(path, broken.reason) from None
             reason = f"unreadable tar after {count} samples ({_message(error, path)})"
             if sha256 and file.hexdigest() != sha256:
                 reason = f"{CHECKSUM_REASON}; {reason}"
             raise FormatError(path, reason) from error
-        file.drain()
+        try:
+            file.drain()
+        except RemoteError as broken:
+            raise FormatError(path, broken.reason) from None
         if sha256 and file.hexdigest() != sha256:
             raise ChecksumError(path, CHECKSUM_REASON)
 
 
-def read_shard(root: Path, entry: ShardEntry) -> list[tuple[str, dict[str, bytes]]]:
-    """Every sample of `entry` (below `root`), returned only after its sha256 (computed while
-    reading: one pass over the file) and its sample count matched the manifest. FormatError otherwise."""
-    path = root / entry.path
+def read_shard(root: Location, entry: ShardEntry) -> list[tuple[str, dict[str, bytes]]]:
+    """Every sample of `entry` (in the folder or URL `root`), returned only after its sha256
+    (computed while reading: one pass over the file) and its sample count matched the manifest.
+    FormatError otherwise."""
+    path = join(root, entry.path)
     samples = list(iter_shard(path, entry.sha256))
     if len(samples) != entry.count:
         raise FormatError(path, f"holds {len(samples)} samples, the manifest says {entry.count}")
     return samples
 
 
-def sample_problems(key: str, members: dict[str, bytes], class_name: str, label: int) -> list[str]:
-    """What is wrong with one sample of a `class_name` shard, its pixels aside ([] when nothing)."""
+def sample_problems(key: str, members: dict[str, bytes], class_name: str, label: int,
+                    checksums: bool = False) -> list[str]:
+    """What is wrong with one sample of a `class_name` shard, its pixels aside ([] when nothing).
+
+    `checksums` (the manifest's `sample_checksums`): the .json must carry `png_sha256` and the
+    .png bytes must match it, so the sample can be used before its file's checksum is known."""
     problems = []
     if "." in key or not key.startswith(key_prefix(class_name)):
         problems.append(f"key does not match its class {class_name!r}")
@@ -278,6 +315,9 @@ def sample_problems(key: str, members: dict[str, bytes], class_name: str, label:
         sidecar = json.loads(members["json"])
         if sidecar.get("class") != class_name or sidecar.get("label") != label:
             problems.append(f".json names class {sidecar.get('class')!r}")
+        if checksums and sidecar.get(SAMPLE_CHECKSUM) != hashlib.sha256(members["png"]).hexdigest():
+            problems.append(f".png {CHECKSUM_REASON}" if sidecar.get(SAMPLE_CHECKSUM)
+                            else f".json lacks {SAMPLE_CHECKSUM}")
     except (ValueError, AttributeError) as error:
         problems.append(f".json unreadable ({error})")
     return problems
@@ -312,6 +352,11 @@ def decode_png(data: bytes, shape: tuple[int, int, int] | None = None) -> np.nda
 # ---------------------------------------------------------------- data.h5
 
 
+def pixel_digest(pixels: np.ndarray) -> bytes:
+    """sha256 (32 bytes) of an image's uint8 (C, S, S) pixels in C order: data.h5's `pixel_sha256`."""
+    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).digest()
+
+
 @dataclass(frozen=True, eq=False)
 class SplitArrays:
     """Rows of one split of data.h5."""
@@ -320,6 +365,14 @@ class SplitArrays:
     labels: np.ndarray     # (N,) int64
     keys: tuple[str, ...]  # (N,) tar sample keys
     total: int             # rows the split holds in the file (N unless a slice was asked for)
+    digests: np.ndarray | None = None  # (N, 32) uint8 pixel sha256 per row; None in files written before
+
+    def bad_rows(self) -> list[str]:
+        """Keys of the rows whose pixels differ from their recorded digest ([] without digests)."""
+        if self.digests is None:
+            return []
+        return [key for pixels, digest, key in zip(self.images, self.digests, self.keys)
+                if pixel_digest(pixels) != digest.tobytes()]
 
 
 def read_hdf5_split(path: str | Path, split: str, item_shape: tuple[int, int, int],
@@ -329,6 +382,12 @@ def read_hdf5_split(path: str | Path, split: str, item_shape: tuple[int, int, in
     Raises FormatError naming `path` when the file is missing or unreadable, a dataset is missing,
     or the images are not uint8 (N, *item_shape) with N labels and N keys.
     """
+    return next(iter_hdf5_rows(path, split, item_shape, [rows]))
+
+
+def iter_hdf5_rows(path: str | Path, split: str, item_shape: tuple[int, int, int],
+                   blocks: list[slice]) -> Iterator[SplitArrays]:
+    """`read_hdf5_split` for several row slices, one SplitArrays per slice, the file opened once."""
     import h5py
 
     path = Path(path)
@@ -337,8 +396,13 @@ def read_hdf5_split(path: str | Path, split: str, item_shape: tuple[int, int, in
     try:
         with h5py.File(path, "r") as h5:
             images, labels, keys = _split_datasets(h5, path, split, tuple(item_shape))
-            return SplitArrays(images[rows], labels[rows].astype(np.int64),
-                               tuple(str(key) for key in keys.asstr()[rows]), images.shape[0])
+            digests = h5[f"{split}/{HDF5_DIGESTS}"] if f"{split}/{HDF5_DIGESTS}" in h5 else None
+            if digests is not None and digests.shape != (images.shape[0], 32):
+                raise FormatError(path, f"/{split}/{HDF5_DIGESTS} is {digests.shape}, expected ({images.shape[0]}, 32)")
+            for rows in blocks:
+                yield SplitArrays(images[rows], labels[rows].astype(np.int64),
+                                  tuple(str(key) for key in keys.asstr()[rows]), images.shape[0],
+                                  None if digests is None else digests[rows])
     except FormatError:
         raise
     except (OSError, KeyError, ValueError, RuntimeError) as error:  # h5py's errors for damaged files
@@ -359,7 +423,8 @@ def _split_datasets(h5: Any, path: Path, split: str, item_shape: tuple[int, ...]
 
 
 class Hdf5Writer:
-    """Writes data.h5 row by row: both splits always present, ~1 MiB chunks, no timestamps.
+    """Writes data.h5 row by row: both splits always present, ~1 MiB chunks, no timestamps, and
+    the sha256 of every row's pixels (`pixel_sha256`).
 
     Rows are copied into one preallocated block per split and written when it is full: at most
     HDF5_FLUSH_ROWS rows and `buffer_bytes` of pixels for the whole file, whatever the image size."""
@@ -383,6 +448,8 @@ class Hdf5Writer:
                                  track_times=False)
             group.create_dataset("keys", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"),
                                  chunks=(1024,), track_times=False)
+            group.create_dataset(HDF5_DIGESTS, shape=(0, 32), maxshape=(None, 32), dtype="uint8", chunks=(1024, 32),
+                                 track_times=False)
         self._file.attrs["size"] = size
         self._file.attrs["stored_size"] = stored_size
         self._file.attrs["channels"] = channels
@@ -402,9 +469,12 @@ class Hdf5Writer:
             return
         start, stop = self._rows[split], self._rows[split] + len(rows)
         group = self._file[split]
-        for name in HDF5_DATASETS:
+        for name in (*HDF5_DATASETS, HDF5_DIGESTS):
             group[name].resize(stop, axis=0)
-        group["images"][start:stop] = self._blocks[split][:len(rows)]
+        pixels = self._blocks[split][:len(rows)]
+        group["images"][start:stop] = pixels
+        group[HDF5_DIGESTS][start:stop] = np.frombuffer(b"".join(pixel_digest(row) for row in pixels),
+                                                        dtype=np.uint8).reshape(-1, 32)
         group["labels"][start:stop] = np.array([row[0] for row in rows], dtype=np.int64)
         group["keys"][start:stop] = [row[1] for row in rows]
         self._rows[split] = stop

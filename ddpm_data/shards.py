@@ -7,8 +7,10 @@ appends them to the tar shards and the HDF5 file of every size (`parallel.Ordere
 images in flight and the HDF5 write buffers together stay within `--buffer-mb`, so memory grows
 neither with the folder nor with the image size. Output is written atomically
 (`atomic.atomic_folder`), replaces only a folder a build wrote (`check_replaceable`), and is
-byte-deterministic (fixed tar headers, metadata-free PNG, HDF5 without timestamps). The files themselves are written by `shardformat` (specified in
-docs/data-format.md).
+byte-deterministic (fixed tar headers, metadata-free PNG, HDF5 without timestamps). The files
+themselves are written by `shardformat` (specified in docs/data-format.md). An `--out` URL
+(s3://..., any writable fsspec URL) is built in a local temporary folder, then uploaded with the
+manifest last (`remote.upload_folder`).
 """
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ import errno
 import hashlib
 import os
 import re
+import shutil
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -30,6 +34,7 @@ from ddpm_data.images import DEFAULT_MAX_PIXELS, Fit
 from ddpm_data.manifest import (FORMAT_VERSION, MANIFEST_NAME, SPLITS, Manifest, load_manifest, sha256_file,
                                 write_manifest)
 from ddpm_data.parallel import OrderedPool
+from ddpm_data.remote import Location, RemoteError, as_location, is_url, list_names, redact, upload_folder
 from ddpm_data.shardformat import HDF5_NAME, Hdf5Writer, ShardEntry, ShardWriter
 from ddpm_data.split import SourceItem, SourcePlan, find_classes, plan_source, read_regular
 
@@ -109,9 +114,9 @@ class BuildConfig:
                 f"takes {mib:,.0f} MiB of memory ({IN_FLIGHT_PER_WORKER} in flight per worker). Build at a "
                 f"training size such as 96, 128 or 256 (the model presets stop at 256)")
 
-    def out_for(self, size: int) -> Path:
-        """Output folder of `size`."""
-        return Path(self.out.replace("{size}", str(size)))
+    def out_for(self, size: int) -> Location:
+        """Output folder of `size`: a Path, or a URL (str) to upload to."""
+        return as_location(self.out.replace("{size}", str(size)), "--out")
 
     def stored_size(self, size: int) -> int:
         """Stored image side for training size `size` (see images.stored_size_for)."""
@@ -125,7 +130,7 @@ class BuildConfig:
         """
         options = asdict(self)
         del options["workers"], options["overwrite"], options["buffer_mb"]
-        options.update(src=str(self.src), size=list(self.size), fit=self.fit.value)
+        options.update(src=str(self.src), size=list(self.size), fit=self.fit.value, out=redact(self.out))
         return options
 
 
@@ -266,6 +271,7 @@ class _SizeWriter:
             "source_sizes": dict(sorted(self.source_sizes.items())),
             "ignored": plan.ignored,
             "options": config.to_dict(),
+            "sample_checksums": True,  # shardformat writes png_sha256 into every sidecar, pixel_sha256 into data.h5
         }
 
 
@@ -281,12 +287,12 @@ def _tool_version() -> str:
         return "unknown"
 
 
-def _check_outputs(config: BuildConfig) -> None:
-    """Refuse, before any work, every output that cannot or must not be written."""
+def _check_outputs(config: BuildConfig, folders: list[Path]) -> None:
+    """Refuse, before any work, every output folder that cannot or must not be written."""
     find_classes(config.src)  # fail on a bad source layout before any work or progress bar
-    for size in config.size:
-        _check_out_path(config.out_for(size), config)
-        _check_out_state(config.out_for(size), config)
+    for out in folders:
+        _check_out_path(out, config)
+        _check_out_state(out, config)
 
 
 def _check_out_path(out: Path, config: BuildConfig) -> None:
@@ -363,11 +369,62 @@ def build(config: BuildConfig, progress: bool = False, log: Callable[[str], None
     Raises SourceError (bad source layout) or BuildError (bad options, an output that exists, is a
     file, holds files a build did not write or is being written by another build; `strict` with
     skipped files; a class left without usable images; an output that cannot be written, e.g. a
-    full disk). Nothing is written to the output paths unless the whole build succeeds.
+    full disk; a failed upload). Nothing is written to the output paths unless the whole build
+    succeeds; at a URL, readers find no manifest until every other file is uploaded.
     """
-    _check_outputs(config)
     try:
-        return _build(config, progress, log)
+        outputs = [config.out_for(size) for size in config.size]
+    except ValueError as error:
+        raise BuildError(str(error)) from None
+    if not any(is_url(out) for out in outputs):
+        _check_outputs(config, outputs)
+        _build_guarded(config, outputs, progress, log)
+        return [load_manifest(out) for out in outputs]
+    if not all(is_url(out) for out in outputs):
+        raise BuildError(f"--out {config.out}: either every size goes to a URL or none")
+    for out in outputs:
+        _check_url_out(out, config)
+    staging = Path(tempfile.mkdtemp(prefix="ddpm-build-"))  # $TMPDIR: needs room for the whole output
+    try:
+        folders = [staging / str(size) for size in config.size]
+        _check_outputs(config, folders)
+        _build_guarded(config, folders, progress, log)
+        for folder, out in zip(folders, outputs):
+            upload_folder(folder, out, MANIFEST_NAME, config.overwrite, _owned)
+        return [load_manifest(out) for out in outputs]
+    except RemoteError as error:
+        raise BuildError(f"--out {error}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _owned(name: str) -> bool:
+    """A file name a build writes (or the manifest an interrupted upload staged)."""
+    return bool(BUILD_FILE.fullmatch(name)) or name == f".{MANIFEST_NAME}.uploading"
+
+
+def _check_url_out(out: str, config: BuildConfig) -> None:
+    """The rules of a local --out, at a URL, before any work: an existing folder is replaced only
+    with --overwrite, and only when it holds nothing but a build's files."""
+    try:
+        names = list_names(out)
+    except RemoteError as error:
+        raise BuildError(f"--out {error}") from None
+    if not names:
+        return
+    if not config.overwrite:
+        raise BuildError(f"{out}: exists; pass --overwrite to replace it (or choose another --out)")
+    foreign = [name for name in names if not _owned(name)]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise BuildError(f"--out {out}: also holds {shown}, which a build did not write; --overwrite would "
+                         f"delete them. Move them out of the folder or choose another --out")
+
+
+def _build_guarded(config: BuildConfig, folders: list[Path], progress: bool, log: Callable[[str], None]) -> None:
+    """`_build`, with a busy output or an OS error turned into one BuildError line."""
+    try:
+        _build(config, folders, progress, log)
     except BusyError as error:
         raise BuildError(f"{error} or choose another --out") from None
     except OSError as error:
@@ -380,19 +437,22 @@ def _in_flight(config: BuildConfig, workers: int) -> int:
     return max(1, min(max(1, workers) * IN_FLIGHT_PER_WORKER, config.buffer_mb * (1 << 19) // per_image))
 
 
-def _build(config: BuildConfig, progress: bool, log: Callable[[str], None]) -> list[Manifest]:
+def _build(config: BuildConfig, folders: list[Path], progress: bool, log: Callable[[str], None]) -> None:
+    """The build proper, into the local `folders` (one per size, atomically)."""
     workers = available_cores() if config.workers is None else config.workers
     settings = _DecodeSettings(tuple(config.stored_size(s) for s in config.size), config.fit,
                                config.channels, config.max_pixels)
     hdf5_buffer = config.buffer_mb * (1 << 19) // len(config.size)  # the other half of --buffer-mb
     with _Progress(progress) as reporter, OrderedPool(workers) as pool:
         hashing = reporter.task("hashing source files")
-        plan = plan_source(config.src, config.val_fraction, partial(pool.map, chunksize=8), on_file=hashing)
+        plan = plan_source(config.src, config.val_fraction,
+                           partial(pool.map, chunksize=8, in_flight=max(1, workers) * IN_FLIGHT_PER_WORKER * 8),
+                           on_file=hashing)
         skipped = list(plan.skipped)  # with --strict, all skips are collected first and reported together
-        tasks = [(str(item.path), item.sha256) for item in plan.items]
+        tasks = ((str(item.path), item.sha256) for item in plan.items)  # streamed from the plan's file
         decoded_stream = pool.map(partial(_decode_one, settings), tasks, chunksize=4,
                                   in_flight=_in_flight(config, workers))
-        with _atomic_folders(config) as folders:
+        with _atomic_folders(folders, config.overwrite) as folders:
             writers = [_SizeWriter(folder, size, config.stored_size(size), plan, config, hdf5_buffer)
                        for folder, size in zip(folders, config.size)]
             try:
@@ -415,7 +475,8 @@ def _build(config: BuildConfig, progress: bool, log: Callable[[str], None]) -> l
                 for writer in writers:
                     writer.abort()
                 raise
-    return [load_manifest(config.out_for(size)) for size in config.size]
+            finally:
+                plan.close()
 
 
 def _check_classes(writer: _SizeWriter, plan: SourcePlan, skipped: list[tuple[str, str]]) -> None:
@@ -438,11 +499,10 @@ def _check_train_classes(writer: _SizeWriter, config: BuildConfig, log: Callable
 
 
 class _atomic_folders:
-    """Enter `atomic_folder` for every output of `config`; all are committed only on success."""
+    """Enter `atomic_folder` for every output folder; all are committed only on success."""
 
-    def __init__(self, config: BuildConfig) -> None:
-        self._managers = [atomic_folder(config.out_for(size), config.overwrite, check_replaceable)
-                          for size in config.size]
+    def __init__(self, folders: list[Path], overwrite: bool) -> None:
+        self._managers = [atomic_folder(folder, overwrite, check_replaceable) for folder in folders]
 
     def __enter__(self) -> list[Path]:
         entered = []

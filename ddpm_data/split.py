@@ -12,16 +12,23 @@ The decision uses only the file's bytes (SHA-256), never its name, position or t
 Only regular files (or symlinks to them) are ever opened: a named pipe, a device or a socket
 with an image extension is skipped with its kind as the reason (reading one would block forever
 or never end).
+
+The plan lives in a temporary SQLite file, not in Python objects: the main process holds a few
+MB whatever the number of images (SQLite sorts and groups on disk), and `SourcePlan.items` reads
+the items back in storage order each time it is iterated.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import sqlite3
 import stat
-from collections import defaultdict
+import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from ddpm_data.images import IMAGE_EXTENSIONS
 from ddpm_data.shardformat import sample_key
@@ -53,14 +60,47 @@ class SourceItem:
     split: str          # "train" or "val"
 
 
+class PlanItems:
+    """The items to store, in storage order (label, key), read back from the plan's SQLite file on
+    each iteration (one row in memory at a time); `len()` is their number. The file's temporary
+    folder is deleted by `close()`, or when this object is garbage-collected."""
+
+    _READ_ROWS = 1024
+
+    def __init__(self, folder: Path, src: Path, classes: list[str], val_fraction: float, count: int) -> None:
+        self._database, self._src, self._classes = folder / "plan.sqlite", src.resolve(), classes
+        self._val_fraction, self._count = val_fraction, count
+        self.close = weakref.finalize(self, shutil.rmtree, folder, True)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[SourceItem]:
+        # A connection per iteration: the build reads the plan from two threads at once.
+        connection = sqlite3.connect(self._database, check_same_thread=False)  # may be closed by GC elsewhere
+        try:
+            cursor = connection.execute("SELECT label, relpath, sha256 FROM items ORDER BY label, sha256")
+            while rows := cursor.fetchmany(self._READ_ROWS):
+                for label, relpath, digest in rows:
+                    name = self._classes[label]
+                    yield SourceItem(path=self._src / relpath, relpath=relpath, class_name=name, label=label,
+                                     sha256=digest, key=sample_key(name, digest), split=split_of(digest, self._val_fraction))
+        finally:
+            connection.close()
+
+
 @dataclass(frozen=True)
 class SourcePlan:
     """What to store, in storage order (label, key), and what was left out and why."""
 
     classes: list[str]
-    items: list[SourceItem]
+    items: PlanItems                # iterable (SourceItem in storage order) with len()
     skipped: list[tuple[str, str]]  # (relpath, reason), sorted by path
     ignored: int                    # hidden and non-image files
+
+    def close(self) -> None:
+        """Delete the plan's temporary file now (else when `items` is garbage-collected)."""
+        self.items.close()
 
 
 def is_hidden(relative: Path) -> bool:
@@ -173,8 +213,39 @@ def plan_source(
     ignored = sum(1 for entry in src.iterdir() if entry.is_file())  # loose files beside the classes
     ignored += sum(1 for entry in src.iterdir() if entry.is_dir() and entry.name.startswith(".")
                    for _ in _walk_files(entry))
-    candidates: list[tuple[str, str]] = []  # (class, relpath)
-    for class_name in classes:
+    folder = Path(tempfile.mkdtemp(prefix="ddpm-plan-"))
+    try:
+        database = folder / "plan.sqlite"
+        connection = sqlite3.connect(database)
+        # WAL: the hashing writes while the pool's feeder thread reads the file list through a second
+        # connection; with a rollback journal each spill of the writer's cache waits out the busy
+        # timeout on that reader (100k images: the build stalled for good).
+        connection.execute("PRAGMA journal_mode=WAL")
+        with connection:
+            listed, problems = _list_candidates(connection, src, classes)
+            ignored += listed
+            connection.commit()  # the hashing reads the list through a second connection
+            _hash_candidates(connection, src, map_files, on_file)
+            skipped = problems + _plan_items(connection, classes)
+            count = connection.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        connection.close()
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return SourcePlan(classes=classes, items=PlanItems(folder, src, classes, val_fraction, count),
+                      skipped=sorted(skipped), ignored=ignored)
+
+
+_BATCH = 4096  # rows per SQLite insert
+
+
+def _list_candidates(connection: sqlite3.Connection, src: Path,
+                     classes: list[str]) -> tuple[int, list[tuple[str, str]]]:
+    """Insert every image file below the class folders that may be opened into `files`; returns
+    the ignored count and the (relpath, reason) of those that must not be (`file_problem`)."""
+    connection.execute("CREATE TABLE files (id INTEGER PRIMARY KEY, label INTEGER, relpath TEXT)")
+    ignored, batch, problems = 0, [], []
+    for label, class_name in enumerate(classes):
         images = 0
         for path in _walk_files(src / class_name):
             relative = path.relative_to(src)
@@ -182,50 +253,79 @@ def plan_source(
                 ignored += 1
                 continue
             images += 1
-            candidates.append((class_name, relative.as_posix()))
+            problem = file_problem(path)
+            if problem is not None:
+                problems.append((relative.as_posix(), problem))
+                continue
+            batch.append((label, relative.as_posix()))
+            if len(batch) == _BATCH:
+                connection.executemany("INSERT INTO files (label, relpath) VALUES (?, ?)", batch)
+                batch.clear()
         if images == 0:
             raise _layout_error(src, f"class folder '{class_name}' holds no image files "
                                      f"(extensions: {' '.join(sorted(IMAGE_EXTENSIONS))})")
+    connection.executemany("INSERT INTO files (label, relpath) VALUES (?, ?)", batch)
+    return ignored, problems
 
-    problems = {relpath: reason for _, relpath in candidates if (reason := file_problem(src / relpath))}
-    skipped: list[tuple[str, str]] = list(problems.items())
-    candidates = [(class_name, relpath) for class_name, relpath in candidates if relpath not in problems]
-    by_hash: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))  # sha -> class -> relpaths
-    hashes = map_files(hash_file, [str(src / relpath) for _, relpath in candidates])
-    for (class_name, relpath), (digest, reason) in zip(candidates, hashes):
-        if on_file is not None:
-            on_file(len(candidates))
-        if digest is None:
-            skipped.append((relpath, reason))
-        else:
-            by_hash[digest][class_name].append(relpath)
 
-    items: list[SourceItem] = []
-    keys: dict[str, str] = {}  # key -> relpath; a 64-bit prefix clash is astronomically rare, but checked
-    for digest, holders in sorted(by_hash.items()):
-        if len(holders) > 1:
-            names = ", ".join(sorted(holders))
-            for class_name, relpaths in holders.items():
-                for relpath in relpaths:
-                    skipped.append((relpath, f"same image filed under classes {names}; excluded from all"))
-            continue
-        (class_name, relpaths), = holders.items()
-        relpaths = sorted(relpaths)
-        for duplicate in relpaths[1:]:
-            skipped.append((duplicate, f"exact duplicate of {relpaths[0]}; stored once"))
-        key = sample_key(class_name, digest)
-        if key in keys:
-            skipped.append((relpaths[0], f"sample key {key} clashes with {keys[key]} (64-bit hash prefix collision)"))
-            continue
-        keys[key] = relpaths[0]
-        items.append(SourceItem(
-            path=(src / relpaths[0]).resolve(),
-            relpath=relpaths[0],
-            class_name=class_name,
-            label=classes.index(class_name),
-            sha256=digest,
-            key=key,
-            split=split_of(digest, val_fraction),
-        ))
-    items.sort(key=lambda item: (item.label, item.key))
-    return SourcePlan(classes=classes, items=items, skipped=sorted(skipped), ignored=ignored)
+def _hash_candidates(connection: sqlite3.Connection, src: Path, map_files: HashMap,
+                     on_file: Callable[[int], None] | None) -> None:
+    """Hash every file of `files` (through `map_files`) into `hashes` (sha256, or a skip reason)."""
+    connection.execute("CREATE TABLE hashes (id INTEGER PRIMARY KEY, sha256 TEXT, reason TEXT)")
+    total = connection.execute("SELECT COUNT(*) FROM files").fetchone()[0]
+    reader = sqlite3.connect(connection.execute("PRAGMA database_list").fetchone()[2], check_same_thread=False)
+
+    def paths() -> Iterator[str]:  # read by the pool's feeder thread: its own connection
+        cursor = reader.execute("SELECT relpath FROM files ORDER BY id")
+        while rows := cursor.fetchmany(_BATCH):
+            yield from (str(src / relpath) for relpath, in rows)
+
+    try:
+        batch = []
+        for row_id, (digest, reason) in enumerate(map_files(hash_file, paths()), start=1):
+            if on_file is not None:
+                on_file(total)
+            batch.append((row_id, digest, reason))
+            if len(batch) == _BATCH:
+                connection.executemany("INSERT INTO hashes VALUES (?, ?, ?)", batch)
+                batch.clear()
+        connection.executemany("INSERT INTO hashes VALUES (?, ?, ?)", batch)
+    finally:
+        reader.close()
+
+
+def _plan_items(connection: sqlite3.Connection, classes: list[str]) -> list[tuple[str, str]]:
+    """Fill `items` (one row per stored image) and return the skipped (relpath, reason) pairs.
+
+    Same rules as ever: unreadable and empty files skipped; the same bytes under several classes
+    excluded from all; within a class the first path in sorted order stored, the other copies
+    skipped; a 64-bit key prefix shared by two different files of a class: the later digest skipped."""
+    connection.executescript("""
+        CREATE TABLE hashed AS SELECT files.label, files.relpath, hashes.sha256
+            FROM files JOIN hashes USING (id) WHERE hashes.sha256 IS NOT NULL;
+        CREATE INDEX hashed_by_digest ON hashed (sha256, label, relpath);
+        CREATE TABLE digests AS SELECT sha256, MIN(label) AS label, MIN(relpath) AS relpath,
+            COUNT(DISTINCT label) AS labels FROM hashed GROUP BY sha256;
+    """)
+    skipped = [(relpath, reason) for relpath, reason in
+               connection.execute("SELECT relpath, reason FROM files JOIN hashes USING (id) WHERE sha256 IS NULL")]
+    for digest, in connection.execute("SELECT sha256 FROM digests WHERE labels > 1").fetchall():
+        rows = connection.execute("SELECT label, relpath FROM hashed WHERE sha256 = ?", (digest,)).fetchall()
+        names = ", ".join(sorted({classes[label] for label, _ in rows}))
+        skipped += [(relpath, f"same image filed under classes {names}; excluded from all") for _, relpath in rows]
+    skipped += [(relpath, f"exact duplicate of {kept}; stored once") for relpath, kept in connection.execute(
+        "SELECT hashed.relpath, digests.relpath FROM hashed JOIN digests USING (sha256) "
+        "WHERE digests.labels = 1 AND hashed.relpath != digests.relpath")]
+    connection.execute("CREATE TABLE items AS SELECT label, relpath, sha256 FROM digests WHERE labels = 1")
+    clashes = connection.execute(
+        "SELECT label, substr(sha256, 1, ?) AS prefix FROM items GROUP BY label, prefix HAVING COUNT(*) > 1",
+        (SPLIT_HASH_HEX,)).fetchall()
+    for label, prefix in clashes:  # astronomically rare, but checked
+        rows = connection.execute("SELECT relpath, sha256 FROM items WHERE label = ? AND substr(sha256, 1, ?) = ? "
+                                  "ORDER BY sha256", (label, SPLIT_HASH_HEX, prefix)).fetchall()
+        key = sample_key(classes[label], rows[0][1])
+        for relpath, digest in rows[1:]:
+            skipped.append((relpath, f"sample key {key} clashes with {rows[0][0]} (64-bit hash prefix collision)"))
+            connection.execute("DELETE FROM items WHERE sha256 = ?", (digest,))
+    connection.execute("CREATE INDEX items_in_order ON items (label, sha256)")
+    return skipped

@@ -1,4 +1,4 @@
-"""`ddpm-data stats`: summarise a shard folder from its manifest, and draw a contact sheet."""
+"""`ddpm-data stats`: summarise a shard folder (or URL) from its manifest, and draw a contact sheet."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,20 +8,19 @@ import numpy as np
 
 from ddpm_data.grid import save_grid
 from ddpm_data.manifest import SPLITS, Manifest, load_manifest
+from ddpm_data.remote import Location, file_sizes, is_url, redact
 from ddpm_data.shardformat import FormatError, decode_png, iter_shard
 
 
-def collect_stats(folder: str | Path) -> dict[str, Any]:
-    """JSON-ready summary of `folder`: counts (as in the manifest), shards with bytes, mean/std,
-    source sizes, skipped files and the ignored count. Raises ManifestError."""
+def collect_stats(folder: Location) -> dict[str, Any]:
+    """JSON-ready summary of `folder` (a path or a URL): counts (as in the manifest), shards with
+    bytes (None when missing, or at a URL that cannot be listed), mean/std, source sizes, skipped
+    files and the ignored count. Raises ManifestError."""
     manifest = load_manifest(folder)
-    shards = []
-    for entry in manifest.shards:
-        path = manifest.root / entry.path
-        shards.append({**entry.to_json(), "bytes": path.stat().st_size if path.exists() else None})
-    hdf5 = manifest.hdf5_path
+    sizes = file_sizes(manifest.root)  # one listing, also for a URL
+    shards = [{**entry.to_json(), "bytes": sizes.get(entry.path)} for entry in manifest.shards]
     return {
-        "folder": str(Path(folder)),
+        "folder": redact(folder) if is_url(folder) else str(Path(folder)),
         "size": manifest.size,
         "stored_size": manifest.stored_size,
         "channels": manifest.channels,
@@ -29,7 +28,7 @@ def collect_stats(folder: str | Path) -> dict[str, Any]:
         "counts": manifest.counts,
         "totals": {split: manifest.num_samples(split) for split in SPLITS},
         "shards": shards,
-        "hdf5": {**manifest.hdf5, "bytes": hdf5.stat().st_size if hdf5.exists() else None},
+        "hdf5": {**manifest.hdf5, "bytes": sizes.get(manifest.hdf5["path"])},
         "mean": manifest.mean,
         "std": manifest.std,
         "source_sizes": manifest.source_sizes,
@@ -41,7 +40,7 @@ def collect_stats(folder: str | Path) -> dict[str, Any]:
 
 
 def _megabytes(size: int | None) -> str:
-    return "missing" if size is None else f"{size / 1e6:.2f} MB"
+    return "missing or unlisted" if size is None else f"{size / 1e6:.2f} MB"
 
 
 def format_stats(stats: dict[str, Any], max_sizes: int = 10) -> str:
@@ -78,11 +77,11 @@ class GridError(ValueError):
     """The contact sheet cannot be written; the message names the path and the fix."""
 
 
-def _decode(path: Path, key: str, members: dict[str, bytes]) -> np.ndarray:
+def _decode(path: Location, key: str, members: dict[str, bytes], folder: Location) -> np.ndarray:
     try:
         return decode_png(members.get("png", b""))
     except FormatError as error:
-        raise FormatError(path, f"sample {key}: .png {error.reason}; run 'ddpm-data verify {path.parent}'") from error
+        raise FormatError(path, f"sample {key}: .png {error.reason}; run 'ddpm-data verify {folder}'") from error
 
 
 def sample_images(manifest: Manifest, per_class: int) -> dict[str, list[np.ndarray]]:
@@ -91,15 +90,15 @@ def sample_images(manifest: Manifest, per_class: int) -> dict[str, list[np.ndarr
     for name in manifest.classes:
         images: list[np.ndarray] = []
         for path in manifest.shard_paths("train", name) + manifest.shard_paths("val", name):
-            images += _first_images(path, per_class - len(images))
+            images += _first_images(path, per_class - len(images), manifest.root)
             if len(images) == per_class:
                 break
         rows[name] = images
     return {name: images for name, images in rows.items() if images}
 
 
-def _first_images(path: Path, n: int) -> list[np.ndarray]:
-    """Up to `n` images from the start of one shard (not checksummed: see verify)."""
+def _first_images(path: Location, n: int, folder: Location) -> list[np.ndarray]:
+    """Up to `n` images from the start of one shard of `folder` (not checksummed: see verify)."""
     images: list[np.ndarray] = []
     samples = iter_shard(path)
     try:
@@ -107,11 +106,11 @@ def _first_images(path: Path, n: int) -> list[np.ndarray]:
             try:
                 sample = next(samples, None)
             except FormatError as error:  # missing, or not a readable tar
-                raise FormatError(path, f"{error.reason}; run 'ddpm-data verify {path.parent}' and rebuild "
+                raise FormatError(path, f"{error.reason}; run 'ddpm-data verify {folder}' and rebuild "
                                         f"the folder") from error
             if sample is None:
                 break
-            images.append(_decode(path, *sample))
+            images.append(_decode(path, *sample, folder))
     finally:
         samples.close()
     return images
@@ -125,8 +124,9 @@ def _check_grid_path(path: Path) -> None:
         raise GridError(f"--grid {path}: {blocker} is a file, not a folder; choose another --grid path")
 
 
-def write_grid(folder: str | Path, path: str | Path, per_class: int = 8) -> Path:
-    """Write a contact sheet of `per_class` samples per class of `folder` to `path` (PNG).
+def write_grid(folder: Location, path: str | Path, per_class: int = 8) -> Path:
+    """Write a contact sheet of `per_class` samples per class of `folder` (a path or a URL) to
+    `path` (PNG).
 
     Raises ManifestError, FormatError (a missing or damaged shard, naming it) or GridError."""
     path = Path(path)

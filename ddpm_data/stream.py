@@ -1,4 +1,4 @@
-"""Training batches from a shard folder: `open_reader` (stream | memory | auto) and `load_split`.
+"""Training batches from a shard folder or URL: `open_reader` (stream | memory | auto) and `load_split`.
 
 Both modes draw the same way. The sample stream is cut into *parts*, one per (rank, loader
 worker); part p of P owns a disjoint subset of every class: whole shards (shard i goes to part
@@ -6,31 +6,37 @@ i mod P) when the class has at least P shards, otherwise every P-th sample of th
 is empty and no sample is read by two parts. A part makes batch j by drawing `batch_size` classes
 from the class probabilities (balance.py) with a generator seeded by (seed, part, j); the t-th
 draw of class c is position t of the part's class-c sequence, which runs through its subset in
-passes, each pass in a fresh seeded order. A position is therefore just the counts
-(batches made, sequence positions per class) per part; `state_dict()` holds them and a restored
-reader goes on with exactly the batches an uninterrupted one would have delivered.
+passes, each pass in a fresh seeded order (`ClassSequence`). A position is therefore just the
+counts (batches made, sequence positions per class) per part; `state_dict()` holds them and a
+restored reader goes on with exactly the batches an uninterrupted one would have delivered.
 
-- memory: the split is read once from data.h5 into host or device memory; a part is a rank and
-  batches are index lookups there (fast; no worker processes).
-- stream: tar shards are read by DataLoader workers, PNGs decoded there (`shardformat`, on
-  webdataset's tar parsing); the shard order and mixing are ours because
-  `ResampledShards`/`RandomMix` cannot restore a position without replaying the whole stream.
-  Checks, and when: at open, that every shard file exists and is whole tar records ending in the
-  end-of-archive blocks (`shard_file_problem`: no hashing); on every read of a shard, its sha256
-  (computed while reading, once) and sample count, before any of its samples is used; per sample
-  used, its key, .cls/.json and PNG shape. A shard failing at open raises ShardError naming it, or
-  with `OnError.skip` is left out of `counts` and listed in `skipped`. One failing when read
-  raises ShardError naming it, or with `OnError.skip` is listed in `skipped` (and warned about)
-  when the batch that passed over it is delivered; its positions are passed over, so `counts` and
-  the class probabilities stay as opened and a resumed reader passes over the same positions.
+- memory: each rank reads its own block of every class once (`rows.read_rows`: data.h5 for a
+  local folder, the tar shards for a URL) into host or device memory; batches are index lookups
+  there (fast; no worker processes), each draw O(log units) with nothing copied.
+- stream: tar shards are read by DataLoader workers, a window of `SHUFFLE_WINDOW` samples at a
+  time, PNGs decoded there (`shardformat`, on webdataset's tar parsing); the shard order and
+  mixing are ours because `ResampledShards`/`RandomMix` cannot restore a position without
+  replaying the whole stream. Each part opens only the shards it owns, local or at a URL.
+  Checks, and when: at open, for a local folder, that each shard this rank reads exists and is
+  whole tar records ending in the end-of-archive blocks (`shard_file_problem`: no hashing; a URL
+  is not looked at before it is read); on every read of a shard, its sha256 (computed while
+  reading, once) and sample count, and each sample's own png_sha256 where the set has them: a
+  window is used only once checked (see `_ShardSource.windows`); per sample used, its key,
+  .cls/.json and PNG shape. A shard failing at open raises ShardError naming it, or with
+  `OnError.skip` is left out of `counts` and listed in `skipped`. One failing when read (missing,
+  access denied, a broken download, a checksum) raises ShardError naming it, or with
+  `OnError.skip` is listed in `skipped` (and warned about) when the batch that passed over it is
+  delivered; its positions are passed over, so `counts` and the class probabilities stay as
+  opened and a resumed reader passes over the same positions.
 - auto: memory when the split fits `memory_budget_mb`.
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -38,8 +44,10 @@ import torch
 
 from ddpm_data.balance import class_probabilities, epoch_samples
 from ddpm_data.config import OnError, ReaderConfig, ReaderMode  # noqa: F401 (re-exported)
-from ddpm_data.manifest import Manifest, load_manifest, sha256_file
-from ddpm_data.shardformat import (FormatError, ShardEntry, decode_png, read_hdf5_split, read_shard, sample_problems,
+from ddpm_data.manifest import Manifest, load_manifest
+from ddpm_data.remote import Location
+from ddpm_data.rows import as_ranges, read_rows
+from ddpm_data.shardformat import (FormatError, ShardEntry, decode_png, iter_shard, read_shard, sample_problems,
                                    shard_file_problem)
 
 
@@ -66,68 +74,91 @@ def draw_classes(seed: int, part: int, batch: int, probabilities: torch.Tensor, 
 
 
 class ClassSequence:
-    """Positions t = 0, 1, ... of one part's draws of one class: `units` (lists of items) in passes.
+    """Positions t = 0, 1, ... of one part's draws of one class: `units` (ranges of items) in passes.
 
-    Pass k visits the units in a seeded order and each unit's items in a seeded order, so the
-    item at position t is computed from t alone.
+    Pass k visits the units in a seeded order; each unit is cut into consecutive windows of
+    `window` items (the whole unit when None), and each window's items are visited in a seeded
+    order. So the item at position t is computed from t alone, in O(log units) time and without
+    copying any order (`item`), and a unit can be read front to back holding one window at a time
+    (stream mode, `walk`).
     """
 
-    def __init__(self, units: list[list[int]], seed: int, part: int, label: int):
+    def __init__(self, units: list[range], seed: int, part: int, label: int, window: int | None = None):
         self.units, self.seed, self.part, self.label = units, seed, part, label
         self.length = sum(len(unit) for unit in units)
         if self.length == 0:
             raise ValueError("internal: empty class sequence")  # callers check sizes first
-        self._pass, self._units, self._items = -1, [], {}
+        self.window = window
+        self._pass, self._order, self._starts = -1, [], []
+        self._perm_key, self._perm = None, np.zeros(0, dtype=np.int64)
+
+    def window_size(self, unit: int) -> int:
+        """Items per window of `unit`."""
+        return self.window or max(len(self.units[unit]), 1)
 
     def unit_order(self, pass_index: int) -> list[int]:
         if pass_index != self._pass:  # one pass cached: positions only move forward
             generator = _generator(self.seed, _PASS_ORDER, self.part, self.label, pass_index)
-            self._pass, self._items = pass_index, {}
-            self._units = torch.randperm(len(self.units), generator=generator).tolist()
-        return self._units
+            self._pass = pass_index
+            self._order = torch.randperm(len(self.units), generator=generator).tolist()
+            self._starts = list(itertools.accumulate((len(self.units[u]) for u in self._order), initial=0))
+        return self._order
 
-    def item_order(self, pass_index: int, unit: int) -> list[int]:
-        self.unit_order(pass_index)
-        if unit not in self._items:
-            items = self.units[unit]
-            generator = _generator(self.seed, _SHARD_ORDER, self.part, self.label, pass_index, unit)
-            self._items[unit] = [items[i] for i in torch.randperm(len(items), generator=generator).tolist()]
-        return self._items[unit]
+    def window_order(self, pass_index: int, unit: int, window_index: int) -> np.ndarray:
+        """The visiting order of one window (a permutation of its offsets). The last one asked for
+        is cached: memory mode asks for the same one, its whole unit, draw after draw."""
+        key = (pass_index, unit, window_index)
+        if key != self._perm_key:
+            size = self.window_size(unit)
+            count = min(size, len(self.units[unit]) - window_index * size)
+            # window 0 keeps the seed of the whole-unit order used before windows (same batches as then)
+            window_key = (window_index,) if window_index else ()
+            generator = _generator(self.seed, _SHARD_ORDER, self.part, self.label, pass_index, unit, *window_key)
+            self._perm_key, self._perm = key, torch.randperm(count, generator=generator).numpy()
+        return self._perm
 
-    def walk(self, start: int) -> Iterator[tuple[int, list[int]]]:
-        """From position `start` on, forever: (unit, items of that unit in draw order)."""
-        pass_index, skip = divmod(start, self.length)
-        while True:
-            for unit in self.unit_order(pass_index):
-                count = len(self.units[unit])
-                if skip >= count:
-                    skip -= count
-                    continue
-                yield unit, self.item_order(pass_index, unit)[skip:]
-                skip = 0
-            pass_index += 1
+    def locate(self, position: int) -> tuple[int, int, int]:
+        """(pass, unit, offset within the unit in visiting order) of `position`."""
+        pass_index, within = divmod(position, self.length)
+        order = self.unit_order(pass_index)
+        slot = bisect.bisect_right(self._starts, within) - 1  # the rightmost start <= within: a non-empty unit
+        return pass_index, order[slot], within - self._starts[slot]
+
+    def item(self, position: int) -> int:
+        """The item drawn at `position`."""
+        pass_index, unit, offset = self.locate(position)
+        size = self.window_size(unit)
+        window_index, inside = divmod(offset, size)
+        return self.units[unit][window_index * size + int(self.window_order(pass_index, unit, window_index)[inside])]
 
     def take(self, start: int, count: int) -> list[int]:
-        """Items at positions start .. start + count - 1."""
-        out: list[int] = []
-        for _, items in self.walk(start):
-            out.extend(items[: count - len(out)])
-            if len(out) == count:
-                return out
-        raise AssertionError("unreachable")  # walk() never ends
+        """Items at positions start .. start + count - 1 (each O(log units): no order is copied)."""
+        return [self.item(position) for position in range(start, start + count)]
+
+    def walk(self, start: int) -> Iterator[tuple[int, int, int]]:
+        """From position `start` on, forever: (pass, unit, offset to start at within the unit)."""
+        pass_index, unit, offset = self.locate(start)
+        slot = self.unit_order(pass_index).index(unit)
+        while True:
+            for current in self.unit_order(pass_index)[slot:]:
+                if len(self.units[current]):
+                    yield pass_index, current, offset
+                offset = 0
+            pass_index, slot = pass_index + 1, 0
 
 
-def split_units(unit_sizes: list[int], part: int, parts: int) -> list[list[int]]:
+def split_units(unit_sizes: list[int], part: int, parts: int) -> list[range]:
     """Part `part`'s share of a class stored as units (shards) of `unit_sizes` items.
 
-    Returns per unit the item positions (within the unit) this part owns: whole units i mod
-    parts == part when there are at least `parts` units, else every parts-th item of the class.
+    Returns per unit the item positions (within the unit) this part owns, as a range (O(1)
+    memory): whole units i mod parts == part when there are at least `parts` units, else every
+    parts-th item of the class.
     """
     if len(unit_sizes) >= parts:
-        return [list(range(n)) if i % parts == part else [] for i, n in enumerate(unit_sizes)]
+        return [range(n) if i % parts == part else range(0) for i, n in enumerate(unit_sizes)]
     owned, first = [], 0
     for n in unit_sizes:
-        owned.append([j for j in range(n) if (first + j) % parts == part])
+        owned.append(range((part - first) % parts, n, parts))
         first += n
     return owned
 
@@ -211,50 +242,79 @@ class _ReaderBase:
 # ---------------------------------------------------------------- memory mode
 
 
-def _read_hdf5(manifest: Manifest, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    path, rebuild = manifest.hdf5_path, f"run 'ddpm-data build --size {manifest.size}' again"
-    expected = manifest.hdf5.get("sha256")
-    if path.is_file() and expected and sha256_file(path) != expected:
-        raise ShardError(f"{path}: fails its sha256 checksum (truncated or modified); {rebuild}, "
-                         f"or read the tar shards with --mode stream")
+def _rebuild(manifest: Manifest) -> str:
+    out = f" --out {manifest.root}" if manifest.is_remote else ""
+    return f"run 'ddpm-data build --size {manifest.size}{out}' again"
+
+
+def load_split(shard_dir: Location, split: str = "val", limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split: (uint8 (N, C, S, S) at stored size, int64 labels (N,)) in (label, key) order, from
+    data.h5 when the folder is local, else from the split's tar shards (a URL). With `limit`,
+    only that many rows spread evenly over the split are read: the rows
+    `ddpm_model.train.make_val_set` keeps, so validation reads no more than it uses."""
+    manifest = load_manifest(shard_dir)
+    total = manifest.num_samples(split)
+    rows = (torch.linspace(0, total - 1, limit).round().long().unique().numpy() if limit is not None and total > limit
+            else np.arange(total))
     try:
-        arrays = read_hdf5_split(path, split, (manifest.channels, manifest.stored_size, manifest.stored_size))
+        arrays = read_rows(manifest, split, as_ranges(rows))
     except FormatError as error:
-        raise ShardError(f"{error}; {rebuild}") from error
+        raise ShardError(f"{error}; {_rebuild(manifest)}") from error
     return torch.from_numpy(arrays.images), torch.from_numpy(arrays.labels)
 
 
-def load_split(shard_dir: str | Path, split: str = "val") -> tuple[torch.Tensor, torch.Tensor]:
-    """A whole split from data.h5: (uint8 (N, C, S, S) at stored size, int64 labels (N,))."""
-    return _read_hdf5(load_manifest(shard_dir), split)
+def rank_block(count: int, rank: int, world_size: int) -> tuple[int, int]:
+    """[start, stop) of a class's `count` rows that `rank` owns in memory mode: a contiguous block."""
+    return count * rank // world_size, count * (rank + 1) // world_size
 
 
 class MemoryReader(_ReaderBase):
+    """The rank's rows in memory (host or device); a batch is a gather of rows.
+
+    Each rank reads only its own block of every drawn class (`rank_block`), so ranks on one machine
+    hold one copy of the split between them, and start-up reads 1 / world_size of it per rank."""
+
     mode = ReaderMode.memory
 
     def __init__(self, manifest: Manifest, config: ReaderConfig, rank: int, world_size: int):
-        images, labels = _read_hdf5(manifest, config.split)
-        counts = {name: int((labels == label).sum()) for label, name in enumerate(manifest.classes)}
+        counts = {name: manifest.counts.get(config.split, {}).get(name, 0) for name in manifest.classes}
         super().__init__(manifest, config, counts, rank, world_size, parts=1)
         _check_part_sizes(counts, self.probabilities, world_size, "ranks")
+        ranges, blocks, self.sequences, first, held = [], [], [], 0, 0
+        for label, name in enumerate(self.classes):
+            start, stop = rank_block(counts[name], rank, world_size)
+            if self.probabilities[name] > 0:  # a class never drawn is not read
+                ranges.append((first + start, first + stop))
+                blocks.append((label, stop - start))
+                self.sequences.append(ClassSequence([range(held, held + stop - start)], config.seed, rank, label))
+                held += stop - start
+            else:
+                self.sequences.append(None)
+            first += counts[name]
+        try:
+            arrays = read_rows(manifest, config.split, ranges)
+        except FormatError as error:
+            raise ShardError(f"{error}; {_rebuild(manifest)}, or read the tar shards with --mode stream") from error
+        expected = np.repeat([label for label, _ in blocks], [size for _, size in blocks]).astype(np.int64)
+        if not np.array_equal(arrays.labels, expected):
+            raise ShardError(f"{manifest.hdf5_path}: /{config.split} rows are not in class order as the manifest "
+                             f"counts say; {_rebuild(manifest)}")
         self.device = torch.device(config.device)
-        self.images, self.labels = images.to(self.device), labels
-        self.sequences = []
-        for label in range(len(self.classes)):
-            owned = torch.nonzero(labels == label).flatten().tolist()[rank::world_size]
-            self.sequences.append(ClassSequence([owned], config.seed, rank, label) if owned else None)
+        self.images = torch.from_numpy(arrays.images).to(self.device)
+        self._pixels = arrays.images if self.device.type == "cpu" else None  # (N, C, S, S) uint8: the rank's rows
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         position = self.position
         labels = draw_classes(self.config.seed, self.rank, position.batches[0], self._probs, self.config.batch_size)
         drawn = labels.tolist()
-        rows = [0] * len(drawn)
-        for label in set(drawn):
-            slots = [i for i, value in enumerate(drawn) if value == label]
-            for slot, row in zip(slots, self.sequences[label].take(position.consumed[0][label], len(slots))):
-                rows[slot] = row
-        position.advance(0, [count + drawn.count(label) for label, count in enumerate(position.consumed[0])])
-        # index_select: ~20x faster than advanced indexing for whole rows on the CPU
+        consumed = list(position.consumed[0])
+        rows = []
+        for label in drawn:  # the t-th draw of a class is position t of its sequence: O(log units) each
+            rows.append(self.sequences[label].item(consumed[label]))
+            consumed[label] += 1
+        position.advance(0, consumed)
+        if self.device.type == "cpu":  # numpy's take: one copy per row, no thread pool (torch's waits on busy cores)
+            return torch.from_numpy(np.take(self._pixels, rows, axis=0)), labels
         return self.images.index_select(0, torch.tensor(rows, device=self.device)), labels.to(self.device)
 
 
@@ -267,11 +327,13 @@ def _check_part_sizes(counts: dict[str, int], probabilities: dict[str, float], p
 
 # ---------------------------------------------------------------- stream mode
 
+SHUFFLE_WINDOW = 64  # stream mode: samples of a shard held and shuffled together (per class and part)
+
 
 @dataclass(frozen=True)
 class _Shard:
     entry: ShardEntry
-    path: Path    # absolute
+    path: Location    # absolute path or URL
     label: int
 
 
@@ -279,28 +341,65 @@ _SKIP_HINT = "or pass --skip-bad-shards to leave it out"
 
 
 class _ShardSource:
-    """One part's shard reads: each read checks the shard once (`shardformat.read_shard`).
+    """One part's shard reads, a window of samples at a time (`windows`).
 
-    A bad shard raises ShardError, or under OnError.skip reads as None: it is remembered (not
-    read again by this part) and queued in `found` for the reader to report.
+    A bad shard raises ShardError, or under OnError.skip ends its windows early: it is remembered
+    (not read again by this part) and queued in `found` for the reader to report. `bad` starts
+    with the shards found bad when the reader opened (several ranks: see StreamReader).
     """
 
-    def __init__(self, root: Path, on_error: OnError, size: int):
-        self.root, self.on_error, self.size = root, on_error, size
-        self.bad: dict[Path, str] = {}
+    def __init__(self, manifest: Manifest, on_error: OnError, bad: dict[str, str]):
+        self.manifest, self.on_error = manifest, on_error
+        self.root, self.size = manifest.root, manifest.size
+        self.bad: dict[str, str] = dict(bad)
         self.found: list[dict[str, str]] = []  # bad shards not yet reported
 
-    def samples(self, shard: _Shard) -> list[tuple[str, dict[str, bytes]]] | None:
-        if shard.path in self.bad:
-            return None
+    def windows(self, shard: _Shard, items: range, window: int, offset: int) -> Iterator[tuple[int, list | None]]:
+        """(first offset of the window, its samples in file order) for the windows of `items` (file
+        positions this part owns) from the one holding `offset` on; (offset, None) ends them when the
+        shard is bad. Samples are released once checked: each window but the last against the
+        samples' own png_sha256, the last (or the only one, for a unit of at most `window` items, or
+        a set without per-sample checksums) once the whole file matched its sha256 and count."""
+        reached = [offset // window * window]
+        if str(shard.path) in self.bad:
+            yield reached[0], None
+            return
         try:
-            return read_shard(self.root, shard.entry)
+            if len(items) <= window:
+                samples = read_shard(self.root, shard.entry)
+                yield 0, [samples[i] for i in items]
+            else:
+                yield from self._stream(shard, items, window, reached)
         except FormatError as error:
             if self.on_error is not OnError.skip:
                 raise ShardError(f"{error}; rebuild with 'ddpm-data build --size {self.size}', {_SKIP_HINT}") from error
-            self.bad[shard.path] = error.reason
+            self.bad[str(shard.path)] = error.reason
             self.found.append({"path": str(shard.path), "reason": error.reason})
-            return None
+            yield reached[0], None
+
+    def _stream(self, shard: _Shard, items: range, window: int, reached: list[int]) -> Iterator[tuple[int, list]]:
+        samples = iter_shard(shard.path, shard.entry.sha256)
+        last, index = (len(items) - 1) // window * window, -1
+        for base in range(reached[0], len(items), window):
+            wanted, held = items[base:base + window], []
+            while len(held) < len(wanted):
+                key, members = next(samples, (None, None))
+                if key is None:
+                    raise FormatError(shard.path, f"holds {index + 1} samples, the manifest says {shard.entry.count}")
+                index += 1
+                if index not in wanted:
+                    continue
+                problems = [] if base == last else sample_problems(key, members, shard.entry.class_name, shard.label,
+                                                                   checksums=True)
+                if problems:
+                    raise FormatError(shard.path, f"sample {key}: {problems[0]}")
+                held.append((key, members))
+            if base == last:  # read to the end: the file's sha256 covers the last window
+                index += sum(1 for _ in samples)
+                if index + 1 != shard.entry.count:
+                    raise FormatError(shard.path, f"holds {index + 1} samples, the manifest says {shard.entry.count}")
+            yield base, held
+            reached[0] = base + window
 
     def take_found(self) -> list[dict[str, str]]:
         found, self.found = self.found, []
@@ -336,24 +435,25 @@ class _ClassStream:
         return next(self._pixels)
 
     def _walk(self, start: int) -> Iterator[np.ndarray]:
-        for unit, items in self.sequence.walk(start):
-            shard = self.shards[unit]
-            samples = self.source.samples(shard)
-            if samples is None:
-                self.position += len(items)
-                self._check_some_usable()
-                continue
-            for item in items:
-                self.position += 1
-                yield _decode_sample(*samples[item], shard, self.shape)
+        for pass_index, unit, offset in self.sequence.walk(start):
+            shard, items, size = self.shards[unit], self.sequence.units[unit], self.sequence.window_size(unit)
+            for base, samples in self.source.windows(shard, items, size, offset):
+                if samples is None:  # bad: pass over the unit's positions not yet drawn
+                    self.position += len(items) - max(offset, base)
+                    self._check_some_usable()
+                    break
+                order = self.sequence.window_order(pass_index, unit, base // size)
+                for inside in order[max(offset - base, 0):]:
+                    self.position += 1
+                    yield _decode_sample(*samples[inside], shard, self.shape)
 
     def _check_some_usable(self) -> None:
-        owned = [self.shards[unit].path for unit, items in enumerate(self.sequence.units) if items]
+        owned = [str(self.shards[unit].path) for unit, items in enumerate(self.sequence.units) if items]
         if all(path in self.source.bad for path in owned):
             # fewer parts can help only when other parts read shards of this class that are not bad
-            others = any(shard.path not in owned and shard.path not in self.source.bad for shard in self.shards)
+            others = any(str(shard.path) not in owned and str(shard.path) not in self.source.bad for shard in self.shards)
             raise ShardError(f"class {self.class_name}: every shard this reader part reads is bad "
-                             f"({', '.join(str(path) for path in owned)}); rebuild with "
+                             f"({', '.join(owned)}); rebuild with "
                              f"'ddpm-data build --size {self.source.size}'" + (", or use fewer --workers" if others else ""))
 
 
@@ -362,12 +462,12 @@ class _PartStream:
 
     def __init__(self, reader: "StreamReader", part: int):
         self.config, self.part, self.probs = reader.config, part, reader._probs
-        self.source = _ShardSource(reader.manifest.root, reader.config.on_error, reader.manifest.size)
+        self.source = _ShardSource(reader.manifest, reader.config.on_error, reader.bad_at_open)
         self.shape = (reader.manifest.channels, reader.manifest.stored_size, reader.manifest.stored_size)
         self.shards, self.classes = reader.shards, reader.classes
         self.sequences = [
             ClassSequence(split_units([s.entry.count for s in class_shards], part, reader.total_parts),
-                          reader.config.seed, part, label)
+                          reader.config.seed, part, label, reader.window)
             if self.probs[label] > 0 else None
             for label, class_shards in enumerate(self.shards)
         ]
@@ -401,38 +501,61 @@ class _WorkerDataset(torch.utils.data.IterableDataset):
 
 
 class StreamReader(_ReaderBase):
+    """Tar shards read by this rank's parts (DataLoader workers), each opening only its own shards.
+
+    At open, a local folder's shards that this rank reads are looked at (`shard_file_problem`: size
+    and end blocks, no hashing); a URL's are not (each look would be a request: a missing or broken
+    one surfaces when read). With one rank a shard found missing or truncated at open is left out of
+    `counts`; with several, counts stay as the manifest says (every rank must agree on the
+    probabilities and the epoch) and its positions are passed over like a shard found bad when read.
+    """
+
     mode = ReaderMode.stream
 
     def __init__(self, manifest: Manifest, config: ReaderConfig, rank: int, world_size: int):
         workers = max(config.workers, 1)
-        self.shards = self._usable_shards(manifest, config)
+        self.total_parts = world_size * workers
+        self.window = SHUFFLE_WINDOW if manifest.sample_checksums else None  # else: whole shards, checked first
+        self._skipped: list[dict[str, str]] = []
+        self.bad_at_open: dict[str, str] = {}
+        self.shards = self._usable_shards(manifest, config, range(rank * workers, (rank + 1) * workers),
+                                          drop=world_size == 1)
         counts = {name: sum(s.entry.count for s in self.shards[label]) for label, name in enumerate(manifest.classes)}
         super().__init__(manifest, config, counts, rank, world_size, parts=workers)
         self.skipped = self._skipped
-        self.total_parts = world_size * workers
         _check_part_sizes(counts, self.probabilities, self.total_parts, "ranks x workers")
         self.device = torch.device(config.device)
         self._loader_iter = None
 
-    def _usable_shards(self, manifest: Manifest, config: ReaderConfig) -> list[list[_Shard]]:
-        """The split's shards per label; a missing or truncated file is skipped or raises now, the
-        contents are checked when read (see the module docstring)."""
-        self._skipped: list[dict[str, str]] = []
+    def _usable_shards(self, manifest: Manifest, config: ReaderConfig, parts: range, drop: bool) -> list[list[_Shard]]:
+        """The split's shards per label. A local shard this rank reads that is missing or truncated
+        raises now, or is skipped: dropped (`drop`) or marked bad. Contents are checked when read."""
         shards: list[list[_Shard]] = [[] for _ in manifest.classes]
         for entry in manifest.shards:
-            if entry.split != config.split:
-                continue
-            shard = _Shard(entry, manifest.root / entry.path, manifest.label(entry.class_name))
-            reason = shard_file_problem(shard.path)
-            if reason is None:
-                shards[shard.label].append(shard)
-            elif config.on_error is OnError.skip:
-                self._report_skipped([{"path": str(shard.path), "reason": reason}], stacklevel=4)
-            else:
-                raise ShardError(f"{shard.path}: {reason}; rebuild with 'ddpm-data build --size {manifest.size}', "
-                                 f"{_SKIP_HINT}")
+            if entry.split == config.split:
+                label = manifest.label(entry.class_name)
+                shards[label].append(_Shard(entry, manifest.file(entry.path), label))
+        if manifest.is_remote:
+            return shards
+        for label, class_shards in enumerate(shards):
+            mine = {unit for part in parts
+                    for unit, items in enumerate(split_units([s.entry.count for s in class_shards], part,
+                                                             self.total_parts)) if items}
+            bad = []
+            for unit in sorted(mine):
+                shard = class_shards[unit]
+                reason = shard_file_problem(shard.path)
+                if reason is None:
+                    continue
+                if config.on_error is not OnError.skip:
+                    raise ShardError(f"{shard.path}: {reason}; rebuild with 'ddpm-data build --size {manifest.size}', "
+                                     f"{_SKIP_HINT}")
+                self._report_skipped([{"path": str(shard.path), "reason": reason}], stacklevel=5)
+                self.bad_at_open[str(shard.path)] = reason
+                bad.append(unit)
+            if drop:
+                shards[label] = [shard for unit, shard in enumerate(class_shards) if unit not in bad]
         return shards
-
     def _report_skipped(self, found: list[dict[str, str]], stacklevel: int) -> None:
         for bad in found:
             if all(bad["path"] != known["path"] for known in self._skipped):
@@ -491,7 +614,7 @@ def choose_mode(manifest: Manifest, config: ReaderConfig) -> ReaderMode:
 _READERS = {ReaderMode.memory: MemoryReader, ReaderMode.stream: StreamReader}
 
 
-def open_reader(shard_dir: str | Path, config: ReaderConfig, rank: int = 0, world_size: int = 1) -> _ReaderBase:
+def open_reader(shard_dir: Location, config: ReaderConfig, rank: int = 0, world_size: int = 1) -> _ReaderBase:
     """An endless iterator of (uint8 (N, C, S, S) at stored size, int64 labels (N,)) on config.device.
 
     `rank` / `world_size` come from the caller (torch.distributed, if used); every rank gets a

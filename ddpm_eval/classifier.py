@@ -66,8 +66,9 @@ class SmallClassifier(nn.Module):
 
 
 def cache_path(real: RealData, config: ClassifierConfig) -> Path:
-    """`<shards>/eval-classifier-<manifest sha256[:16]>-<config hash>.pt`."""
-    return real.root / f"eval-classifier-{real.manifest_sha256[:16]}-{config.cache_key()}.pt"
+    """`<shards>/eval-classifier-<manifest sha256[:16]>-<config hash>.pt` (for shards at a URL, in
+    the user's cache folder: `RealData.cache_dir`)."""
+    return real.cache_dir / f"eval-classifier-{real.manifest_sha256[:16]}-{config.cache_key()}.pt"
 
 
 def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -159,6 +160,7 @@ def _save_cache(state: dict, path: Path, log: Callable[[str], None]) -> None:
     """Write `state` to `path` whole (a temporary file renamed over it), or warn and go on."""
     partial = path.with_suffix(".pt.partial")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # the cache folder, for shards at a URL
         torch.save(state, partial)
         partial.replace(path)
     except (OSError, RuntimeError) as error:  # torch's own file writer raises RuntimeError

@@ -7,6 +7,7 @@ metric sees the same preprocessing: real images are centre-cropped from `stored_
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,15 +47,28 @@ class ImageSet:
 
 @dataclass(frozen=True, eq=False)
 class RealData:
-    """Both splits of a shard folder, centre-cropped to the training size."""
+    """Both splits of a shard folder (or URL), centre-cropped to the training size."""
 
-    root: Path
+    root: Path | str  # the shard folder, or its URL
     classes: tuple[str, ...]
     size: int
     channels: int
     manifest_sha256: str  # of manifest.json's bytes; keys the cached classifier
     train: ImageSet
     val: ImageSet
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where the eval classifier is cached: next to the shards, or for a URL in the user's cache
+        folder ($XDG_CACHE_HOME or ~/.cache, under ddpm-pipeline/eval)."""
+        if isinstance(self.root, Path):
+            return self.root
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        return Path(base) / "ddpm-pipeline" / "eval"
+
+    def source(self, split: str) -> str:
+        """Where a split's images come from, for messages."""
+        return f"{self.root}/data.h5 /{split}" if isinstance(self.root, Path) else f"{self.root} {split} tar shards"
 
 
 def center_crop(images: np.ndarray, size: int) -> np.ndarray:
@@ -67,8 +81,11 @@ def center_crop(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_real(shard_dir: str | Path) -> RealData:
-    """Read /train and /val of `shard_dir`/data.h5 per its manifest (contract in docs/data-format.md)."""
-    from ddpm_data.manifest import load_manifest
+    """Read /train and /val of `shard_dir`/data.h5 per its manifest (contract in docs/data-format.md);
+    for a URL, the same rows decoded from its tar shards (`ddpm_data.rows`), each sample checked."""
+    from ddpm_data.manifest import MANIFEST_NAME, load_manifest
+    from ddpm_data.remote import RemoteError, read_bytes
+    from ddpm_data.rows import read_rows
     from ddpm_data.shardformat import FormatError, read_hdf5_split
 
     manifest = load_manifest(shard_dir)
@@ -76,11 +93,17 @@ def load_real(shard_dir: str | Path) -> RealData:
     splits = {}
     for split in ("train", "val"):
         try:
-            arrays = read_hdf5_split(manifest.hdf5_path, split, shape)
+            if manifest.is_remote:
+                arrays = read_rows(manifest, split, [(0, manifest.num_samples(split))])
+            else:
+                arrays = read_hdf5_split(manifest.hdf5_path, split, shape)
         except FormatError as error:
             raise EvalInputError(f"{error}; run 'ddpm-data build --size {manifest.size}' first") from error
         splits[split] = ImageSet(center_crop(arrays.images, manifest.size), arrays.labels, arrays.keys)
-    digest = hashlib.sha256((manifest.root / "manifest.json").read_bytes()).hexdigest()
+    try:
+        digest = hashlib.sha256(read_bytes(manifest.file(MANIFEST_NAME))).hexdigest()
+    except RemoteError as error:
+        raise EvalInputError(str(error)) from error
     return RealData(manifest.root, tuple(manifest.classes), manifest.size, manifest.channels, digest,
                     splits["train"], splits["val"])
 
@@ -157,8 +180,8 @@ def require_counts(samples: ImageSet, real: RealData, labels: list[int], samples
         name = real.classes[label]
         for what, image_set, where in (
             ("samples", samples, f"{samples_dir}/{name}"),
-            ("real train images", real.train, f"{real.root}/data.h5 /train"),
-            ("real val images", real.val, f"{real.root}/data.h5 /val"),
+            ("real train images", real.train, real.source("train")),
+            ("real val images", real.val, real.source("val")),
         ):
             count = int((image_set.labels == label).sum())
             if count < MIN_IMAGES_PER_CLASS:

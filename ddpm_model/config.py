@@ -122,7 +122,7 @@ class RunConfig:
     compares with the saved run (see ddpm_model.runfolder).
     """
 
-    shards: Path | None = None                   # shard folder; None = shards/<img_size>, or the saved one on --resume
+    shards: Path | str | None = None             # shard folder or URL (s3://, https://, pipe:); None = shards/<img_size>, or the saved one on --resume
     img_size: int | None = None                  # pixels; must match the shards' size (picks shards/<img_size>)
     out: Path | None = None                      # run folder; None = runs/<shards name>-<time>
     resume: bool = False

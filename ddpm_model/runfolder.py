@@ -63,8 +63,19 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def default_run_dir(shards: Path) -> Path:
-    return Path("runs") / f"{Path(shards).resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}"
+def default_run_dir(shards: Path | str) -> Path:
+    from ddpm_data.remote import name_of
+
+    return Path("runs") / f"{name_of(shards)}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def absolute_shards(shards: Path | str) -> Path | str:
+    """A local shard folder made absolute (so --resume works from any working directory); a URL
+    as given (remote.as_location refuses one holding a password: config.json would keep it)."""
+    from ddpm_data.remote import as_location
+
+    location = as_location(shards)
+    return location.resolve() if isinstance(location, Path) else location
 
 
 def read_document(run_dir: Path) -> dict[str, Any]:
@@ -177,10 +188,10 @@ def resolve_run(given: RunConfig) -> tuple[RunConfig, Path, Path | None]:
     run_dir = (given.out or default_run_dir(shards)).resolve()
     if not given.dry_run:
         check_new_run_dir(run_dir, given.overwrite)
-    return dataclasses.replace(given, out=run_dir, shards=shards.resolve()), run_dir, None
+    return dataclasses.replace(given, out=run_dir, shards=absolute_shards(shards)), run_dir, None
 
 
-def shards_folder(shards: Path | None, img_size: int | None) -> Path:
+def shards_folder(shards: Path | str | None, img_size: int | None) -> Path | str:
     """--shards, or shards/<img_size> for `--img-size N` alone (the size is checked against the
     manifest when it is loaded)."""
     if shards is not None:
@@ -212,7 +223,7 @@ def resume_config(saved: RunConfig, document: dict[str, Any], given: RunConfig) 
         changed |= set(DURATION_FIELDS)  # a new duration replaces the old one, whichever unit it used
     train = dataclasses.replace(saved.train, **{n: getattr(given.train, n) for n in changed})
     process = {n: getattr(given, n) for n in PROCESS_FIELDS if n not in ("shards", "img_size", "overwrite")}
-    shards = given.shards.resolve() if given.shards is not None else saved.shards
+    shards = absolute_shards(given.shards if given.shards is not None else saved.shards)
     return dataclasses.replace(saved, **process, overwrite=False, shards=shards, train=train,
                                given=tuple(sorted(typed)))
 

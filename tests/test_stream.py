@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ddpm_data import stream
+from ddpm_data import rows, stream
 from ddpm_data.balance import Balance
 from ddpm_data.manifest import ManifestError, load_manifest
 from ddpm_data.shardformat import decode_png, iter_shard
@@ -80,8 +80,8 @@ def test_ranks_and_workers_get_disjoint_non_empty_parts(tiny_shards, world_size,
 
 
 def test_split_units_by_shard_and_by_sample():
-    assert split_units([4, 4, 3], part=1, parts=2) == [[], [0, 1, 2, 3], []]
-    owned = [split_units([4, 4, 3], part, parts=5) for part in range(5)]
+    assert [list(items) for items in split_units([4, 4, 3], part=1, parts=2)] == [[], [0, 1, 2, 3], []]
+    owned = [[list(items) for items in split_units([4, 4, 3], part, parts=5)] for part in range(5)]
     assert owned[0] == [[0], [1], [2]] and owned[4] == [[], [0], [1]]
     flat = sorted((u, i) for part in owned for u, items in enumerate(part) for i in items)
     assert flat == [(u, i) for u, n in enumerate([4, 4, 3]) for i in range(n)]
@@ -217,7 +217,7 @@ def test_stream_mode_hashes_each_shard_once_per_read(copy_shards, monkeypatch):
     """No checksum pass at open; each read hashes the shard's bytes exactly once, a bad shard included."""
     shard_dir = copy_shards()
     damage(shard_dir / "train-abnormal-000001.tar", "flip")
-    monkeypatch.setattr(stream, "sha256_file", lambda path: pytest.fail(f"{path} hashed outside a read"))
+    monkeypatch.setattr(rows, "sha256_file", lambda path: pytest.fail(f"{path} hashed outside a read"))
     reads, real_read_shard = [], stream.read_shard
     hashed = count_hashing(monkeypatch)
 
@@ -259,3 +259,83 @@ def test_load_split_and_config_errors(tiny_shards):
     with pytest.raises(ValueError, match="--mode 'fast': unknown; valid: auto, stream, memory"):
         ReaderConfig(mode="fast")
     assert ReaderConfig(balance="sqrt").balance == Balance.parse("sqrt")
+
+
+# ---------------------------------------------------------------- windows, rank blocks, old sets
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_class_sequence_visits_every_item_once_per_pass_in_windows(window):
+    units = [range(5), range(0), range(1, 9, 2), range(7)]
+    sequence = stream.ClassSequence(units, seed=1, part=0, label=0, window=window)
+    owned = sorted((u, i) for u, items in enumerate(units) for i in items)
+    for pass_index in range(2):
+        positions = range(pass_index * sequence.length, (pass_index + 1) * sequence.length)
+        drawn = [(sequence.locate(t)[1], sequence.item(t)) for t in positions]
+        assert sorted(drawn) == owned
+        for unit, items in enumerate(units):  # a unit is visited in one go, window after window
+            offsets = [items.index(item) for u, item in drawn if u == unit]
+            assert [offset // (window or len(items)) for offset in offsets] == sorted(
+                offset // (window or len(items)) for offset in offsets)
+    assert sequence.take(7, 5) == [sequence.item(t) for t in range(7, 12)]
+    walked = stream.ClassSequence(units, seed=1, part=0, label=0, window=window).walk(6)
+    assert next(walked) == sequence.locate(6)
+
+
+def test_stream_windows_give_the_same_samples_and_resume_exactly(tiny_shards, monkeypatch):
+    """Windows of 3 samples in 4-sample shards: two windows per shard, the first released on the
+    samples' own checksums. Every sample still comes once per pass, and resume stays exact."""
+    monkeypatch.setattr(stream, "SHUFFLE_WINDOW", 3)
+    table = identities(tiny_shards)
+    config = ReaderConfig(batch_size=8, balance="balanced", mode="stream", seed=7)
+    reader = open_reader(tiny_shards, config)
+    drawn = [table[image.numpy().tobytes()] for images, _ in take(reader, 8) for image in images]
+    _, labels = load_split(tiny_shards, "train")
+    abnormal = [row for row in drawn if labels[row] == 0]
+    assert len(set(abnormal[:15])) == len(abnormal[:15])  # one pass over the 15 abnormal images: no repeats
+    state = reader.state_dict()
+    expected = take(reader, 5)
+    resumed = open_reader(tiny_shards, config)
+    resumed.load_state_dict(state)
+    assert all(torch.equal(x[0], y[0]) for x, y in zip(expected, take(resumed, 5)))
+
+
+def test_memory_mode_holds_only_the_ranks_block(tiny_shards):
+    readers = [open_reader(tiny_shards, ReaderConfig(mode="memory"), rank=rank, world_size=3) for rank in range(3)]
+    assert sum(reader.images.shape[0] for reader in readers) == 49  # one copy between the ranks
+    assert stream.rank_block(34, 2, 3) == (22, 34)
+    sequence = readers[0].sequences[1]
+    assert sequence.take(0, 3) == [sequence.item(t) for t in range(3)]  # O(log units) per draw, no copy
+
+
+def test_a_set_without_per_sample_checksums_is_read_whole_shard_first(copy_shards, monkeypatch):
+    """Sets built before per-sample checksums: no png_sha256 to check, so a shard's samples are used
+    only after its file checksum (read_shard), as before, whatever the window."""
+    import json
+
+    monkeypatch.setattr(stream, "SHUFFLE_WINDOW", 2)
+    shard_dir = copy_shards()
+    document = json.loads((shard_dir / "manifest.json").read_text())
+    del document["sample_checksums"]
+    (shard_dir / "manifest.json").write_text(json.dumps(document))
+    reads, real_read_shard = [], stream.read_shard
+    monkeypatch.setattr(stream, "read_shard", lambda root, entry: reads.append(entry.path) or real_read_shard(root, entry))
+    reader = open_reader(shard_dir, ReaderConfig(mode="stream", balance="balanced", seed=7))
+    assert reader.window is None
+    take(reader, 4)
+    assert reads  # whole shards, checked first
+    images, _ = load_split(shard_dir, "val")
+    assert images.shape[0] == 7
+
+
+def test_each_rank_looks_only_at_its_own_shards_at_open(copy_shards):
+    shard_dir = copy_shards()
+    (shard_dir / "train-normal-000001.tar").unlink()  # 9 normal shards, 2 parts: shard 1 is rank 1's
+    open_reader(shard_dir, ReaderConfig(mode="stream"), rank=0, world_size=2)  # not its shard: not looked at
+    with pytest.raises(ShardError, match="train-normal-000001.tar: missing"):
+        open_reader(shard_dir, ReaderConfig(mode="stream"), rank=1, world_size=2)
+    with pytest.warns(UserWarning, match="train-normal-000001.tar"):
+        reader = open_reader(shard_dir, ReaderConfig(mode="stream", on_error="skip"), rank=1, world_size=2)
+    assert reader.counts == {"abnormal": 15, "normal": 34}  # several ranks agree: counts as the manifest says
+    labels = torch.cat([labels for _, labels in take(reader, 12)])
+    assert set(labels.tolist()) == {0, 1}
