@@ -203,9 +203,9 @@ def test_grey_images_and_bad_input():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu():
+@pytest.mark.parametrize("config", [AugmentConfig(zoom=0.2), AugmentConfig()], ids=["zoom-bicubic", "fourier"])
+def test_cuda_matches_cpu(config):
     images = noise()
-    config = AugmentConfig(zoom=0.2)
     cpu, pcpu = run(config, images)
     gpu, pgpu = run(config, images.cuda())
     assert torch.allclose(pcpu, pgpu.cpu(), atol=1e-6)
