@@ -234,7 +234,7 @@ DegreesOption = Annotated[Optional[float], typer.Option(help="Rotation range ±d
 ZoomOption = Annotated[Optional[float], typer.Option(help="Zoom factor range [1/(1+z), 1+z] (0 = off). [default: preset's, 0]", show_default=False)]
 BrightnessOption = Annotated[Optional[float], typer.Option(help="Brightness factor range [1-b, 1+b] (0 = off). [default: preset's, 0.1]", show_default=False)]
 ContrastOption = Annotated[Optional[float], typer.Option(help="Contrast factor range [1-c, 1+c] (0 = off). [default: preset's, 0.1]", show_default=False)]
-InterpolationOption = Annotated[Optional[Interpolation], typer.Option(help="Resampling of rotated/zoomed samples. [default: preset's, bilinear]", show_default=False)]
+InterpolationOption = Annotated[Optional[Interpolation], typer.Option(help="Resampling of rotated/zoomed samples: fourier keeps the detail (zoom: bicubic). [default: preset's, fourier]", show_default=False)]
 # Reader: any field of ddpm_data.config.ReaderConfig.
 BalanceOption = Annotated[str, typer.Option(help="Class balance: natural, balanced, sqrt, or class weights like normal=1,abnormal=3 (an epoch follows it).")]
 ModeOption = Annotated[ReaderMode, typer.Option(help="Reader: auto (memory if the split fits --memory-budget-mb), memory (data.h5 in RAM/GPU), stream (tar shards).")]
@@ -458,7 +458,7 @@ def train(
     sample_guidance: Annotated[float, typer.Option(help="Guidance scale for the sample grids.")] = TrainConfig.sample_guidance,
     sample_eta: Annotated[float, typer.Option(help="DDIM eta for the sample grids and quality scores (0 = deterministic, as ddpm-sample; 1 = stochastic).")] = TrainConfig.sample_eta,
     val_images: Annotated[int, typer.Option(help="Validation images used (at most).")] = TrainConfig.val_images,
-    quality_every: Annotated[int, typer.Option(help="Steps between sample-quality scores (SWD of fixed-seed samples to the val images, logged as quality_swd; the best is kept as checkpoints/best-quality.pt). 0 = off.")] = TrainConfig.quality_every,
+    quality_every: Annotated[int, typer.Option(help="Steps between sample-quality scores (SWD of fixed-seed samples to the val images, per class, logged as quality_swd (mean) and quality_swd_worst; the best worst class is kept as checkpoints/best-quality.pt). 0 = off.")] = TrainConfig.quality_every,
     quality_samples: Annotated[int, typer.Option(help="Images per class drawn for each quality score.")] = TrainConfig.quality_samples,
     keep: Annotated[int, typer.Option(help="Step checkpoints kept (plus best.pt).")] = TrainConfig.keep,
 ) -> None:
@@ -531,8 +531,8 @@ def sample(
     out: Annotated[Path, typer.Option(help="Output folder: writes OUT/<class>/0000.png ... and OUT/<class>-grid.png.")],
     class_name: Annotated[Optional[list[str]], typer.Option("--class", help="Class to sample (repeatable; default: every class).")] = None,
     n: Annotated[int, typer.Option(help="Images per class.")] = SampleConfig.n,
-    sampler: Annotated[Sampler, typer.Option(help="ddim (fast, --steps) or ddpm (all diffusion steps).")] = SampleConfig.sampler,
-    steps: Annotated[int, typer.Option(help="DDIM steps.")] = SampleConfig.steps,
+    sampler: Annotated[Sampler, typer.Option(help="ddim (fast, --steps), dpmpp-2m (second order, --steps, deterministic) or ddpm (all diffusion steps).")] = SampleConfig.sampler,
+    steps: Annotated[int, typer.Option(help="Network evaluations of ddim and dpmpp-2m.")] = SampleConfig.steps,
     eta: Annotated[float, typer.Option(help="DDIM stochasticity: 0 = deterministic (best with v-prediction), 1 = as noisy as DDPM (kinder to an eps-prediction model).")] = SampleConfig.eta,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = none).")] = SampleConfig.guidance,
     seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same images.")] = SampleConfig.seed,

@@ -18,18 +18,23 @@ differ.
   convergence curve. `--prototype min-snr` trains our model in a small loop here instead (the
   trainer's own `train()` with min-SNR-gamma loss weights, Hang et al. 2023, arXiv 2303.09556).
 - baseline: diffusers' `UNet2DModel` in our preset's layout (parameter count within 15%), with a
-  class embedding plus a null class and label dropout 0.1 (classifier-free guidance), trained as
-  diffusers' examples/unconditional_image_generation/train_unconditional.py does: epsilon MSE on
-  `DDPMScheduler`'s linear schedule, AdamW (betas 0.95/0.999, weight decay 1e-6, eps 1e-8), lr 1e-4
-  with 500 warm-up steps then cosine, gradient clip 1, `EMAModel` (max 0.9999, warm-up power 3/4);
-  sampled with `DDIMScheduler` with our `ddpm-sample` default steps and guidance (eta
-  `--baseline-eta`, diffusers' default 0).
+  class embedding plus a null class and label dropout 0.1 (classifier-free guidance), trained
+  twice. "example recipe": as diffusers' examples/unconditional_image_generation/
+  train_unconditional.py does: epsilon MSE on `DDPMScheduler`'s linear schedule, AdamW (betas
+  0.95/0.999, weight decay 1e-6, eps 1e-8), lr 1e-4 with 500 warm-up steps then cosine, gradient
+  clip 1, `EMAModel` (max 0.9999, warm-up power 3/4). "tuned": diffusers trained the way ours is
+  (`tuned_recipe`): v-prediction on the cosine schedule, AdamW with our learning rate, warm-up,
+  weight decay and clip, a constant rate after the warm-up, our EMA; the learning rate swept over
+  `--tuned-lr-factors` times ours, the run with the lowest SWD kept (picked on the evaluation
+  itself, which favours the baseline). Both sampled with `DDIMScheduler` with our `ddpm-sample`
+  default steps and guidance (eta `--baseline-eta`, diffusers' default 0).
 
 Everything lands in `--work` (default runs/bench-quality): sample data, shards, runs, samples and
 evaluations, each reused when its settings match (`--no-reuse` redoes them). The last line is
 JSON: per side the headline metrics, mean colour per channel against the data's, our SWD per
-checkpoint, and `ratio` = (baseline swd - floor) / (ours swd - floor). Deterministic for a seed on
-a given device. diffusers is a benchmark-only dependency (`pip install -e .[bench]`).
+checkpoint, the tuned baseline's sweep, and, against the better baseline (lower SWD), `ratio` =
+(baseline swd - floor) / (ours swd - floor) and `frechet_ratio` = baseline / ours classifier
+Fréchet distance. Deterministic for a seed on a given device. diffusers is a benchmark-only dependency (`pip install -e .[bench]`).
 """
 from __future__ import annotations
 
@@ -76,6 +81,7 @@ class QualityConfig:
     sample_args: tuple[str, ...] = ()  # extra ddpm-sample flags for our side
     baseline: bool = True             # False: our side only (screening)
     baseline_eta: float = 0.0         # DDIM eta of the baseline (DDIMPipeline's default)
+    tuned_lr_factors: tuple[float, ...] = (0.5, 1.0, 2.0)  # the tuned baseline's lr sweep, times ours; () = no tuned row
     prototype: str | None = None      # a code change tried in this script ("min-snr")
     min_snr_gamma: float = 5.0        # gamma of min-SNR-gamma weighting (Hang et al. 2023: 5)
     threads: int = 2                  # torch threads, here and in the subprocesses
@@ -126,6 +132,23 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
 def excess_ratio(baseline: float, ours: float, floor: float) -> float:
     """(baseline - floor) / (ours - floor): how many times further from real the baseline is."""
     return (baseline - floor) / max(ours - floor, 1e-9)
+
+
+def best_run(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the lowest SWD (the tuned baseline's pick from its learning-rate sweep)."""
+    if not runs:
+        raise ValueError("best_run: no runs to choose from")
+    return min(runs, key=lambda run: run["swd"])
+
+
+def compare(ours: dict[str, Any], baselines: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Ours against the better baseline (lower SWD): its name, the excess-SWD ratio over the floor
+    and the Fréchet ratio (baseline / ours; both goals are >= 2)."""
+    against = min(baselines, key=lambda name: baselines[name]["swd"])
+    theirs = baselines[against]
+    return {"against": against,
+            "ratio": round(excess_ratio(theirs["swd"], ours["swd"], ours["swd_floor"]), 3),
+            "frechet_ratio": round(theirs["frechet_classifier_distance"] / max(ours["frechet_classifier_distance"], 1e-9), 3)}
 
 
 def settings_key(*parts: Any) -> str:
@@ -342,6 +365,17 @@ BASELINE_RECIPE = {"lr": 1e-4, "betas": (0.95, 0.999), "weight_decay": 1e-6, "ep
                    "num_train_timesteps": 1000, "beta_schedule": "linear", "class_dropout": 0.1}
 
 
+def tuned_recipe(train: Any, lr_factor: float) -> dict[str, Any]:
+    """diffusers' side trained as ours is, from our resolved TrainConfig `train`: v-prediction
+    (Salimans & Ho 2022) on the cosine schedule, AdamW with our learning rate times `lr_factor`
+    (the sweep), our warm-up then a constant rate, our weight decay and gradient clip, and our EMA
+    (decay min(d, (1 + n) / (10 + n)): EMAModel without its power warm-up)."""
+    return {**BASELINE_RECIPE, "lr": train.lr * lr_factor, "betas": (0.9, 0.999), "weight_decay": train.weight_decay,
+            "lr_schedule": "constant_with_warmup", "warmup_steps": train.warmup_steps, "grad_clip": train.grad_clip,
+            "ema_max_decay": train.ema_decay, "ema_warmup": False, "beta_schedule": "squaredcos_cap_v2",
+            "prediction_type": "v_prediction"}
+
+
 def diffusers_unet(model_config: dict[str, Any]) -> nn.Module:
     """UNet2DModel in our model's layout: same stage channels, blocks per stage, attention
     stages, GroupNorm groups, head size and scale-shift conditioning, plus a null class."""
@@ -359,9 +393,10 @@ def diffusers_unet(model_config: dict[str, Any]) -> nn.Module:
         resnet_time_scale_shift="scale_shift", num_class_embeds=model_config["num_classes"] + 1)
 
 
-def train_baseline(config: QualityConfig, shards: Path, plan: dict[str, Any]) -> tuple[nn.Module, Path, float | None]:
-    """(UNet2DModel with the EMA weights, run folder, seconds or None when reused)."""
-    from diffusers import DDPMScheduler
+def train_baseline(config: QualityConfig, shards: Path, plan: dict[str, Any], recipe: dict[str, Any],
+                   name: str = "baseline") -> tuple[nn.Module, Path, float | None]:
+    """(UNet2DModel with the EMA weights, run folder, seconds or None when reused), trained with `recipe`
+    (BASELINE_RECIPE's keys; `prediction_type` and `ema_warmup` default to the example's)."""
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
@@ -369,24 +404,24 @@ def train_baseline(config: QualityConfig, shards: Path, plan: dict[str, Any]) ->
 
     resolved = resolved_run(plan)
     key = settings_key(config.images, config.size, config.batch_size, config.seed, config.device,
-                       plan["run"]["reader"], plan["run"]["augment"], BASELINE_RECIPE)
-    run_dir = config.work / "runs" / f"baseline-{config.images}-{key}"
+                       plan["run"]["reader"], plan["run"]["augment"], recipe)
+    run_dir = config.work / "runs" / f"{name}-{config.images}-{key}"
     torch.manual_seed(config.seed)
     net = diffusers_unet(plan["model"]["unet"])
     weights = run_dir / "ema.pt"
     if config.reuse and weights.is_file():
         net.load_state_dict(torch.load(weights, weights_only=True))
         return net.eval(), run_dir, None
-    r = BASELINE_RECIPE
+    r = recipe
     device, total = torch.device(config.device), config.total_steps()
     net.to(device).train()
-    noise_schedule = DDPMScheduler(num_train_timesteps=r["num_train_timesteps"], beta_schedule=r["beta_schedule"])
+    noise_schedule = noise_scheduler(r)
     optimizer = torch.optim.AdamW(net.parameters(), lr=r["lr"], betas=r["betas"], weight_decay=r["weight_decay"],
                                   eps=r["eps"])
     lr_schedule = get_scheduler(r["lr_schedule"], optimizer, num_warmup_steps=r["warmup_steps"],
                                 num_training_steps=total)
-    ema = EMAModel(net.parameters(), decay=r["ema_max_decay"], use_ema_warmup=True, inv_gamma=r["ema_inv_gamma"],
-                   power=r["ema_power"])
+    ema = EMAModel(net.parameters(), decay=r["ema_max_decay"], use_ema_warmup=r.get("ema_warmup", True),
+                   inv_gamma=r["ema_inv_gamma"], power=r["ema_power"])
     batches = iter(open_batches(shards, resolved.reader))
     augment = Augmenter(resolved.augment, config.size)
     generator = torch.Generator(device).manual_seed(config.seed)  # as ddpm-train seeds rank 0
@@ -403,10 +438,15 @@ def train_baseline(config: QualityConfig, shards: Path, plan: dict[str, Any]) ->
         dropped = torch.rand((n,), generator=generator, device=source).to(device) < r["class_dropout"]
         labels = torch.where(dropped, torch.full_like(labels, null), labels)
         prediction = net(noise_schedule.add_noise(x0, noise, t), t, class_labels=labels).sample
-        loss = F.mse_loss(prediction.float(), noise.float())
+        if noise_schedule.config.prediction_type == "v_prediction":
+            target = noise_schedule.get_velocity(x0, noise, t)
+        else:
+            target = noise
+        loss = F.mse_loss(prediction.float(), target.float())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), r["grad_clip"])
+        if r["grad_clip"] > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), r["grad_clip"])
         optimizer.step()
         lr_schedule.step()
         ema.step(net.parameters())
@@ -417,9 +457,17 @@ def train_baseline(config: QualityConfig, shards: Path, plan: dict[str, Any]) ->
     ema.copy_to(net.parameters())
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), weights)
-    (run_dir / "bench.json").write_text(json.dumps({"recipe": BASELINE_RECIPE, "steps": total,
+    (run_dir / "bench.json").write_text(json.dumps({"recipe": recipe, "steps": total,
                                                     "seconds": seconds}, indent=2))
     return net.eval(), run_dir, seconds
+
+
+def noise_scheduler(recipe: dict[str, Any]) -> Any:
+    """The DDPMScheduler a recipe trains with (and DDIM samples from)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=recipe["num_train_timesteps"], beta_schedule=recipe["beta_schedule"],
+                         prediction_type=recipe.get("prediction_type", "epsilon"))
 
 
 class open_batches:
@@ -437,21 +485,19 @@ class open_batches:
 
 @torch.no_grad()
 def sample_baseline(config: QualityConfig, shards: Path, net: nn.Module, run_dir: Path, classes: Sequence[str],
-                    steps: int, guidance: float) -> dict[str, Any]:
+                    steps: int, guidance: float, recipe: dict[str, Any]) -> dict[str, Any]:
     """DDIM samples with classifier-free guidance, seeded per class as ddpm-sample seeds them."""
-    from diffusers import DDIMScheduler, DDPMScheduler
+    from diffusers import DDIMScheduler
 
     from ddpm_model.sample import save_png, to_uint8
 
-    r = BASELINE_RECIPE
     key = settings_key(config.n, steps, guidance, config.baseline_eta, config.seed, config.device)
     samples = config.work / "samples" / run_dir.name / f"ema-{key}"
     if config.reuse and (samples / "eval.json").is_file():
         return score(config, shards, samples, classes)
     device = torch.device(config.device)
     net.to(device).eval()
-    trained = DDPMScheduler(num_train_timesteps=r["num_train_timesteps"], beta_schedule=r["beta_schedule"])
-    ddim = DDIMScheduler.from_config(trained.config)
+    ddim = DDIMScheduler.from_config(noise_scheduler(recipe).config)
     ddim.set_timesteps(steps)
     size, null = net.config.sample_size, len(classes)
     for label, name in enumerate(classes):
@@ -467,12 +513,44 @@ def sample_baseline(config: QualityConfig, shards: Path, net: nn.Module, run_dir
             both_labels = torch.cat([wanted, torch.full_like(wanted, null)])
             for t in ddim.timesteps:
                 cond, uncond = net(torch.cat([x, x]), t, class_labels=both_labels).sample.chunk(2)
-                eps = uncond + guidance * (cond - uncond)
-                x = ddim.step(eps, t, x, eta=config.baseline_eta, generator=generator).prev_sample
+                guided = uncond + guidance * (cond - uncond)  # eps or v: guidance is linear in either
+                x = ddim.step(guided, t, x, eta=config.baseline_eta, generator=generator).prev_sample
             for offset, image in enumerate(to_uint8(x.clamp(-1, 1))):
                 save_png(image, folder / f"{start + offset:04d}.png")
     (samples / "eval.json").unlink(missing_ok=True)
     return score(config, shards, samples, classes)
+
+
+def run_baseline(config: QualityConfig, shards: Path, plan: dict[str, Any], recipe: dict[str, Any],
+                 name: str) -> dict[str, Any]:
+    """Train (or reuse), check the parameter count against ours, sample and score one baseline run."""
+    from ddpm_model.config import SampleConfig
+
+    net, run_dir, seconds = train_baseline(config, shards, plan, recipe, name)
+    params = sum(p.numel() for p in net.parameters())
+    apart = abs(params - plan["parameters"]) / plan["parameters"]
+    print(f"{name}: diffusers UNet2DModel {params:,} parameters vs ours {plan['parameters']:,} ({apart:.1%} apart); "
+          f"lr {recipe['lr']:.1e}; {'reused ' + run_dir.name if seconds is None else f'trained in {seconds:.0f} s'}",
+          flush=True)
+    if apart > 0.15:
+        raise SystemExit("configurations are not matched: parameter counts differ by > 15%")
+    defaults = SampleConfig(checkpoint=Path("."), out=Path("."))
+    figures = sample_baseline(config, shards, net, run_dir, plan["classes"], defaults.steps, defaults.guidance, recipe)
+    return {**figures, "parameters": params, "recipe": recipe, "train_seconds": seconds,
+            "sampler": {"steps": defaults.steps, "guidance": defaults.guidance, "eta": config.baseline_eta}}
+
+
+def run_baselines(config: QualityConfig, shards: Path, plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{"example recipe": ..., "tuned": the best of the learning-rate sweep, with the sweep's figures}."""
+    baselines = {"example recipe": run_baseline(config, shards, plan, BASELINE_RECIPE, "baseline")}
+    if config.tuned_lr_factors:
+        train = resolved_run(plan).train
+        sweep = [run_baseline(config, shards, plan, tuned_recipe(train, factor), f"baseline-tuned-x{factor:g}")
+                 for factor in config.tuned_lr_factors]
+        baselines["tuned"] = {**best_run(sweep), "sweep": [
+            {"lr": run["recipe"]["lr"], "swd": run["swd"], "frechet_classifier_distance": run["frechet_classifier_distance"]}
+            for run in sweep]}
+    return baselines
 
 
 # ---------------------------------------------------------------- report
@@ -488,18 +566,27 @@ def fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def print_table(ours: dict[str, Any], baseline: dict[str, Any] | None, colour: list[float],
+def print_table(ours: dict[str, Any], baselines: dict[str, dict[str, Any]], colour: list[float],
                 curve: list[dict[str, Any]]) -> None:
+    """Ours beside each baseline, the goals, our SWD along the run and the ratios against the better baseline."""
     rows = [("swd", "swd", "<= 4 x floor"), ("swd floor (real val)", "swd_floor", ""),
             ("frechet classifier dist.", "frechet_classifier_distance", "<= baseline / 2"),
             ("class accuracy", "class_accuracy", ">= 0.9"), ("spectrum hf ratio", "spectrum_hf_ratio", "0.8-1.25"),
             ("near-copies", "copies", "0"), ("nn ratio", "nn_ratio", ">= 0.9"),
             ("mean colour (R, G, B)", "mean_colour", f"data {fmt(colour)} +- 0.02")]
-    print(f"\n{'':26} {'ours':>20} {'baseline':>20}   goal")
+    names = list(baselines)
+    print(f"\n{'':26} {'ours':>20} " + " ".join(f"{name:>20}" for name in names) + "   goal")
     for label, key, goal in rows:
-        theirs = fmt(baseline.get(key)) if baseline else "-"
-        print(f"{label:26} {fmt(ours.get(key)):>20} {theirs:>20}   {goal}")
+        theirs = " ".join(f"{fmt(baselines[name].get(key)):>20}" for name in names)
+        print(f"{label:26} {fmt(ours.get(key)):>20} {theirs}   {goal}")
+    if "tuned" in baselines:
+        print("\ntuned baseline's lr sweep: " + ", ".join(
+            f"lr {run['lr']:.1e} swd {run['swd']:.3f}" for run in baselines["tuned"]["sweep"]))
     print("\nour SWD along the run: " + ", ".join(f"{p['images']:,} img {p['swd']:.3f}" for p in curve))
+    if baselines:
+        ratios = compare(ours, baselines)
+        print(f"against the better baseline ({ratios['against']}): excess SWD ratio {ratios['ratio']:.2f} (goal >= 2), "
+              f"Fréchet ratio {ratios['frechet_ratio']:.2f} (goal >= 2)")
 
 
 def parse_args() -> QualityConfig:
@@ -522,6 +609,8 @@ def parse_args() -> QualityConfig:
     parser.add_argument("--no-baseline", action="store_true", help="our side only (screening)")
     parser.add_argument("--baseline-eta", type=float, default=defaults.baseline_eta,
                         help="DDIM eta of the baseline (diffusers' default 0)")
+    parser.add_argument("--tuned-lr-factors", default=",".join(f"{f:g}" for f in defaults.tuned_lr_factors),
+                        help="the tuned baseline's learning rates, times ours, comma-separated; '' = no tuned row")
     parser.add_argument("--prototype", choices=PROTOTYPES, default=None,
                         help="train our model in a loop here with a code change: min-snr")
     parser.add_argument("--min-snr-gamma", type=float, default=defaults.min_snr_gamma)
@@ -531,13 +620,19 @@ def parse_args() -> QualityConfig:
     args = parser.parse_args()
     if args.images < args.batch_size or args.checkpoints < 1 or args.n < 2 or args.n_curve < 2:
         parser.error("--images must be >= --batch-size; --checkpoints >= 1; --n and --n-curve >= 2")
+    try:
+        factors = tuple(float(f) for f in args.tuned_lr_factors.split(",") if f.strip())
+    except ValueError:
+        parser.error(f"--tuned-lr-factors {args.tuned_lr_factors!r}: comma-separated numbers, e.g. 0.5,1,2")
+    if any(f <= 0 for f in factors):
+        parser.error(f"--tuned-lr-factors {args.tuned_lr_factors!r}: factors must be > 0")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: no CUDA device here; use --device cpu")
     return QualityConfig(
         work=args.work.resolve(), images=args.images, size=args.size, batch_size=args.batch_size, seed=args.seed,
         device=args.device, checkpoints=args.checkpoints, n=args.n, n_curve=args.n_curve,
         ours_args=tuple(shlex.split(args.ours_args)), sample_args=tuple(shlex.split(args.sample_args)),
-        baseline=not args.no_baseline, baseline_eta=args.baseline_eta, prototype=args.prototype,
+        baseline=not args.no_baseline, baseline_eta=args.baseline_eta, tuned_lr_factors=factors, prototype=args.prototype,
         min_snr_gamma=args.min_snr_gamma, threads=args.threads, classifier_epochs=args.classifier_epochs,
         reuse=not args.no_reuse)
 
@@ -571,32 +666,23 @@ def main() -> None:
     ours = {**figures, "parameters": plan["parameters"], "train_args": list(config.ours_args),
             "sample_args": list(config.sample_args), "prototype": config.prototype, "train_seconds": ours_seconds}
 
-    baseline = None
-    if config.baseline:
-        from ddpm_model.config import SampleConfig
-
-        net, base_dir, base_seconds = train_baseline(config, shards, plan)
-        params = sum(p.numel() for p in net.parameters())
-        apart = abs(params - plan["parameters"]) / plan["parameters"]
-        print(f"baseline: diffusers UNet2DModel {params:,} parameters vs ours {plan['parameters']:,} "
-              f"({apart:.1%} apart); {'reused ' + base_dir.name if base_seconds is None else f'trained in {base_seconds:.0f} s'}",
-              flush=True)
-        if apart > 0.15:
-            raise SystemExit("configurations are not matched: parameter counts differ by > 15%")
-        defaults = SampleConfig(checkpoint=Path("."), out=Path("."))
-        baseline = {**sample_baseline(config, shards, net, base_dir, classes, defaults.steps, defaults.guidance),
-                    "parameters": params, "sampler": {"steps": defaults.steps, "guidance": defaults.guidance,
-                                                      "eta": config.baseline_eta}, "train_seconds": base_seconds}
-
-    print_table(ours, baseline, colour, curve)
+    baselines = run_baselines(config, shards, plan) if config.baseline else {}
+    print_table(ours, baselines, colour, curve)
     load_end = [round(v, 2) for v in os.getloadavg()]
     print(f"load average at end: {load_end}; {time.perf_counter() - started:.0f} s")
+    print(json.dumps(result_json(config, colour, ours, curve, baselines, {"start": load_start, "end": load_end})))
+
+
+def result_json(config: QualityConfig, colour: list[float], ours: dict[str, Any], curve: list[dict[str, Any]],
+                baselines: dict[str, dict[str, Any]], load_average: dict[str, list[float]]) -> dict[str, Any]:
+    """The last line: both sides' figures and, with baselines, the ratios against the better one."""
     result = {"images": config.images, "size": config.size, "batch_size": config.batch_size, "seed": config.seed,
               "device": config.device, "data_colour": colour, "ours": ours, "ours_curve": curve,
-              "baseline": baseline, "load_average": {"start": load_start, "end": load_end}}
-    if baseline is not None:
-        result["ratio"] = round(excess_ratio(baseline["swd"], ours["swd"], ours["swd_floor"]), 3)
-    print(json.dumps(result))
+              "baseline": baselines.get("example recipe"), "baseline_tuned": baselines.get("tuned"),
+              "load_average": load_average}
+    if baselines:
+        result.update(compare(ours, baselines))
+    return result
 
 
 if __name__ == "__main__":

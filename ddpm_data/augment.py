@@ -3,9 +3,11 @@
 One call turns a reader batch, uint8 (N, C, S, S) at the stored size, into float (N, C, size, size)
 in [-1, 1]. Per sample: an integer `size` crop out of the stored margin, horizontal/vertical flip,
 rotation about the crop centre, optional zoom, then brightness and contrast jitter (torchvision
-`ColorJitter`'s factors and order, as one affine map per sample). The geometric part is one 2x3
-matrix per sample and the image is resampled once (`F.grid_sample`) with reflection padding, so
-rotated corners show mirrored content instead of a constant colour. Samples whose transform is
+`ColorJitter`'s factors and order, as one affine map per sample). With the default `fourier`
+interpolation a rotation is three shears by exact Fourier shifts, which keep the image's fine
+detail (bilinear weights halve the power near Nyquist); otherwise, and for zoomed samples, the
+geometric part is one 2x3 matrix per sample and the image is resampled once (`F.grid_sample`).
+Both pad by reflection, so rotated corners show mirrored content instead of a constant colour. Samples whose transform is
 only an integer crop plus flips are copied by slicing, bit-exact, without resampling. Where a zoom
 shrinks the content (more than one stored pixel per output pixel) the source is first blurred with
 a Gaussian of sigma 0.5 sqrt(z^2 - 1) so it does not alias; crop, flips and rotation keep the pixel
@@ -38,6 +40,7 @@ PARAM_NAMES = (
     "brightness",  # brightness factor - 1
     "contrast",    # contrast factor - 1
 )
+FOURIER_GUARD = 4  # extra mirrored pixels around the shears' reach, so the periodic wrap's ringing stays outside
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
 
 
@@ -125,13 +128,14 @@ class Augmenter:
     def _geometry(self, images: torch.Tensor, draw: dict[str, np.ndarray]) -> torch.Tensor:
         """Exact copies for integer crop + flips, one resampling for the rest; float in [0, 255]."""
         exact = (draw["angle"] == 0) & (draw["log_zoom"] == 0)
-        if exact.all():
-            return self._slice(images, draw).float()
-        if not exact.any():
-            return self._resample(images, draw)
+        turned = ~exact & (draw["log_zoom"] == 0) & (self.config.interpolation == Interpolation.fourier)
+        groups = [(mask, method) for mask, method in
+                  ((exact, self._slice), (turned, self._rotate_fourier), (~exact & ~turned, self._resample)) if mask.any()]
+        if len(groups) == 1:
+            return groups[0][1](images, draw).float()
         n, channels = images.shape[:2]
         out = torch.empty((n, channels, self.size, self.size), dtype=torch.float32, device=images.device)
-        for mask, method in ((exact, self._slice), (~exact, self._resample)):
+        for mask, method in groups:
             rows = np.flatnonzero(mask)
             index = torch.from_numpy(rows).to(images.device)
             part = method(images.index_select(0, index), {key: value[rows] for key, value in draw.items()})
@@ -139,17 +143,36 @@ class Augmenter:
         return out
 
     def _slice(self, images: torch.Tensor, draw: dict[str, np.ndarray]) -> torch.Tensor:
-        """Integer crop and flips by slicing: uint8 (N, C, size, size), bit-exact.
+        """Integer crop and flips by slicing: uint8 (N, C, size, size), bit-exact."""
+        return _crops(images, draw["offset"].astype(int).tolist(), self.size, draw["vflip"], draw["hflip"])
 
-        A loop of views: on the CPU a batched gather of the same pixels is ~10x slower."""
+    def _rotate_fourier(self, images: torch.Tensor, draw: dict[str, np.ndarray]) -> torch.Tensor:
+        """Rotation about the crop centre by exact shifts, then crop and flips: float (N, C, size, size).
+
+        R(phi) = Sx(a) Sy(b) Sx(a), a = -tan(phi/2), b = sin(phi), each shear a shift of every row
+        (column) done as a phase ramp on its Fourier transform (Unser, Thevenaz, Yaroslavsky 1995,
+        "Convolution-based interpolation for fast, high-quality rotation of images", IEEE TIP 4(10)).
+        A shift keeps every frequency's power, where a bilinear kernel halves it near Nyquist.
+        Quarter turns are exact rot90s, so |phi| <= 45 degrees. The window around the crop is
+        reflect-padded far enough that the shears read only mirrored content, never wrapped-around.
+        """
+        quarter = np.round(draw["angle"] / (np.pi / 2)).astype(int)
+        phi = draw["angle"] - quarter * (np.pi / 2)
+        a, b = -np.tan(phi / 2), np.sin(phi)
+        pad = _shear_reach(self.size, float(np.abs(a).max()), float(np.abs(b).max())) + FOURIER_GUARD
+        side = self.size + 2 * pad
+        source = _reflect_pad(images.float(), pad)
+        windows = _crops(source, draw["offset"].astype(int).tolist(), side)  # centred on each crop centre
+        for turns in (1, 2, 3):
+            rows = np.flatnonzero(quarter % 4 == turns)
+            if len(rows):
+                index = torch.from_numpy(rows).to(images.device)
+                windows.index_copy_(0, index, windows.index_select(0, index).rot90(turns, dims=(-2, -1)))
+        for amount, dim in ((a, -1), (b, -2), (a, -1)):
+            windows = _shear(windows, torch.from_numpy(amount).to(images.device, torch.float32), dim)
         size = self.size
-        crops = []
-        offsets = draw["offset"].astype(int).tolist()
-        for i, ((x, y), flip_y, flip_x) in enumerate(zip(offsets, draw["vflip"], draw["hflip"])):
-            crop = images[i, :, y : y + size, x : x + size]
-            dims = [d for d, flip in ((-2, flip_y), (-1, flip_x)) if flip]
-            crops.append(crop.flip(dims) if dims else crop)
-        return torch.stack(crops)
+        centre = windows[..., pad : pad + size, pad : pad + size]
+        return _crops(centre, [(0, 0)] * len(centre), size, draw["vflip"], draw["hflip"])
 
     def _resample(self, images: torch.Tensor, draw: dict[str, np.ndarray]) -> torch.Tensor:
         zoom = np.exp(draw["log_zoom"])
@@ -161,7 +184,7 @@ class Augmenter:
             sigma = torch.from_numpy(0.5 * np.sqrt(zoom[shrink] ** 2 - 1)).to(images.device)
             source.index_copy_(0, index, _gaussian_blur(source.index_select(0, index), sigma))
         theta = torch.from_numpy(self._theta(draw, zoom, images.shape[-1])).to(images.device)
-        mode = self.config.interpolation.value
+        mode = "bicubic" if self.config.interpolation == Interpolation.fourier else self.config.interpolation.value
         return F.grid_sample(source, self._grid(theta), mode=mode, padding_mode="reflection", align_corners=False)
 
     def _theta(self, draw: dict[str, np.ndarray], zoom: np.ndarray, stored: int) -> np.ndarray:
@@ -214,6 +237,53 @@ class Augmenter:
             scale = scale * contrast
         # mul_ + add_: an in-place addcmul (out=x) takes ~3x as long on the CPU
         x.mul_(scale[:, None, None, None]).add_(shift[:, None, None, None]).clamp_(-1.0, 1.0)
+
+
+def _crops(images: torch.Tensor, offsets: list, size: int, vflip=None, hflip=None) -> torch.Tensor:
+    """(N, C, size, size) crops at top-left corners `offsets` [(x, y)], flipped where vflip/hflip are 1.
+
+    A loop of views: on the CPU a batched gather of the same pixels is ~10x slower."""
+    n = len(offsets)
+    vflip = np.zeros(n) if vflip is None else vflip
+    hflip = np.zeros(n) if hflip is None else hflip
+    crops = []
+    for i, ((x, y), flip_y, flip_x) in enumerate(zip(offsets, vflip, hflip)):
+        crop = images[i, :, y : y + size, x : x + size]
+        dims = [d for d, flip in ((-2, flip_y), (-1, flip_x)) if flip]
+        crops.append(crop.flip(dims) if dims else crop)
+    return torch.stack(crops)
+
+
+def _shear_reach(size: int, a: float, b: float) -> int:
+    """Pixels beyond a `size` crop that the shears Sx(a) Sy(b) Sx(a) read from (worst case)."""
+    half = size / 2
+    reach_x = half * (1 + a) + a * half * (1 + b * (1 + a))  # the last Sx reads |x| <= half (1 + a), etc.
+    reach_y = half * (1 + b * (1 + a))
+    return int(math.ceil(max(reach_x, reach_y) - half))
+
+
+def _reflect_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Mirror-pad the last two dims by `pad`, in steps when `pad` exceeds what one reflection allows."""
+    while pad > 0:
+        step = min(pad, x.shape[-1] - 1)
+        x = F.pad(x, (step, step, step, step), mode="reflect")
+        pad -= step
+    return x
+
+
+def _shear(x: torch.Tensor, amount: torch.Tensor, dim: int) -> torch.Tensor:
+    """Shift each line along `dim` by amount[n] * (its position across - centre), exactly (phase ramp).
+
+    x (N, C, L, L); dim -1: row y is read at x + amount (y - c); dim -2: column x at y + amount (x - c).
+    """
+    if dim == -2:
+        return _shear(x.transpose(-1, -2), amount, -1).transpose(-1, -2)
+    length = x.shape[-1]
+    across = torch.arange(length, device=x.device, dtype=torch.float32) - (length - 1) / 2
+    shift = amount[:, None] * across  # (N, L): per line
+    frequency = torch.fft.rfftfreq(length, device=x.device)
+    ramp = torch.polar(torch.ones((), device=x.device), 2 * math.pi * shift[:, None, :, None] * frequency)
+    return torch.fft.irfft(torch.fft.rfft(x, dim=-1) * ramp, n=length, dim=-1)
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """`ddpm-data preview`: what the trainer would receive, before training.
 
 Draws `n` samples through the reader exactly as training would (same balance, mode and seed),
-reports the empirical class shares next to the intended probabilities and the epoch length, and
+reports the empirical class shares next to the intended probabilities and the epoch length, how
+much of the images' fine detail the augmentation keeps (the spectrum's high-frequency ratio of the
+augmented batches against the plain centre crops of the same images; 1 = all of it), and
 optionally writes a contact sheet of augmented samples, one row per class, with the plain centre
 crops of the same images beneath so the augmentation can be judged by eye.
 """
@@ -46,7 +48,7 @@ def preview(shard_dir: str | Path, config: PreviewConfig) -> dict[str, Any]:
     """Draw `config.n` samples; returns the JSON report (see docs/data-pipeline.md)."""
     reader = open_reader(shard_dir, config.reader)
     try:
-        labels, kept = _draw(reader, config)
+        labels, kept, images = _draw(reader, config)
     finally:
         reader.close()
     classes = reader.classes
@@ -64,6 +66,7 @@ def preview(shard_dir: str | Path, config: PreviewConfig) -> dict[str, Any]:
         "draws_per_image_per_epoch": draws_per_image(reader.probabilities, reader.counts),
         "train_counts": dict(reader.counts),
         "skipped": list(reader.skipped),
+        "spectrum_hf_ratio": _high_frequency_ratio(images, reader.manifest.size, config),
         "grid": None,
     }
     if config.grid is not None:
@@ -71,16 +74,29 @@ def preview(shard_dir: str | Path, config: PreviewConfig) -> dict[str, Any]:
     return report
 
 
-def _draw(reader, config: PreviewConfig) -> tuple[torch.Tensor, dict[int, list[torch.Tensor]]]:
-    """Labels of the first n samples, and up to `per_class` images of each class for the grid."""
-    labels, kept = [], {}
+def _draw(reader, config: PreviewConfig) -> tuple[torch.Tensor, dict[int, list[torch.Tensor]], list[torch.Tensor]]:
+    """Labels of the first n samples, up to `per_class` images of each class for the grid, and the batches."""
+    labels, kept, batches = [], {}, []
     for _ in range(math.ceil(config.n / config.reader.batch_size)):
         images, batch_labels = next(reader)
         labels.append(batch_labels.cpu())
+        batches.append(images)
         for image, label in zip(images.cpu(), batch_labels.tolist()):
             if len(kept.setdefault(label, [])) < config.per_class:
                 kept[label].append(image)
-    return torch.cat(labels)[: config.n], kept
+    return torch.cat(labels)[: config.n], kept, batches
+
+
+def _high_frequency_ratio(batches: list[torch.Tensor], size: int, config: PreviewConfig) -> float:
+    """Spectrum power above 0.25 cycles/px of the augmented batches over the plain centre crops'."""
+    from ddpm_eval.spectrum import high_frequency_ratio, radial_power_spectrum  # deferred: the measure is the evaluation's
+
+    augmenter = Augmenter(config.augment, size)
+    generator = torch.Generator(device=batches[0].device).manual_seed(config.reader.seed)
+    augmented = torch.cat([augmenter(images, generator)[0].cpu() for images in batches])
+    plain = torch.cat([center_crop(images, size).cpu() for images in batches])
+    frequency, reference = radial_power_spectrum(plain)
+    return high_frequency_ratio(frequency, radial_power_spectrum(augmented)[1], reference)
 
 
 def _write_grid(kept: dict[int, list[torch.Tensor]], classes: list[str], size: int, config: PreviewConfig) -> Path:
@@ -106,6 +122,8 @@ def format_report(report: dict[str, Any], folder: str | Path) -> str:
     for name, share in report["fractions"].items():
         lines.append(f"{name:<16} {share:7.3f} {report['expected'][name]:9.3f} {report['train_counts'][name]:7d} "
                      f"{report['draws_per_image_per_epoch'][name]:18.2f}")
+    lines.append(f"augmented batches' spectrum HF ratio vs the plain crops: {report['spectrum_hf_ratio']:.3f} "
+                 "(1 = detail kept, < 1 blurred)")
     for entry in report["skipped"]:
         lines.append(f"skipped {entry['path']}: {entry['reason']}")
     if report["grid"]:

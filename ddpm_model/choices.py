@@ -68,3 +68,4 @@ class Prediction(str, Enum):
 class Sampler(str, Enum):
     DDPM = "ddpm"  # ancestral sampling over all T steps (Ho et al. 2020, algorithm 2)
     DDIM = "ddim"  # `steps` evenly spaced steps, stochasticity eta (Song et al. 2021, eq. 12)
+    DPMPP_2M = "dpmpp-2m"  # `steps` steps, second-order multistep (Lu et al. 2022, arXiv 2211.01095)

@@ -147,7 +147,7 @@ class SampleConfig:
     classes: tuple[str, ...] = ()        # class names; empty = every class of the checkpoint
     n: int = 64                          # images per class
     sampler: Sampler = Sampler.DDIM
-    steps: int = 50                      # DDIM steps (DDPM always uses all num_timesteps)
+    steps: int = 50                      # DDIM / DPM-Solver++ steps (DDPM always uses all num_timesteps)
     eta: float = 0.0                     # DDIM stochasticity; 0 = deterministic (measured best with v-prediction)
     guidance: float = 2.0                # classifier-free guidance scale; 1 = conditional only
     seed: int = 0
@@ -167,3 +167,5 @@ class SampleConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name}: {getattr(self, name)} must be >= 0")
         object.__setattr__(self, "sampler", Sampler(self.sampler))
+        if self.sampler is Sampler.DPMPP_2M and self.eta != 0:
+            raise ValueError(f"--eta {self.eta}: the dpmpp-2m sampler is deterministic; pass --eta 0 or --sampler ddim")

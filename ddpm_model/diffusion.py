@@ -7,6 +7,7 @@ plain data a checkpoint stores and `DDPM.from_dict(d)` rebuilds the same model f
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -195,8 +196,9 @@ class DDPM(nn.Module):
                batch_size: int | None = None, clip_denoised: bool = True) -> torch.Tensor:
         """Draw one image per label; (N, C, H, W) float in [-1, 1], on the model's device.
 
-        sampler: "ddpm" (all num_timesteps steps; `steps` and `eta` are ignored) or "ddim"
-        (`steps` evenly spaced steps; eta = 0 deterministic, eta = 1 ancestral-like).
+        sampler: "ddpm" (all num_timesteps steps; `steps` and `eta` are ignored), "ddim"
+        (`steps` evenly spaced steps; eta = 0 deterministic, eta = 1 ancestral-like) or
+        "dpmpp-2m" (`steps` steps, denser near t = 0, second order, deterministic: eta must be 0).
         guidance: classifier-free guidance scale w, eps = eps_null + w (eps_label - eps_null);
         1.0 is the plain conditional model (and skips the unconditional pass).
         Deterministic for a given `generator` state and `batch_size`; batches of `batch_size`
@@ -205,11 +207,13 @@ class DDPM(nn.Module):
         kind = parse_choice(Sampler, sampler, "sampler")
         device = self.schedule.betas.device
         labels = self._check_labels(torch.as_tensor(labels), None, device)
-        if kind is Sampler.DDIM and not 1 <= steps <= self.diffusion_config.num_timesteps:
+        if kind is not Sampler.DDPM and not 1 <= steps <= self.diffusion_config.num_timesteps:
             raise ValueError(f"steps: {steps} must be in [1, num_timesteps="
                              f"{self.diffusion_config.num_timesteps}]")
         if eta < 0:
             raise ValueError(f"eta: {eta} must be >= 0")
+        if kind is Sampler.DPMPP_2M and eta != 0:
+            raise ValueError(f"eta: {eta}; the dpmpp-2m sampler is deterministic: pass eta 0, or the ddim sampler")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size: {batch_size} must be >= 1")
         was_training = self.training
@@ -231,6 +235,8 @@ class DDPM(nn.Module):
         if kind is Sampler.DDPM:
             for t in reversed(range(self.diffusion_config.num_timesteps)):
                 x = self._ddpm_step(x, t, labels, guidance, generator, clip_denoised)
+        elif kind is Sampler.DPMPP_2M:
+            x = self._dpmpp_2m(x, labels, steps, guidance, clip_denoised)
         else:
             for t, t_prev in self.ddim_timesteps(steps):
                 x = self._ddim_step(x, t, t_prev, labels, eta, guidance, generator,
@@ -294,6 +300,49 @@ class DDPM(nn.Module):
             x_prev = x_prev + sigma * _random(torch.randn, tuple(x.shape), generator=generator,
                                               device=x.device)
         return x_prev
+
+    def _dpmpp_2m(self, x: torch.Tensor, labels: torch.Tensor, steps: int, guidance: float,
+                  clip_denoised: bool) -> torch.Tensor:
+        """DPM-Solver++(2M) (Lu et al. 2022, arXiv 2211.01095, algorithm 2) on `quadratic_timesteps`.
+
+        With alpha = sqrt(a_t), sigma = sqrt(1 - a_t), lambda = log(alpha / sigma), h = lambda_prev -
+        lambda_t and D the (guided, clipped) x_0 prediction:
+            x_prev = sigma_prev / sigma x - alpha_prev (e^-h - 1) (D_t + (D_t - D_last) / (2 r)),
+        r = h_last / h. The first step has no D_last and is first order, which is DDIM with eta 0.
+        So are the steps into t = 0 and to x_0 itself: lambda jumps there (to 5.1 at t = 0 on the
+        cosine schedule, infinity at x_0), and extrapolating D over a step several times longer
+        than the last one overshoots (the reference implementation's `lower_order_final`).
+        """
+        x0_last, h_last = None, None
+        for t, t_prev in self.quadratic_timesteps(steps):
+            x0, _ = self.predict_x0_eps(x, t, labels, guidance, clip_denoised)
+            if t_prev < 0:
+                return x0
+            (alpha, sigma, lam), (alpha_prev, sigma_prev, lam_prev) = self._log_snr(t), self._log_snr(t_prev)
+            h = lam_prev - lam
+            second_order = x0_last is not None and t_prev > 0
+            d = x0 + (x0 - x0_last) * (h / (2 * h_last)) if second_order else x0
+            x = (sigma_prev / sigma) * x - (alpha_prev * math.expm1(-h)) * d
+            x0_last, h_last = x0, h
+        return x
+
+    def quadratic_timesteps(self, steps: int) -> list[tuple[int, int]]:
+        """(t, t_prev) pairs from T-1 down to 0, t_i = (T-1)(1 - i/(steps-1))^2 rounded and kept
+        distinct; t_prev = -1 means x_0. Denser near t = 0, where the uniform grid's log-SNR
+        steps are longest (the "quadratic" sequence of Song et al. 2021, appendix D.2)."""
+        last = self.diffusion_config.num_timesteps - 1
+        if steps == 1:
+            return [(last, -1)]
+        ts = [0] * steps
+        for i in range(steps - 2, -1, -1):  # from t = 0 upwards, each at least one above the next
+            ts[i] = max(round(last * (1 - i / (steps - 1)) ** 2), ts[i + 1] + 1)
+        return list(zip(ts, ts[1:] + [-1]))
+
+    def _log_snr(self, t: int) -> tuple[float, float, float]:
+        """(alpha, sigma, lambda) at timestep t >= 0: sqrt(a_t), sqrt(1 - a_t), log(alpha / sigma)."""
+        a = float(self.schedule.alphas_cumprod[t])
+        alpha, sigma = math.sqrt(a), math.sqrt(1 - a)
+        return alpha, sigma, math.log(alpha / sigma)
 
     def _check_images(self, images: torch.Tensor, name: str) -> None:
         c, s = self.unet_config.in_channels, self.unet_config.image_size

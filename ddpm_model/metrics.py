@@ -4,8 +4,9 @@
 (images seen, all ranks), ``epoch``, ``loss`` (mean over the log interval), ``lr``,
 ``img_per_s``, ``data_wait`` (fraction of wall time spent waiting for batches) and
 ``grad_norm``; validation records carry ``step``, ``images``, ``val_loss`` and ``val_loss_ema``.
-A record may also carry ``quality_swd``, a sample-quality score at that step (SWD of samples
-against real images, lower is better); the loss curve draws it on a second axis when present.
+A record may also carry ``quality_swd``, a sample-quality score at that step (mean over classes
+of the SWD of samples against real images, lower is better), with ``quality_swd_worst`` and
+``quality_swd_classes``; the loss curve draws ``quality_swd`` on a second axis when present.
 """
 from __future__ import annotations
 

@@ -281,7 +281,7 @@ def _build_parts(plan: Plan, manifest: Any, dist: Distributed,
         val=make_val_set(*val_split, model.diffusion_config.num_timesteps, cfg.seed, cfg.batch_size * 2,
                          cfg.val_images) if val_split is not None else None,
         autocast=autocast, use_aug_params=model.unet_config.aug_dim > 0, channels_last=channels_last)
-    scorer = make_quality_scorer(*val_split, len(plan.classes), cfg) if val_split is not None else None
+    scorer = make_quality_scorer(*val_split, list(plan.classes), cfg) if val_split is not None else None
     return parts, reader, scorer
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from . import checkpoint as ckpt
 from .config import Precision, TrainConfig
 from .metrics import MetricsLog, ProgressDisplay, plot_loss_curve
+from .quality import QUALITY_RULE, QualityScore
 from .runtime import Distributed
 
 
@@ -35,7 +36,7 @@ class BatchSource(Protocol):
 
 AugmentFn = Callable[[torch.Tensor, torch.Generator], "tuple[torch.Tensor, torch.Tensor]"]
 SampleWriter = Callable[[nn.Module, int], "Path | None"]
-QualityScorer = Callable[[nn.Module], float]
+QualityScorer = Callable[[nn.Module], QualityScore]
 
 
 class LossModule(nn.Module):
@@ -99,7 +100,7 @@ class RunIO:
     checkpoint_meta: dict[str, Any]
     write_samples: SampleWriter | None = None
     progress: ProgressDisplay | None = None
-    score_quality: QualityScorer | None = None   # model -> distance of its samples to real images
+    score_quality: QualityScorer | None = None   # model -> per-class distance of its samples to real images
 
     @property
     def metrics(self) -> MetricsLog:
@@ -111,7 +112,7 @@ class TrainState:
     step: int = 0
     images_seen: int = 0
     best_val_loss: float = math.inf
-    best_quality: float = math.inf        # lowest sample-quality distance so far (quality_swd)
+    best_quality: float = math.inf        # lowest worst-class sample distance so far (quality_swd_worst)
     images_per_epoch: float = 0.0         # for the `epoch` column; 0 = unknown
     # running sums since the last metrics line
     loss_sum: float = 0.0
@@ -303,20 +304,23 @@ def maybe_validate(parts: TrainParts, io: RunIO | None, config: TrainConfig, sta
 def maybe_score(parts: TrainParts, io: RunIO | None, config: TrainConfig, state: TrainState,
                 dist: Distributed, final: bool = False) -> dict[str, Any] | None:
     """Every `quality_every` steps on rank 0: how far samples of the EMA weights are from real
-    images (`quality_swd`, lower is better). The validation loss keeps falling on a few hundred
-    images while samples get worse; this score picks the checkpoint that samples best, kept as
-    checkpoints/best-quality.pt."""
+    images, per class (`quality_swd` the mean, `quality_swd_worst` the worst class; lower is
+    better). The validation loss keeps falling on a few hundred images while samples get worse;
+    the worst class's distance picks the checkpoint that samples best without trading a class
+    away, kept as checkpoints/best-quality.pt."""
     if io is None or io.score_quality is None or config.quality_every == 0 \
             or not due(state.step, config.quality_every, final):
         return None
     model = parts.ema.module if parts.ema is not None else parts.model
-    record = {"step": state.step, "images": state.images_seen, "quality_swd": io.score_quality(model)}
+    score = io.score_quality(model)
+    record = {"step": state.step, "images": state.images_seen, **score.record()}
     io.metrics.append(record)
-    if math.isfinite(record["quality_swd"]) and record["quality_swd"] < state.best_quality:
-        state.best_quality = record["quality_swd"]
+    if math.isfinite(score.worst) and score.worst < state.best_quality:
+        state.best_quality = score.worst
         save_best(parts, io, state, dist, ckpt.BEST_QUALITY_NAME)
     if io.progress is not None:
-        io.progress.message(f"step {state.step}: sample quality (SWD to val) {record['quality_swd']:.4f}")
+        io.progress.message(f"step {state.step}: sample quality (SWD to val) mean {score.mean:.4f}, "
+                            f"worst class {score.worst:.4f}")
     return record
 
 
@@ -352,6 +356,7 @@ def checkpoint_state(parts: TrainParts, io: RunIO, state: TrainState, rank_state
         "images_seen": state.images_seen,
         "best_val_loss": state.best_val_loss,
         "best_quality": state.best_quality,
+        "best_quality_rule": QUALITY_RULE,
         "world_size": dist.world_size,
         "model": parts.model.state_dict(),
         "ema": parts.ema.state_dict() if parts.ema is not None else {},
@@ -406,7 +411,8 @@ def resume_from(checkpoint: dict[str, Any], parts: TrainParts, state: TrainState
         parts.scaler.load_state_dict(checkpoint["scaler"])
     state.step, state.images_seen = int(checkpoint["step"]), int(checkpoint["images_seen"])
     state.best_val_loss = float(checkpoint.get("best_val_loss", math.inf))
-    state.best_quality = float(checkpoint.get("best_quality", math.inf))
+    if checkpoint.get("best_quality_rule") == QUALITY_RULE:  # an older rule's score does not compare
+        state.best_quality = float(checkpoint.get("best_quality", math.inf))
     if checkpoint.get("world_size", 1) != dist.world_size:
         parts.generator.manual_seed(parts.generator.initial_seed() + 7919 * state.step)  # fresh noise, not a replay
         return (f"checkpoint was written by {checkpoint.get('world_size')} processes, now "

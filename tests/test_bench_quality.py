@@ -82,3 +82,54 @@ def test_curve_points_pick_evenly_spaced_checkpoints():
     assert [p.name for p in quality.curve_points(files, 500, 4)] == [f.name for f in files]
     assert [p.name for p in quality.curve_points(files, 500, 2)] == ["step-00000250.pt", "step-00000500.pt"]
     assert [p.name for p in quality.curve_points(files, 500, 1)] == ["step-00000500.pt"]
+
+
+def figures(swd: float, fcd: float, floor: float = 0.1) -> dict:
+    return {"swd": swd, "frechet_classifier_distance": fcd, "swd_floor": floor, "fcd_floor": 1.0,
+            "class_accuracy": 0.9, "spectrum_hf_ratio": 1.0, "copies": 0, "nn_ratio": 1.0, "mean_colour": [0.5] * 3}
+
+
+def test_the_tuned_baseline_is_the_best_of_its_sweep():
+    sweep = [{**figures(0.9, 5.0), "lr": 5e-4}, {**figures(0.7, 6.0), "lr": 1e-3}, {**figures(1.2, 4.0), "lr": 2e-3}]
+    assert quality.best_run(sweep)["lr"] == 1e-3
+    with pytest.raises(ValueError, match="no runs"):
+        quality.best_run([])
+
+
+def test_ours_is_compared_with_the_better_baseline():
+    ours = figures(0.3, 2.0)
+    example, tuned = figures(2.1, 40.0), figures(0.9, 5.0)
+    assert quality.compare(ours, {"example recipe": example, "tuned": tuned}) == {
+        "against": "tuned", "ratio": 4.0, "frechet_ratio": 2.5}  # (0.9 - 0.1) / (0.3 - 0.1); 5 / 2
+    assert quality.compare(ours, {"example recipe": example})["ratio"] == pytest.approx(10.0)
+
+
+def test_tuned_recipe_takes_our_learning_rate_warmup_and_ema():
+    from ddpm_model.config import TrainConfig
+
+    recipe = quality.tuned_recipe(TrainConfig(lr=1e-3, warmup_steps=50, ema_decay=0.999), 2.0)
+    assert recipe["lr"] == 2e-3 and recipe["warmup_steps"] == 50 and recipe["ema_max_decay"] == 0.999
+    assert recipe["prediction_type"] == "v_prediction" and recipe["ema_warmup"] is False
+    assert recipe["lr_schedule"] == "constant_with_warmup"
+    assert "prediction_type" not in quality.BASELINE_RECIPE  # the example recipe (and its cached runs) unchanged
+
+
+def test_report_prints_both_baselines_and_the_ratio_against_the_better(capsys):
+    ours = figures(0.3, 2.0)
+    tuned = {**figures(0.9, 5.0), "sweep": [{"lr": 5e-4, "swd": 0.9, "frechet_classifier_distance": 5.0},
+                                            {"lr": 1e-3, "swd": 1.1, "frechet_classifier_distance": 6.0}]}
+    baselines = {"example recipe": figures(2.1, 40.0), "tuned": tuned}
+    curve = [{"step": 1000, "images": 16000, "swd": 0.3, "n": 64}]
+    quality.print_table(ours, baselines, [0.5] * 3, curve)
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if "ours" in line)
+    assert "example recipe" in header and "tuned" in header
+    assert "lr 5.0e-04 swd 0.900, lr 1.0e-03 swd 1.100" in out
+    assert "against the better baseline (tuned): excess SWD ratio 4.00" in out and "Fréchet ratio 2.50" in out
+    config = quality.QualityConfig()
+    result = quality.result_json(config, [0.5] * 3, ours, curve, baselines, {"start": [1.0], "end": [1.0]})
+    assert result["baseline"]["swd"] == 2.1 and result["baseline_tuned"]["swd"] == 0.9
+    assert (result["against"], result["ratio"], result["frechet_ratio"]) == ("tuned", 4.0, 2.5)
+    assert "ratio" not in quality.result_json(config, [0.5] * 3, ours, curve, {}, {})  # --no-baseline
+    quality.print_table(ours, {}, [0.5] * 3, curve)
+    assert "against" not in capsys.readouterr().out

@@ -8,6 +8,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import cli
+from ddpm_data.augment import AugmentConfig
 from ddpm_data.preview import PreviewConfig, preview
 from ddpm_data.stream import ReaderConfig
 
@@ -43,6 +44,16 @@ def test_grid_has_an_augmented_and_a_plain_row_per_class(tiny_shards, tmp_path):
     assert report["grid"] == str(path)
     with Image.open(path) as image:
         assert image.size == (110 + 4 * (64 + 2), 4 * (64 + 2))  # grid.py: label column + tiles with 2 px gaps
+
+
+def test_reports_how_much_detail_the_augmentation_keeps(tiny_shards):
+    sharp = preview(tiny_shards, PreviewConfig(n=96))["spectrum_hf_ratio"]
+    blurred = preview(tiny_shards, PreviewConfig(n=96, augment=AugmentConfig(interpolation="bilinear", degrees=20.0)))
+    none = preview(tiny_shards, PreviewConfig(n=96, augment=AugmentConfig.none()))
+    assert none["spectrum_hf_ratio"] == pytest.approx(1.0)
+    assert sharp == pytest.approx(1.0, abs=0.1) and blurred["spectrum_hf_ratio"] < sharp - 0.1
+    result = invoke(tiny_shards, "--n", 64)
+    assert result.exit_code == 0 and "spectrum HF ratio vs the plain crops: " in result.stdout
 
 
 def test_same_seed_same_report(tiny_shards):

@@ -87,10 +87,19 @@ def test_corrupt_and_mismatched_checkpoints(tmp_path):
         sample_to_folder(config(tmp_path))
 
 
-@pytest.mark.parametrize("changes, flag", [({"n": 0}, "--n"), ({"batch_size": 0}, "--batch-size"), ({"steps": 0}, "--steps")])
+@pytest.mark.parametrize("changes, flag", [({"n": 0}, "--n"), ({"batch_size": 0}, "--batch-size"), ({"steps": 0}, "--steps"),
+                                           ({"sampler": "dpmpp-2m", "eta": 1.0}, "--eta 1.0: the dpmpp-2m sampler is deterministic")])
 def test_bad_options_name_the_flag(tmp_path, changes, flag):
     with pytest.raises(ValueError, match=flag):
         config(tmp_path, **changes)
+
+
+def test_the_dpmpp_2m_sampler_is_selectable(tmp_path):
+    write_checkpoint(tmp_path / "run")
+    ddim = sample_to_folder(config(tmp_path, classes=("normal",)))["normal"][1]
+    solver = sample_to_folder(config(tmp_path, classes=("normal",), sampler="dpmpp-2m", out=tmp_path / "solver"))["normal"][1]
+    assert solver.shape == ddim.shape and not torch.equal(solver, ddim)
+    assert SampleConfig(checkpoint=tmp_path, out=tmp_path).sampler.value == "ddim"  # the default is unchanged
 
 
 def test_existing_samples_are_kept_unless_overwrite(tmp_path):

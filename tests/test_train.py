@@ -210,15 +210,37 @@ def test_duration_units():
 
 
 def test_sample_quality_is_scored_logged_and_the_best_kept(tmp_path):
-    scores = iter([0.5, 0.3, 0.4])
+    from ddpm_model.quality import QualityScore
+
+    scores = iter([QualityScore({"normal": 0.5, "abnormal": 0.5}), QualityScore({"normal": 0.3, "abnormal": 0.3}),
+                   QualityScore({"normal": 0.4, "abnormal": 0.4})])
     config = quick(max_steps=6, quality_every=2, checkpoint_every=100)
     parts, io = build(tmp_path, config)
     io.score_quality = lambda model: next(scores)
     train(parts, io, config, 6, Distributed())
     records = [r for r in io.metrics.read() if "quality_swd" in r]
-    assert [(r["step"], r["quality_swd"]) for r in records] == [(2, 0.5), (4, 0.3), (6, 0.4)]
+    assert [(r["step"], r["quality_swd"], r["quality_swd_worst"]) for r in records] == [(2, 0.5, 0.5), (4, 0.3, 0.3), (6, 0.4, 0.4)]
+    assert records[0]["quality_swd_classes"] == {"normal": 0.5, "abnormal": 0.5}
     best = ckpt.load_checkpoint(tmp_path / "checkpoints" / ckpt.BEST_QUALITY_NAME)
     assert best["step"] == 4 and best["best_quality"] == 0.3
+
+
+def test_the_best_quality_checkpoint_does_not_trade_a_class_for_the_mean(tmp_path):
+    from ddpm_model.quality import QualityScore
+
+    scores = iter([QualityScore({"normal": 0.5, "abnormal": 0.5}),
+                   QualityScore({"normal": 0.1, "abnormal": 0.6}),    # best mean (0.35), abnormal worse
+                   QualityScore({"normal": 0.4, "abnormal": 0.45})])  # every class better than step 2
+    config = quick(max_steps=6, quality_every=2, checkpoint_every=100)
+    parts, io = build(tmp_path, config)
+    io.score_quality = lambda model: next(scores)
+    train(parts, io, config, 6, Distributed())
+    best = ckpt.load_checkpoint(tmp_path / "checkpoints" / ckpt.BEST_QUALITY_NAME)
+    assert best["step"] == 6 and best["best_quality"] == 0.45
+    for rule, expected in (("worst_class_swd", 0.45), ("mean_swd", math.inf)):  # an older rule's score is dropped
+        state = TrainState()
+        resume_from({**best, "best_quality_rule": rule}, parts, state, Distributed())
+        assert state.best_quality == expected
 
 
 def test_quality_scorer_ranks_real_images_above_noise():
@@ -227,7 +249,7 @@ def test_quality_scorer_ranks_real_images_above_noise():
     generator = torch.Generator().manual_seed(0)
     smooth = torch.nn.functional.avg_pool2d(torch.rand(24, 3, 20, 20, generator=generator), 5, 1)  # (24, 3, 16, 16)
     val, labels = smooth * 2 - 1, torch.arange(24) % 2
-    scorer = make_quality_scorer(val, labels, 2, quick(quality_samples=4))
+    scorer = make_quality_scorer(val, labels, ["a", "b"], quick(quality_samples=4))
 
     class Fixed(torch.nn.Module):
         def __init__(self, images):
@@ -237,4 +259,5 @@ def test_quality_scorer_ranks_real_images_above_noise():
         def sample(self, labels, **kwargs):
             return self.images[: len(labels)]
 
-    assert scorer(Fixed(val)) < scorer(Fixed(torch.rand(24, 3, 16, 16, generator=generator) * 2 - 1))
+    real, noise = scorer(Fixed(val)), scorer(Fixed(torch.rand(24, 3, 16, 16, generator=generator) * 2 - 1))
+    assert set(real.per_class) == {"a", "b"} and real.worst < noise.worst and real.mean < noise.mean
