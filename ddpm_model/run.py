@@ -208,7 +208,9 @@ def run_training(given: RunConfig) -> tuple[Plan, TrainResult | None]:
         plan, manifest = prepare(given, dist, device)
         if plan.config.dry_run:
             return (_measured(plan, device) if device.type == "cuda" else plan), None
-        return plan, _train(plan, manifest, dist, device)
+        result = _train(plan, manifest, dist, device)
+        dist.barrier()  # rank 0 writes the summary and checks the best checkpoints after the others finish
+        return plan, result
     finally:
         teardown_distributed(dist)
 

@@ -57,6 +57,12 @@ class Distributed:
         torch.distributed.all_gather_object(out, obj)
         return out
 
+    def barrier(self) -> None:
+        """Wait for every rank: no rank may leave the process group while another still works in it
+        (gloo aborts a process whose peer has hung up)."""
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
     def broadcast(self, value: Any) -> Any:
         """Rank 0's `value` on every rank."""
         if self.world_size == 1:
