@@ -247,20 +247,33 @@ def _rebuild(manifest: Manifest) -> str:
     return f"run 'ddpm-data build --size {manifest.size}{out}' again"
 
 
-def load_split(shard_dir: Location, split: str = "val", limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def load_split(shard_dir: Location, split: str = "val", limit: int | None = None,
+               per_class: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A split: (uint8 (N, C, S, S) at stored size, int64 labels (N,)) in (label, key) order, from
     data.h5 when the folder is local, else from the split's tar shards (a URL). With `limit`,
     only that many rows spread evenly over the split are read: the rows
-    `ddpm_model.train.make_val_set` keeps, so validation reads no more than it uses."""
+    `ddpm_model.train.make_val_set` keeps, so validation reads no more than it uses. With
+    `per_class`, at most that many rows of each class, spread evenly over the class, so that
+    start-up does not grow with the split."""
     manifest = load_manifest(shard_dir)
     total = manifest.num_samples(split)
-    rows = (torch.linspace(0, total - 1, limit).round().long().unique().numpy() if limit is not None and total > limit
-            else np.arange(total))
+    rows = _spread(0, total, limit)
+    if per_class is not None:
+        counts = [manifest.counts.get(split, {}).get(name, 0) for name in manifest.classes]  # rows by label
+        starts = np.cumsum([0, *counts[:-1]])
+        rows = np.concatenate([_spread(int(start), count, per_class) for start, count in zip(starts, counts)])
     try:
         arrays = read_rows(manifest, split, as_ranges(rows))
     except FormatError as error:
         raise ShardError(f"{error}; {_rebuild(manifest)}") from error
     return torch.from_numpy(arrays.images), torch.from_numpy(arrays.labels)
+
+
+def _spread(start: int, count: int, limit: int | None) -> np.ndarray:
+    """Row numbers start .. start + count - 1, or `limit` of them spread evenly when there are more."""
+    if limit is None or count <= limit:
+        return np.arange(start, start + count)
+    return start + torch.linspace(0, count - 1, limit).round().long().unique().numpy()
 
 
 def rank_block(count: int, rank: int, world_size: int) -> tuple[int, int]:

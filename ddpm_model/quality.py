@@ -23,6 +23,7 @@ from .config import TrainConfig
 DESCRIPTORS = 2048   # 7x7 patches per pyramid level: enough for a stable score on ~10 val images
 DIRECTIONS = 64      # random projections per repeat
 MIN_LEVEL = 16       # px; the coarsest pyramid level, as ddpm-eval's default
+REFERENCE_IMAGES = 512  # val images per class the score compares with, at most: DESCRIPTORS patches come from them
 
 
 @dataclass(frozen=True)

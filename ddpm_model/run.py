@@ -184,10 +184,14 @@ def make_sample_writer(run_dir: Path, classes: list[str], config: TrainConfig):
 
 
 def _val_split(config: RunConfig, manifest: Manifest) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The val split centre-cropped to the training size, float (N, C, S, S) in [-1, 1], and labels."""
+    """The val images the run uses, centre-cropped to the training size, float (N, C, S, S) in [-1, 1],
+    and labels: at most the quality score's references or --val-images per class, spread evenly
+    over each class, so that start-up does not grow with the data set."""
     if sum(manifest.counts.get("val", {}).values()) == 0:
         return None
-    images, labels = load_split(config.shards, "val")
+    from .quality import REFERENCE_IMAGES
+
+    images, labels = load_split(config.shards, "val", per_class=max(REFERENCE_IMAGES, config.train.val_images))
     return center_crop(torch.as_tensor(images), manifest.size), torch.as_tensor(labels)
 
 

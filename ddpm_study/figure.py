@@ -70,7 +70,7 @@ def samples_figure(rows: Sequence[tuple[str, Sequence[np.ndarray], np.ndarray | 
                 plain = axes[row][shown + ZOOM_CROPS]
                 plain.imshow(_rgb(nearest)[top : top + side, left : left + side], interpolation="nearest")
                 if row == 0:
-                    plain.set_title("crop 1, nearest view", fontsize="small")
+                    plain.set_title("nearest view", fontsize="small")
         axes[row][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize="small")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png")

@@ -339,3 +339,13 @@ def test_each_rank_looks_only_at_its_own_shards_at_open(copy_shards):
     assert reader.counts == {"abnormal": 15, "normal": 34}  # several ranks agree: counts as the manifest says
     labels = torch.cat([labels for _, labels in take(reader, 12)])
     assert set(labels.tolist()) == {0, 1}
+
+
+def test_load_split_per_class_reads_at_most_that_many_rows_of_each_class_spread_evenly(tiny_shards):
+    images, labels = load_split(tiny_shards, "train")
+    capped, capped_labels = load_split(tiny_shards, "train", per_class=3)
+    counts = torch.bincount(labels)
+    assert torch.equal(torch.bincount(capped_labels), counts.clamp(max=3))
+    first = int(counts[0])  # class 0's rows come first: its first and last row are both kept
+    assert torch.equal(capped[0], images[0]) and torch.equal(capped[2], images[first - 1])
+    assert torch.equal(load_split(tiny_shards, "train", per_class=10**6)[0], images)
