@@ -2,7 +2,7 @@
 # `make demo`: the main job on the bundled sample dataset, at a CPU-friendly size.
 # Usage: scripts/demo.sh [OUT]   (default: demo/) — everything it writes lives under OUT.
 # Steps: synth -> build (32 and 96 px, one pass) -> stats/verify/preview -> train the tiny
-# preset at 32 px -> sample both classes -> evaluate the samples. About 6-8 minutes on 2 cores.
+# preset at 32 px -> sample both classes -> evaluate the samples. About 4 minutes on 2 quiet cores.
 set -euo pipefail
 OUT=${1:-demo}
 STEPS=${DEMO_STEPS:-500}   # training steps; DEMO_STEPS=100 for a quicker look
