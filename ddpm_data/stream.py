@@ -256,9 +256,9 @@ def load_split(shard_dir: Location, split: str = "val", limit: int | None = None
     `per_class`, at most that many rows of each class, spread evenly over the class, so that
     start-up does not grow with the split."""
     manifest = load_manifest(shard_dir)
-    total = manifest.num_samples(split)
-    rows = _spread(0, total, limit)
-    if per_class is not None:
+    if per_class is None:
+        rows = _spread(0, manifest.num_samples(split), limit)
+    else:
         counts = [manifest.counts.get(split, {}).get(name, 0) for name in manifest.classes]  # rows by label
         starts = np.cumsum([0, *counts[:-1]])
         rows = np.concatenate([_spread(int(start), count, per_class) for start, count in zip(starts, counts)])

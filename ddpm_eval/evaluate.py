@@ -210,13 +210,16 @@ _MEAN_OVER_CLASSES = ("swd", "spectrum_hf_ratio", "spectrum_distance", "jaggedne
 
 def _overall(per_class: dict) -> dict:
     """Unweighted means over classes (per level for `swd_levels`); the jaggedness' standard error
-    combines the classes' as independent, sqrt(sum se^2) / classes."""
+    combines the classes' as `jaggedness.mean_over_classes` does."""
     import numpy as np
+
+    from ddpm_eval.jaggedness import Jaggedness, mean_over_classes
 
     rows = list(per_class.values())
     overall = {key: float(np.mean([row[key] for row in rows])) for key in _MEAN_OVER_CLASSES}
     overall["swd_levels"] = np.mean([row["swd_levels"] for row in rows], axis=0).tolist()
-    overall["jaggedness_se"] = float(np.sqrt(np.sum([row["jaggedness_se"] ** 2 for row in rows]))) / len(rows)
+    overall["jaggedness_se"] = mean_over_classes(
+        [Jaggedness(row["jaggedness"], row["jaggedness_se"], row["n"]) for row in rows]).standard_error
     return overall
 
 

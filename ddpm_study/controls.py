@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ddpm_eval.images import IMAGE_SUFFIXES
+
 NOISE_SIGMA = 12.0  # of 255: visible grain, well above a camera's noise at these sizes
 UPSCALERS = {"staircase": Image.Resampling.NEAREST, "bicubic": Image.Resampling.BICUBIC,
              "lanczos": Image.Resampling.LANCZOS, "bilinear": Image.Resampling.BILINEAR}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def _pil(image: np.ndarray) -> Image.Image:

@@ -21,12 +21,12 @@ from typing import Callable
 
 import numpy as np
 
+from ddpm_eval.images import IMAGE_SUFFIXES
 from ddpm_study.cells import Cell
 from ddpm_study.config import StudyConfig
 from ddpm_study.files import STATE_NAME, cell_dir, read_json, sample_marker, write_json
 from ddpm_study.tools import Tools
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def metrics_path(config: StudyConfig, cell: Cell) -> Path:
