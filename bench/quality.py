@@ -6,6 +6,7 @@ budget of training images, scored by `ddpm-eval` against the same shards.
         --sample-args "--eta 1" --no-baseline                 # screen a recipe (our side only)
     python bench/quality.py --prototype min-snr --ours-args "--lr 1e-3"   # a code change, prototyped
     python bench/quality.py --device cuda --images 64000
+    python bench/quality.py --no-baseline --samplers ddim:50,dpmpp-2m:25,dpmpp-2m:15   # samplers on our run
 
 Both sides train on the same batches: our reader (same images, batch size, class balance and
 order) and our Augmenter, with one generator drawn in the same order as `DDPM.loss` draws it, so
@@ -26,8 +27,12 @@ differ.
   (`tuned_recipe`): v-prediction on the cosine schedule, AdamW with our learning rate, warm-up,
   weight decay and clip, a constant rate after the warm-up, our EMA; the learning rate swept over
   `--tuned-lr-factors` times ours, the run with the lowest SWD kept (picked on the evaluation
-  itself, which favours the baseline). Both sampled with `DDIMScheduler` with our `ddpm-sample`
-  default steps and guidance (eta `--baseline-eta`, diffusers' default 0).
+  itself, which favours the baseline). Both sampled with diffusers' scheduler for our `ddpm-sample`
+  default sampler (`DDIMScheduler` for ddim, eta `--baseline-eta`, diffusers' default 0;
+  `DPMSolverMultistepScheduler`, DPM-Solver++ 2M, for dpmpp-2m), its steps and guidance.
+- samplers (`--samplers`): our last checkpoint sampled once per `sampler:steps`, each scored and
+  timed; the first is the named baseline the others are compared with (network evaluations per
+  image and excess SWD over the floor, as ratios).
 
 Everything lands in `--work` (default runs/bench-quality): sample data, shards, runs, samples and
 evaluations, each reused when its settings match (`--no-reuse` redoes them). The last line is
@@ -80,8 +85,10 @@ class QualityConfig:
     ours_args: tuple[str, ...] = ()   # extra ddpm-train flags (a recipe to screen)
     sample_args: tuple[str, ...] = ()  # extra ddpm-sample flags for our side
     baseline: bool = True             # False: our side only (screening)
+    example_recipe: bool = True       # False: no "example recipe" row (the tuned row alone)
     baseline_eta: float = 0.0         # DDIM eta of the baseline (DDIMPipeline's default)
     tuned_lr_factors: tuple[float, ...] = (0.5, 1.0, 2.0)  # the tuned baseline's lr sweep, times ours; () = no tuned row
+    samplers: tuple[tuple[str, int], ...] = ()  # (sampler, steps) for our last checkpoint; the first is the reference
     prototype: str | None = None      # a code change tried in this script ("min-snr")
     min_snr_gamma: float = 5.0        # gamma of min-SNR-gamma weighting (Hang et al. 2023: 5)
     threads: int = 2                  # torch threads, here and in the subprocesses
@@ -139,6 +146,31 @@ def best_run(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if not runs:
         raise ValueError("best_run: no runs to choose from")
     return min(runs, key=lambda run: run["swd"])
+
+
+def parse_samplers(text: str) -> tuple[tuple[str, int], ...]:
+    """`--samplers` "ddim:50,dpmpp-2m:25" -> (("ddim", 50), ("dpmpp-2m", 25))."""
+    from ddpm_model.choices import Sampler
+
+    valid = [kind.value for kind in Sampler if kind is not Sampler.DDPM]
+    specs = []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        name, _, steps = item.partition(":")
+        if name not in valid or not steps.isdigit() or int(steps) < 1:
+            raise ValueError(f"--samplers {text!r}: {item!r} is not sampler:steps with sampler one of "
+                             f"{', '.join(valid)} and steps >= 1, e.g. ddim:50,dpmpp-2m:25")
+        specs.append((name, int(steps)))
+    return tuple(specs)
+
+
+def compare_samplers(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each sampler row against the first: `nfe_ratio` (its network evaluations per image over
+    the first's) and `excess_ratio` ((first's SWD - floor) / (its SWD - floor); > 1 is closer)."""
+    if not rows:
+        return []
+    first = rows[0]
+    return [{**row, "nfe_ratio": round(row["nfe"] / first["nfe"], 3),
+             "excess_ratio": round(excess_ratio(first["swd"], row["swd"], row["swd_floor"]), 3)} for row in rows]
 
 
 def compare(ours: dict[str, Any], baselines: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -346,14 +378,40 @@ def train_prototype(config: QualityConfig, shards: Path, plan: dict[str, Any], r
                                                       "images_seen": result.images_seen}))
 
 
-def sample_ours(config: QualityConfig, shards: Path, checkpoint: Path, n: int, classes: Sequence[str]) -> dict[str, Any]:
-    key = settings_key(n, config.sample_args, config.seed, config.device)
+def sample_defaults() -> dict[str, Any]:
+    """ddpm-sample's default sampler, steps, eta and guidance (part of every sample folder's key)."""
+    from ddpm_model.config import SampleConfig
+
+    defaults = SampleConfig(checkpoint=Path("."), out=Path("."))
+    return {"sampler": defaults.sampler.value, "steps": defaults.steps, "eta": defaults.eta, "guidance": defaults.guidance}
+
+
+def sample_ours(config: QualityConfig, shards: Path, checkpoint: Path, n: int, classes: Sequence[str],
+                extra: Sequence[str] = ()) -> dict[str, Any]:
+    """`ddpm-sample` (defaults, `--sample-args`, then `extra`) of a checkpoint, scored; with the
+    sampling's wall time in seconds (`sample_seconds`, kept with the samples)."""
+    args = [*config.sample_args, *extra]
+    key = settings_key(n, args, config.seed, config.device, sample_defaults())
     samples = config.work / "samples" / checkpoint.parents[1].name / f"{checkpoint.stem}-{key}"
-    if not (config.reuse and (samples / "eval.json").is_file()):
+    timing = samples / "timing.json"
+    if not (config.reuse and (samples / "eval.json").is_file() and timing.is_file()):
+        started = time.perf_counter()
         run(cli("sample", "--checkpoint", str(checkpoint), "--out", str(samples), "--n", str(n),
-                "--seed", str(config.seed), "--device", config.device, "--overwrite", *config.sample_args), config.threads)
+                "--seed", str(config.seed), "--device", config.device, "--overwrite", *args), config.threads)
+        timing.write_text(json.dumps({"sample_seconds": round(time.perf_counter() - started, 1)}))
         (samples / "eval.json").unlink(missing_ok=True)
-    return score(config, shards, samples, classes)
+    return {**score(config, shards, samples, classes), **json.loads(timing.read_text())}
+
+
+def run_samplers(config: QualityConfig, shards: Path, checkpoint: Path, classes: Sequence[str]) -> list[dict[str, Any]]:
+    """Our last checkpoint sampled with each `--samplers` entry (n per class), scored and timed;
+    compared with the first entry."""
+    rows = []
+    for sampler, steps in config.samplers:
+        figures = sample_ours(config, shards, checkpoint, config.n, classes, ("--sampler", sampler, "--steps", str(steps)))
+        rows.append({"sampler": sampler, "steps": steps, "nfe": steps, **figures})
+        print(f"  {sampler} {steps} steps: swd {figures['swd']:.3f}, {figures['sample_seconds']:.0f} s", flush=True)
+    return compare_samplers(rows)
 
 
 # ---------------------------------------------------------------- diffusers' recipe
@@ -483,22 +541,39 @@ class open_batches:
             yield from self.reader
 
 
+def baseline_scheduler(recipe: dict[str, Any], sampler: str, steps: int) -> Any:
+    """diffusers' scheduler for our sampler, on the recipe's noise schedule, set to `steps`:
+    DDIMScheduler for ddim, DPMSolverMultistepScheduler (DPM-Solver++, order 2) for dpmpp-2m."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    if sampler == "ddim":
+        scheduler = DDIMScheduler.from_config(noise_scheduler(recipe).config)
+    elif sampler == "dpmpp-2m":
+        scheduler = DPMSolverMultistepScheduler.from_config(noise_scheduler(recipe).config, algorithm_type="dpmsolver++",
+                                                            solver_order=2)
+    else:
+        raise ValueError(f"sampler {sampler!r}: the baseline samples with ddim or dpmpp-2m")
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
 @torch.no_grad()
 def sample_baseline(config: QualityConfig, shards: Path, net: nn.Module, run_dir: Path, classes: Sequence[str],
-                    steps: int, guidance: float, recipe: dict[str, Any]) -> dict[str, Any]:
-    """DDIM samples with classifier-free guidance, seeded per class as ddpm-sample seeds them."""
-    from diffusers import DDIMScheduler
-
+                    sampler: dict[str, Any], recipe: dict[str, Any]) -> dict[str, Any]:
+    """Samples with classifier-free guidance and `sampler` (ddpm-sample's defaults), seeded per
+    class as ddpm-sample seeds them."""
     from ddpm_model.sample import save_png, to_uint8
 
-    key = settings_key(config.n, steps, guidance, config.baseline_eta, config.seed, config.device)
+    key = settings_key(config.n, sampler, config.baseline_eta, config.seed, config.device)
     samples = config.work / "samples" / run_dir.name / f"ema-{key}"
-    if config.reuse and (samples / "eval.json").is_file():
-        return score(config, shards, samples, classes)
+    timing = samples / "timing.json"
+    if config.reuse and (samples / "eval.json").is_file() and timing.is_file():
+        return {**score(config, shards, samples, classes), **json.loads(timing.read_text())}
     device = torch.device(config.device)
     net.to(device).eval()
-    ddim = DDIMScheduler.from_config(noise_scheduler(recipe).config)
-    ddim.set_timesteps(steps)
+    guidance, eta = sampler["guidance"], config.baseline_eta
+    scheduler = baseline_scheduler(recipe, sampler["sampler"], sampler["steps"])
+    started = time.perf_counter()
     size, null = net.config.sample_size, len(classes)
     for label, name in enumerate(classes):
         generator = torch.Generator(device).manual_seed(config.seed * 1_000_003 + label)
@@ -511,21 +586,22 @@ def sample_baseline(config: QualityConfig, shards: Path, net: nn.Module, run_dir
             x = torch.randn((count, net.config.in_channels, size, size), generator=generator, device=device)
             wanted = torch.full((count,), label, device=device)
             both_labels = torch.cat([wanted, torch.full_like(wanted, null)])
-            for t in ddim.timesteps:
+            scheduler.set_timesteps(sampler["steps"])  # a multistep solver keeps state per chain
+            for t in scheduler.timesteps:
                 cond, uncond = net(torch.cat([x, x]), t, class_labels=both_labels).sample.chunk(2)
                 guided = uncond + guidance * (cond - uncond)  # eps or v: guidance is linear in either
-                x = ddim.step(guided, t, x, eta=config.baseline_eta, generator=generator).prev_sample
+                options = {"eta": eta} if sampler["sampler"] == "ddim" else {}
+                x = scheduler.step(guided, t, x, generator=generator, **options).prev_sample
             for offset, image in enumerate(to_uint8(x.clamp(-1, 1))):
                 save_png(image, folder / f"{start + offset:04d}.png")
+    timing.write_text(json.dumps({"sample_seconds": round(time.perf_counter() - started, 1)}))
     (samples / "eval.json").unlink(missing_ok=True)
-    return score(config, shards, samples, classes)
+    return {**score(config, shards, samples, classes), **json.loads(timing.read_text())}
 
 
 def run_baseline(config: QualityConfig, shards: Path, plan: dict[str, Any], recipe: dict[str, Any],
                  name: str) -> dict[str, Any]:
     """Train (or reuse), check the parameter count against ours, sample and score one baseline run."""
-    from ddpm_model.config import SampleConfig
-
     net, run_dir, seconds = train_baseline(config, shards, plan, recipe, name)
     params = sum(p.numel() for p in net.parameters())
     apart = abs(params - plan["parameters"]) / plan["parameters"]
@@ -534,15 +610,17 @@ def run_baseline(config: QualityConfig, shards: Path, plan: dict[str, Any], reci
           flush=True)
     if apart > 0.15:
         raise SystemExit("configurations are not matched: parameter counts differ by > 15%")
-    defaults = SampleConfig(checkpoint=Path("."), out=Path("."))
-    figures = sample_baseline(config, shards, net, run_dir, plan["classes"], defaults.steps, defaults.guidance, recipe)
+    sampler = {key: value for key, value in sample_defaults().items() if key != "eta"}
+    figures = sample_baseline(config, shards, net, run_dir, plan["classes"], sampler, recipe)
     return {**figures, "parameters": params, "recipe": recipe, "train_seconds": seconds,
-            "sampler": {"steps": defaults.steps, "guidance": defaults.guidance, "eta": config.baseline_eta}}
+            "sampler": {**sampler, "eta": config.baseline_eta if sampler["sampler"] == "ddim" else 0.0}}
 
 
 def run_baselines(config: QualityConfig, shards: Path, plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """{"example recipe": ..., "tuned": the best of the learning-rate sweep, with the sweep's figures}."""
-    baselines = {"example recipe": run_baseline(config, shards, plan, BASELINE_RECIPE, "baseline")}
+    baselines = {}
+    if config.example_recipe:
+        baselines["example recipe"] = run_baseline(config, shards, plan, BASELINE_RECIPE, "baseline")
     if config.tuned_lr_factors:
         train = resolved_run(plan).train
         sweep = [run_baseline(config, shards, plan, tuned_recipe(train, factor), f"baseline-tuned-x{factor:g}")
@@ -589,6 +667,19 @@ def print_table(ours: dict[str, Any], baselines: dict[str, dict[str, Any]], colo
               f"Fréchet ratio {ratios['frechet_ratio']:.2f} (goal >= 2)")
 
 
+def print_samplers(rows: Sequence[dict[str, Any]]) -> None:
+    """One line per sampler of our last checkpoint, with its ratios against the first."""
+    if not rows:
+        return
+    print(f"\nsamplers on our last checkpoint (against {rows[0]['sampler']} {rows[0]['steps']} steps):")
+    print(f"{'sampler':>10} {'steps':>6} {'swd':>7} {'frechet':>8} {'class acc':>9} {'spectrum':>8} "
+          f"{'seconds':>8} {'nfe ratio':>9} {'excess swd ratio':>16}")
+    for row in rows:
+        print(f"{row['sampler']:>10} {row['steps']:>6} {row['swd']:>7.3f} {row['frechet_classifier_distance']:>8.2f} "
+              f"{row['class_accuracy']:>9.3f} {row['spectrum_hf_ratio']:>8.3f} {fmt(row.get('sample_seconds'), 0):>8} "
+              f"{row['nfe_ratio']:>9.2f} {row['excess_ratio']:>16.2f}")
+
+
 def parse_args() -> QualityConfig:
     defaults = QualityConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -607,10 +698,15 @@ def parse_args() -> QualityConfig:
     parser.add_argument("--ours-args", default="", help='extra ddpm-train flags, e.g. "--lr 1e-3 --prediction v"')
     parser.add_argument("--sample-args", default="", help='extra ddpm-sample flags for our side, e.g. "--eta 1"')
     parser.add_argument("--no-baseline", action="store_true", help="our side only (screening)")
+    parser.add_argument("--no-example-recipe", action="store_true",
+                        help="no row for diffusers' example recipe (the tuned baseline alone; needs --tuned-lr-factors)")
     parser.add_argument("--baseline-eta", type=float, default=defaults.baseline_eta,
                         help="DDIM eta of the baseline (diffusers' default 0)")
     parser.add_argument("--tuned-lr-factors", default=",".join(f"{f:g}" for f in defaults.tuned_lr_factors),
                         help="the tuned baseline's learning rates, times ours, comma-separated; '' = no tuned row")
+    parser.add_argument("--samplers", default="",
+                        help="sample our last checkpoint with each sampler:steps, the first as reference, "
+                             "e.g. ddim:50,dpmpp-2m:25")
     parser.add_argument("--prototype", choices=PROTOTYPES, default=None,
                         help="train our model in a loop here with a code change: min-snr")
     parser.add_argument("--min-snr-gamma", type=float, default=defaults.min_snr_gamma)
@@ -626,15 +722,21 @@ def parse_args() -> QualityConfig:
         parser.error(f"--tuned-lr-factors {args.tuned_lr_factors!r}: comma-separated numbers, e.g. 0.5,1,2")
     if any(f <= 0 for f in factors):
         parser.error(f"--tuned-lr-factors {args.tuned_lr_factors!r}: factors must be > 0")
+    if args.no_example_recipe and not factors and not args.no_baseline:
+        parser.error("--no-example-recipe with --tuned-lr-factors '': no baseline left; pass --no-baseline instead")
+    try:
+        samplers = parse_samplers(args.samplers)
+    except ValueError as error:
+        parser.error(str(error))
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: no CUDA device here; use --device cpu")
     return QualityConfig(
         work=args.work.resolve(), images=args.images, size=args.size, batch_size=args.batch_size, seed=args.seed,
         device=args.device, checkpoints=args.checkpoints, n=args.n, n_curve=args.n_curve,
         ours_args=tuple(shlex.split(args.ours_args)), sample_args=tuple(shlex.split(args.sample_args)),
-        baseline=not args.no_baseline, baseline_eta=args.baseline_eta, tuned_lr_factors=factors, prototype=args.prototype,
-        min_snr_gamma=args.min_snr_gamma, threads=args.threads, classifier_epochs=args.classifier_epochs,
-        reuse=not args.no_reuse)
+        baseline=not args.no_baseline, example_recipe=not args.no_example_recipe, baseline_eta=args.baseline_eta,
+        tuned_lr_factors=factors, samplers=samplers, prototype=args.prototype, min_snr_gamma=args.min_snr_gamma,
+        threads=args.threads, classifier_epochs=args.classifier_epochs, reuse=not args.no_reuse)
 
 
 def main() -> None:
@@ -666,20 +768,25 @@ def main() -> None:
     ours = {**figures, "parameters": plan["parameters"], "train_args": list(config.ours_args),
             "sample_args": list(config.sample_args), "prototype": config.prototype, "train_seconds": ours_seconds}
 
+    samplers = run_samplers(config, shards, checkpoints[-1], classes)
     baselines = run_baselines(config, shards, plan) if config.baseline else {}
     print_table(ours, baselines, colour, curve)
+    print_samplers(samplers)
     load_end = [round(v, 2) for v in os.getloadavg()]
     print(f"load average at end: {load_end}; {time.perf_counter() - started:.0f} s")
-    print(json.dumps(result_json(config, colour, ours, curve, baselines, {"start": load_start, "end": load_end})))
+    print(json.dumps(result_json(config, colour, ours, curve, baselines, {"start": load_start, "end": load_end},
+                                 samplers)))
 
 
 def result_json(config: QualityConfig, colour: list[float], ours: dict[str, Any], curve: list[dict[str, Any]],
-                baselines: dict[str, dict[str, Any]], load_average: dict[str, list[float]]) -> dict[str, Any]:
-    """The last line: both sides' figures and, with baselines, the ratios against the better one."""
+                baselines: dict[str, dict[str, Any]], load_average: dict[str, list[float]],
+                samplers: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The last line: both sides' figures and, with baselines, the ratios against the better one;
+    the sampler comparison when `--samplers` was given."""
     result = {"images": config.images, "size": config.size, "batch_size": config.batch_size, "seed": config.seed,
               "device": config.device, "data_colour": colour, "ours": ours, "ours_curve": curve,
               "baseline": baselines.get("example recipe"), "baseline_tuned": baselines.get("tuned"),
-              "load_average": load_average}
+              "samplers": list(samplers), "load_average": load_average}
     if baselines:
         result.update(compare(ours, baselines))
     return result

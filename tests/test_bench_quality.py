@@ -133,3 +133,38 @@ def test_report_prints_both_baselines_and_the_ratio_against_the_better(capsys):
     assert "ratio" not in quality.result_json(config, [0.5] * 3, ours, curve, {}, {})  # --no-baseline
     quality.print_table(ours, {}, [0.5] * 3, curve)
     assert "against" not in capsys.readouterr().out
+
+
+def test_samplers_parse_as_sampler_and_steps():
+    assert quality.parse_samplers("ddim:50, dpmpp-2m:25") == (("ddim", 50), ("dpmpp-2m", 25))
+    assert quality.parse_samplers("") == ()
+    for bad in ("ddim", "ddim:0", "ddpm:50", "heun:10", "ddim:x"):
+        with pytest.raises(ValueError, match="sampler:steps"):
+            quality.parse_samplers(bad)
+
+
+def test_samplers_are_compared_with_the_first(capsys):
+    rows = [{"sampler": "ddim", "steps": 50, "nfe": 50, **figures(0.3, 2.0)},
+            {"sampler": "dpmpp-2m", "steps": 25, "nfe": 25, **figures(0.2, 1.5), "sample_seconds": 12.0}]
+    compared = quality.compare_samplers(rows)
+    assert [row["nfe_ratio"] for row in compared] == [1.0, 0.5]
+    assert [row["excess_ratio"] for row in compared] == [1.0, 2.0]  # (0.3 - 0.1) / (0.2 - 0.1)
+    assert quality.compare_samplers([]) == []
+    quality.print_samplers(compared)
+    out = capsys.readouterr().out
+    assert "against ddim 50 steps" in out and "dpmpp-2m" in out
+
+
+def test_the_baseline_samples_with_diffusers_scheduler_for_our_sampler():
+    pytest.importorskip("diffusers")
+    from ddpm_model.config import TrainConfig
+
+    recipe = quality.tuned_recipe(TrainConfig(lr=1e-3), 1.0)
+    ddim = quality.baseline_scheduler(recipe, "ddim", 50)
+    solver = quality.baseline_scheduler(recipe, "dpmpp-2m", 25)
+    assert type(ddim).__name__ == "DDIMScheduler" and len(ddim.timesteps) == 50
+    assert type(solver).__name__ == "DPMSolverMultistepScheduler" and len(solver.timesteps) == 25
+    assert solver.config.algorithm_type == "dpmsolver++" and solver.config.solver_order == 2
+    assert solver.config.prediction_type == "v_prediction"
+    with pytest.raises(ValueError, match="ddim or dpmpp-2m"):
+        quality.baseline_scheduler(recipe, "ddpm", 10)
