@@ -162,7 +162,7 @@ def sample_cell(config: StudyConfig, cell: Cell, tools: Tools, log: Callable[[st
     log(f"study: {cell.name}: sampling {config.sample.n} images per class from {wanted['checkpoint']}")
     settings = config.sample
     run = tools(["ddpm-sample", *config.sample_args, "--checkpoint", str(run_dir), "--out", str(run_dir / "study" / "samples"),
-                 "--n", str(settings.n), "--steps", str(settings.steps), "--eta", str(settings.eta),
+                 "--n", str(settings.n), "--sampler", "ddim", "--steps", str(settings.steps), "--eta", str(settings.eta),
                  "--guidance", str(settings.guidance), "--seed", str(cell.seed), "--overwrite"])
     if run.returncode != 0:
         return f"sample: {run.error_line}"

@@ -26,8 +26,8 @@ ddpm-train --img-size 32 --shards "$OUT/shards/32" --out "$OUT/run" --overwrite 
   --log-every 25 --val-every 100 --quality-every 100 --checkpoint-every 250 --sample-every 250 \
   --sample-steps 25 --progress
 
-step "5. sample 64 images of each class from the best-scoring checkpoint (DDIM 25 steps, guidance 2)"
-ddpm-sample --checkpoint "$OUT/run/checkpoints/best-quality.pt" --n 64 --steps 25 --out "$OUT/samples"
+step "5. sample 64 images of each class from the best-scoring checkpoint (DPM-Solver++ 2M, 25 steps, guidance 2)"
+ddpm-sample --checkpoint "$OUT/run/checkpoints/best-quality.pt" --n 64 --out "$OUT/samples"
 
 step "6. measure the samples against the real 32 px images"
 ddpm-eval --real "$OUT/shards/32" --samples "$OUT/samples" --report "$OUT/eval" --classifier-epochs 15 \

@@ -94,12 +94,13 @@ def test_bad_options_name_the_flag(tmp_path, changes, flag):
         config(tmp_path, **changes)
 
 
-def test_the_dpmpp_2m_sampler_is_selectable(tmp_path):
+def test_the_default_sampler_is_dpmpp_2m_and_ddim_is_selectable(tmp_path):
     write_checkpoint(tmp_path / "run")
-    ddim = sample_to_folder(config(tmp_path, classes=("normal",)))["normal"][1]
-    solver = sample_to_folder(config(tmp_path, classes=("normal",), sampler="dpmpp-2m", out=tmp_path / "solver"))["normal"][1]
+    solver = sample_to_folder(config(tmp_path, classes=("normal",)))["normal"][1]
+    ddim = sample_to_folder(config(tmp_path, classes=("normal",), sampler="ddim", out=tmp_path / "ddim"))["normal"][1]
     assert solver.shape == ddim.shape and not torch.equal(solver, ddim)
-    assert SampleConfig(checkpoint=tmp_path, out=tmp_path).sampler.value == "ddim"  # the default is unchanged
+    defaults = SampleConfig(checkpoint=tmp_path, out=tmp_path)
+    assert (defaults.sampler.value, defaults.steps, defaults.eta) == ("dpmpp-2m", 25, 0.0)  # half DDIM-50's evaluations
 
 
 def test_existing_samples_are_kept_unless_overwrite(tmp_path):
