@@ -543,14 +543,16 @@ class open_batches:
 
 def baseline_scheduler(recipe: dict[str, Any], sampler: str, steps: int) -> Any:
     """diffusers' scheduler for our sampler, on the recipe's noise schedule, set to `steps`:
-    DDIMScheduler for ddim, DPMSolverMultistepScheduler (DPM-Solver++, order 2) for dpmpp-2m."""
+    DDIMScheduler for ddim, DPMSolverMultistepScheduler (DPM-Solver++, order 2) for dpmpp-2m.
+    Both clip the predicted x_0 to [-1, 1] as ours do (DDIM's clip_sample, on by default; the
+    solver's thresholding with sample_max_value 1, which is that clip)."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
     if sampler == "ddim":
         scheduler = DDIMScheduler.from_config(noise_scheduler(recipe).config)
     elif sampler == "dpmpp-2m":
         scheduler = DPMSolverMultistepScheduler.from_config(noise_scheduler(recipe).config, algorithm_type="dpmsolver++",
-                                                            solver_order=2)
+                                                            solver_order=2, thresholding=True, sample_max_value=1.0)
     else:
         raise ValueError(f"sampler {sampler!r}: the baseline samples with ddim or dpmpp-2m")
     scheduler.set_timesteps(steps)
@@ -564,7 +566,8 @@ def sample_baseline(config: QualityConfig, shards: Path, net: nn.Module, run_dir
     class as ddpm-sample seeds them."""
     from ddpm_model.sample import save_png, to_uint8
 
-    key = settings_key(config.n, sampler, config.baseline_eta, config.seed, config.device)
+    scheduler = baseline_scheduler(recipe, sampler["sampler"], sampler["steps"])
+    key = settings_key(config.n, sampler, dict(scheduler.config), config.baseline_eta, config.seed, config.device)
     samples = config.work / "samples" / run_dir.name / f"ema-{key}"
     timing = samples / "timing.json"
     if config.reuse and (samples / "eval.json").is_file() and timing.is_file():
@@ -572,7 +575,6 @@ def sample_baseline(config: QualityConfig, shards: Path, net: nn.Module, run_dir
     device = torch.device(config.device)
     net.to(device).eval()
     guidance, eta = sampler["guidance"], config.baseline_eta
-    scheduler = baseline_scheduler(recipe, sampler["sampler"], sampler["steps"])
     started = time.perf_counter()
     size, null = net.config.sample_size, len(classes)
     for label, name in enumerate(classes):

@@ -166,5 +166,8 @@ def test_the_baseline_samples_with_diffusers_scheduler_for_our_sampler():
     assert type(solver).__name__ == "DPMSolverMultistepScheduler" and len(solver.timesteps) == 25
     assert solver.config.algorithm_type == "dpmsolver++" and solver.config.solver_order == 2
     assert solver.config.prediction_type == "v_prediction"
+    assert ddim.config.clip_sample and solver.config.thresholding and solver.config.sample_max_value == 1.0  # x_0 clipped as ours
+    x0 = torch.tensor([[[[3.0, -2.0], [0.5, -0.25]]]])
+    torch.testing.assert_close(solver._threshold_sample(x0), x0.clamp(-1, 1))  # thresholding at 1 is the clip
     with pytest.raises(ValueError, match="ddim or dpmpp-2m"):
         quality.baseline_scheduler(recipe, "ddpm", 10)
