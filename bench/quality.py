@@ -649,7 +649,7 @@ def fmt(value: Any, digits: int = 3) -> str:
 def print_table(ours: dict[str, Any], baselines: dict[str, dict[str, Any]], colour: list[float],
                 curve: list[dict[str, Any]]) -> None:
     """Ours beside each baseline, the goals, our SWD along the run and the ratios against the better baseline."""
-    rows = [("swd", "swd", "<= 4 x floor"), ("swd floor (real val)", "swd_floor", ""),
+    rows = [("swd", "swd", "<= 2.5 x floor"), ("swd floor (real val)", "swd_floor", ""),
             ("frechet classifier dist.", "frechet_classifier_distance", "<= baseline / 2"),
             ("class accuracy", "class_accuracy", ">= 0.9"), ("spectrum hf ratio", "spectrum_hf_ratio", "0.8-1.25"),
             ("near-copies", "copies", "0"), ("nn ratio", "nn_ratio", ">= 0.9"),
