@@ -458,8 +458,9 @@ def train(
     sample_guidance: Annotated[float, typer.Option(help="Guidance scale for the sample grids.")] = TrainConfig.sample_guidance,
     sample_eta: Annotated[float, typer.Option(help="DDIM eta for the sample grids and quality scores (0 = deterministic, as ddpm-sample; 1 = stochastic).")] = TrainConfig.sample_eta,
     val_images: Annotated[int, typer.Option(help="Validation images used (at most).")] = TrainConfig.val_images,
-    quality_every: Annotated[int, typer.Option(help="Steps between sample-quality scores (SWD of fixed-seed samples to the val images, per class, logged as quality_swd (mean) and quality_swd_worst; the best worst class is kept as checkpoints/best-quality.pt). 0 = off.")] = TrainConfig.quality_every,
+    quality_every: Annotated[int, typer.Option(help="Steps between sample-quality scores (SWD of fixed-seed samples to the val images, per class, logged as quality_swd (mean) and quality_swd_worst, divided by each class's accuracy as quality_score; the best is kept as checkpoints/best-quality.pt). 0 = off.")] = TrainConfig.quality_every,
     quality_samples: Annotated[int, typer.Option(help="Images per class drawn for each quality score.")] = TrainConfig.quality_samples,
+    quality_classifier: Annotated[bool, typer.Option(help="Divide each class's quality score by the fraction of its samples ddpm-eval's classifier recognises (trained once per shard set, cached as ddpm-eval caches it), so best-quality.pt samples every class as itself.")] = TrainConfig.quality_classifier,
     keep: Annotated[int, typer.Option(help="Step checkpoints kept (plus best.pt).")] = TrainConfig.keep,
 ) -> None:
     """Train the class-conditional DDPM on a shard folder; resumable, multi-GPU with torchrun.

@@ -81,11 +81,17 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return padded[..., dy : dy + x.shape[-2], dx : dx + x.shape[-1]]
 
 
-def train_classifier(train: ImageSet, num_classes: int, config: ClassifierConfig, device: torch.device) -> SmallClassifier:
-    """Fit on `train` with class-balanced cross-entropy (rare classes weigh as much as common ones)."""
+def new_classifier(channels: int, num_classes: int, config: ClassifierConfig) -> SmallClassifier:
+    """Freshly initialised from `config.seed`, leaving torch's global random state as it was (a
+    training run that loads the classifier must not change its own random stream)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = SmallClassifier(train.images.shape[1], num_classes, config.width, config.input_size).to(device)
+        return SmallClassifier(channels, num_classes, config.width, config.input_size)
+
+
+def train_classifier(train: ImageSet, num_classes: int, config: ClassifierConfig, device: torch.device) -> SmallClassifier:
+    """Fit on `train` with class-balanced cross-entropy (rare classes weigh as much as common ones)."""
+    model = new_classifier(train.images.shape[1], num_classes, config).to(device)
     generator = torch.Generator().manual_seed(config.seed)
     images = to_float(train.images)
     labels = torch.from_numpy(train.labels)
@@ -141,7 +147,7 @@ _CACHE_ERRORS = (RuntimeError, OSError, EOFError, KeyError, TypeError, ValueErro
 def _load_cached(path: Path, real: RealData, config: ClassifierConfig,
                  log: Callable[[str], None]) -> SmallClassifier | None:
     """The classifier cached at `path`, or None (with a warning) when the file cannot be used."""
-    model = SmallClassifier(real.channels, len(real.classes), config.width, config.input_size)
+    model = new_classifier(real.channels, len(real.classes), config)
     try:
         with warnings.catch_warnings():  # torch warns about the pickle protocol of a foreign file
             warnings.simplefilter("ignore")

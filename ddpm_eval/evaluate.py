@@ -43,6 +43,14 @@ class EvalConfig:
     copy_ratio: float = 1 / 3  # near-copy: nearest training image this much closer than the 2nd (Yoon et al. 2023)
     blur_sigma: float = 1.0  # px; Gaussian blur of the smoothness-ceiling reference
 
+    def classifier_config(self) -> "ClassifierConfig":
+        """The eval classifier's settings (its cache key); with the defaults, the classifier the
+        trainer's quality score uses (ClassifierConfig's defaults), so either trains it for both."""
+        from ddpm_eval.classifier import ClassifierConfig
+
+        return ClassifierConfig(epochs=self.classifier_epochs, width=self.classifier_width,
+                                batch_size=self.classifier_batch_size, seed=self.seed)
+
     def __post_init__(self) -> None:
         checks = {
             "--swd-descriptors": self.swd_descriptors >= 16,
@@ -70,7 +78,7 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] | None = None) -> di
     import numpy as np
     import torch
 
-    from ddpm_eval.classifier import ClassifierConfig, load_or_train, predict
+    from ddpm_eval.classifier import load_or_train, predict
     from ddpm_eval.images import blurred, load_real, load_samples, require_counts
     from ddpm_eval.memorization import flagged_copies, nearest_training_images
 
@@ -90,8 +98,7 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] | None = None) -> di
         "blurred_vs_train": blurred(real.val.of_classes(labels), config.blur_sigma),
     }
 
-    classifier_config = ClassifierConfig(epochs=config.classifier_epochs, width=config.classifier_width,
-                                         batch_size=config.classifier_batch_size, seed=config.seed)
+    classifier_config = config.classifier_config()
     model, classifier_path, trained = load_or_train(real, classifier_config, device, log)
     log("measuring samples and references")
     train_features = predict(model, real.train.images, device)[1]

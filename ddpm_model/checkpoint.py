@@ -32,7 +32,7 @@ FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "step", "model_config", "classes", "model")
 STEP_FILE = re.compile(r"^step-(\d{8,})\.pt$")
 BEST_NAME = "best.pt"                  # lowest EMA validation loss
-BEST_QUALITY_NAME = "best-quality.pt"  # samples closest to the real images, worst class (quality_swd_worst)
+BEST_QUALITY_NAME = "best-quality.pt"  # samples closest to the real images, worst class, each class recognised (quality_score)
 
 
 class CheckpointError(ValueError):

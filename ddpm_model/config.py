@@ -54,6 +54,7 @@ class TrainConfig:
     val_images: int = 256               # at most this many validation images (fixed t, noise)
     quality_every: int = 1000           # steps between sample-quality scores (SWD to val); 0 = off
     quality_samples: int = 16           # images per class drawn (fixed seed) for each score
+    quality_classifier: bool = True     # divide each class's score by its accuracy under ddpm-eval's classifier
     keep: int = 3                       # step checkpoints kept (best.pt is extra)
     seed: int = 0                       # model init, data order, noise; rank r adds r
     precision: Precision = Precision.AUTO

@@ -34,7 +34,7 @@ from .runtime import (
     Distributed, autocast_for, pick_device, resolve_precision, setup_distributed, teardown_distributed,
 )
 from .unet import UNetConfig, count_parameters
-from .quality import make_quality_scorer
+from .quality import Classify, make_quality_scorer
 from .train import (
     LossModule, QualityScorer, RunIO, TrainParts, TrainResult, TrainState, make_val_set, resume_from, train,
 )
@@ -287,8 +287,36 @@ def _build_parts(plan: Plan, manifest: Any, dist: Distributed,
         val=make_val_set(*val_split, model.diffusion_config.num_timesteps, cfg.seed, cfg.batch_size * 2,
                          cfg.val_images) if val_split is not None else None,
         autocast=autocast, use_aug_params=model.unet_config.aug_dim > 0, channels_last=channels_last)
-    scorer = make_quality_scorer(*val_split, list(plan.classes), cfg) if val_split is not None else None
+    scorer = None if val_split is None else make_quality_scorer(
+        *val_split, list(plan.classes), cfg, classify=_quality_classifier(config, manifest, device))
     return parts, reader, scorer
+
+
+MAX_CLASSIFIER_IMAGES = 50_000  # train images the eval classifier is fitted on, in memory; above, no class accuracy
+
+
+def _quality_classifier(config: RunConfig, manifest: Manifest, device: torch.device) -> Classify | None:
+    """ddpm-eval's classifier for these shards (from its cache, or trained once and cached where
+    ddpm-eval looks for it) as a function images -> predicted classes; None when the quality score
+    is off, there is one class, --no-quality-classifier, or the train split is too large to hold."""
+    cfg = config.train
+    if not cfg.quality_classifier or cfg.quality_every == 0 or len(manifest.classes) < 2:
+        return None
+    if manifest.num_samples("train") > MAX_CLASSIFIER_IMAGES:
+        print(f"note: {manifest.num_samples('train'):,} train images: the quality score is the distance alone, "
+              f"without class accuracy (at most {MAX_CLASSIFIER_IMAGES:,}); measure it with ddpm-eval", flush=True)
+        return None
+    from ddpm_eval.classifier import ClassifierConfig, load_or_train
+    from ddpm_eval.images import load_real
+
+    classifier, _, _ = load_or_train(load_real(config.shards), ClassifierConfig(), device,
+                                     log=lambda message: print(f"quality score: {message}", flush=True))
+
+    @torch.no_grad()
+    def classify(images: torch.Tensor) -> torch.Tensor:
+        return classifier(images.to(device)).argmax(dim=1).cpu()
+
+    return classify
 
 
 def _resume(plan: Plan, parts: TrainParts, state: TrainState, dist: Distributed,

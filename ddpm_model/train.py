@@ -112,7 +112,7 @@ class TrainState:
     step: int = 0
     images_seen: int = 0
     best_val_loss: float = math.inf
-    best_quality: float = math.inf        # lowest worst-class sample distance so far (quality_swd_worst)
+    best_quality: float = math.inf        # lowest quality score so far (quality_score: worst class's SWD / accuracy)
     images_per_epoch: float = 0.0         # for the `epoch` column; 0 = unknown
     # running sums since the last metrics line
     loss_sum: float = 0.0
@@ -305,8 +305,9 @@ def maybe_score(parts: TrainParts, io: RunIO | None, config: TrainConfig, state:
                 dist: Distributed, final: bool = False) -> dict[str, Any] | None:
     """Every `quality_every` steps on rank 0: how far samples of the EMA weights are from real
     images, per class (`quality_swd` the mean, `quality_swd_worst` the worst class; lower is
-    better). The validation loss keeps falling on a few hundred images while samples get worse;
-    the worst class's distance picks the checkpoint that samples best without trading a class
+    better), and how many of each class's samples the classifier recognises. The validation loss
+    keeps falling on a few hundred images while samples get worse; the worst class's distance over
+    its accuracy (`quality_score`) picks the checkpoint that samples best without trading a class
     away, kept as checkpoints/best-quality.pt."""
     if io is None or io.score_quality is None or config.quality_every == 0 \
             or not due(state.step, config.quality_every, final):
@@ -315,12 +316,14 @@ def maybe_score(parts: TrainParts, io: RunIO | None, config: TrainConfig, state:
     score = io.score_quality(model)
     record = {"step": state.step, "images": state.images_seen, **score.record()}
     io.metrics.append(record)
-    if math.isfinite(score.worst) and score.worst < state.best_quality:
-        state.best_quality = score.worst
+    if math.isfinite(score.value) and score.value < state.best_quality:
+        state.best_quality = score.value
         save_best(parts, io, state, dist, ckpt.BEST_QUALITY_NAME)
     if io.progress is not None:
+        accuracy = "" if score.accuracy is None else ", class accuracy " + " ".join(
+            f"{name} {value:.2f}" for name, value in score.accuracy.items())
         io.progress.message(f"step {state.step}: sample quality (SWD to val) mean {score.mean:.4f}, "
-                            f"worst class {score.worst:.4f}")
+                            f"worst class {score.worst:.4f}{accuracy}; score {score.value:.4f}")
     return record
 
 

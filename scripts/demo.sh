@@ -30,7 +30,7 @@ step "5. sample 64 images of each class from the best-scoring checkpoint (DPM-So
 ddpm-sample --checkpoint "$OUT/run/checkpoints/best-quality.pt" --n 64 --out "$OUT/samples"
 
 step "6. measure the samples against the real 32 px images"
-ddpm-eval --real "$OUT/shards/32" --samples "$OUT/samples" --report "$OUT/eval" --classifier-epochs 15 \
+ddpm-eval --real "$OUT/shards/32" --samples "$OUT/samples" --report "$OUT/eval" \
   | tee "$OUT/eval.txt"
 
 printf '\n== done in %ss. Outputs:\n' "$(( $(date +%s) - start ))"

@@ -271,5 +271,20 @@ def test_a_run_scores_its_samples_and_keeps_the_best_quality_checkpoint(tmp_path
     train_ok("--shards", tmp_path / "shards", "--out", run, "--max-steps", "4", "--quality-every", "2",
              "--quality-samples", "2", *FAST)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "quality_swd" in r] == [2, 4]
+    scores = [r for r in records if "quality_swd" in r]
+    assert [r["step"] for r in scores] == [2, 4]
+    assert all(set(r["quality_accuracy_classes"]) == {"abnormal", "normal"} for r in scores)
     assert (run / "checkpoints" / "best-quality.pt").is_file()
+    cached = list((tmp_path / "shards").glob("eval-classifier-*.pt"))  # ddpm-eval's classifier, trained once
+    assert len(cached) == 1
+    train_ok("--shards", tmp_path / "shards", "--out", tmp_path / "plain", "--max-steps", "2", "--quality-every", "2",
+             "--quality-samples", "2", "--no-quality-classifier", *FAST)
+    plain = [json.loads(line) for line in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["quality_score"] == r["quality_swd_worst"] and "quality_accuracy_classes" not in r
+            for r in plain if "quality_swd" in r] == [True]
+    from ddpm_eval.classifier import ClassifierConfig, cache_path
+    from ddpm_eval.evaluate import EvalConfig
+    from ddpm_eval.images import load_real
+
+    shared = EvalConfig(real=tmp_path / "shards", samples=tmp_path / "samples").classifier_config()  # ddpm-eval's defaults
+    assert shared == ClassifierConfig() and cached == [cache_path(load_real(tmp_path / "shards"), shared)]

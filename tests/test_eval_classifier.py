@@ -43,3 +43,12 @@ def test_images_above_the_input_size_are_area_downscaled_first():
     small = torch.nn.functional.avg_pool2d(big, 2)
     assert torch.allclose(model.embed(big), model.embed(small), atol=1e-6)
     assert model(big).shape == (2, 2)
+
+
+def test_loading_or_training_the_classifier_leaves_the_global_random_state_alone(real):
+    config = dataclasses.replace(CONFIG, epochs=1, seed=5)  # a cache of its own: trained here first
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    for trained in (True, False):  # trained, then loaded from the cache
+        assert load_or_train(real, config, CPU)[2] is trained
+        assert torch.equal(torch.get_rng_state(), before)

@@ -237,10 +237,36 @@ def test_the_best_quality_checkpoint_does_not_trade_a_class_for_the_mean(tmp_pat
     train(parts, io, config, 6, Distributed())
     best = ckpt.load_checkpoint(tmp_path / "checkpoints" / ckpt.BEST_QUALITY_NAME)
     assert best["step"] == 6 and best["best_quality"] == 0.45
-    for rule, expected in (("worst_class_swd", 0.45), ("mean_swd", math.inf)):  # an older rule's score is dropped
+    for rule, expected in (("worst_class_swd_over_accuracy", 0.45), ("worst_class_swd", math.inf)):  # an older rule's score is dropped
         state = TrainState()
         resume_from({**best, "best_quality_rule": rule}, parts, state, Distributed())
         assert state.best_quality == expected
+
+
+def test_a_class_sampled_as_another_is_not_kept_for_its_distance(tmp_path):
+    from ddpm_model.quality import QualityScore
+
+    scores = iter([QualityScore({"normal": 0.30, "abnormal": 0.20}, {"normal": 1.0, "abnormal": 0.9}),
+                   QualityScore({"normal": 0.25, "abnormal": 0.15}, {"normal": 1.0, "abnormal": 0.5}),  # closer, half recognised
+                   QualityScore({"normal": 0.28, "abnormal": 0.18}, {"normal": 1.0, "abnormal": 1.0})])
+    config = quick(max_steps=6, quality_every=2, checkpoint_every=100)
+    parts, io = build(tmp_path, config)
+    io.score_quality = lambda model: next(scores)
+    train(parts, io, config, 6, Distributed())
+    records = [r for r in io.metrics.read() if "quality_swd" in r]
+    assert [round(r["quality_score"], 4) for r in records] == [0.3, 0.3, 0.28]  # abnormal at step 4: 0.15 / 0.5
+    assert records[1]["quality_accuracy_classes"] == {"normal": 1.0, "abnormal": 0.5}
+    best = ckpt.load_checkpoint(tmp_path / "checkpoints" / ckpt.BEST_QUALITY_NAME)
+    assert best["step"] == 6 and best["best_quality"] == pytest.approx(0.28)
+
+
+def test_quality_score_is_the_worst_class_distance_over_its_accuracy():
+    from ddpm_model.quality import MIN_ACCURACY, QualityScore
+
+    assert QualityScore({"a": 0.2, "b": 0.1}).value == 0.2  # no classifier: the worst distance
+    score = QualityScore({"a": 0.2, "b": 0.1}, {"a": 1.0, "b": 0.25})
+    assert score.weighted == pytest.approx({"a": 0.2, "b": 0.4}) and score.value == pytest.approx(0.4)
+    assert QualityScore({"a": 0.2}, {"a": 0.0}).value == pytest.approx(0.2 / MIN_ACCURACY)  # finite when none is recognised
 
 
 def test_quality_scorer_ranks_real_images_above_noise():
@@ -261,3 +287,27 @@ def test_quality_scorer_ranks_real_images_above_noise():
 
     real, noise = scorer(Fixed(val)), scorer(Fixed(torch.rand(24, 3, 16, 16, generator=generator) * 2 - 1))
     assert set(real.per_class) == {"a", "b"} and real.worst < noise.worst and real.mean < noise.mean
+
+
+def test_quality_scorer_counts_each_class_recognised_by_the_classifier():
+    from ddpm_model.quality import make_quality_scorer
+
+    generator = torch.Generator().manual_seed(0)
+    val, labels = torch.rand(8, 3, 16, 16, generator=generator) * 2 - 1, torch.arange(8) % 2
+
+    class Fixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def sample(self, labels, **kwargs):
+            return val[: len(labels)]
+
+    seen = []
+
+    def classify(images):  # class "a" samples (the first four) recognised 3 of 4 times, "b" never
+        seen.append(images.shape)
+        return torch.tensor([0, 0, 0, 1, 0, 0, 0, 0])
+
+    score = make_quality_scorer(val, labels, ["a", "b"], quick(quality_samples=4), classify=classify)(Fixed())
+    assert seen == [(8, 3, 16, 16)] and score.accuracy == {"a": 0.75, "b": 0.0}
