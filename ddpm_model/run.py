@@ -298,7 +298,8 @@ MAX_CLASSIFIER_IMAGES = 50_000  # train images the eval classifier is fitted on,
 def _quality_classifier(config: RunConfig, manifest: Manifest, device: torch.device) -> Classify | None:
     """ddpm-eval's classifier for these shards (from its cache, or trained once and cached where
     ddpm-eval looks for it) as a function images -> predicted classes; None when the quality score
-    is off, there is one class, --no-quality-classifier, or the train split is too large to hold."""
+    is off, there is one class, --no-quality-classifier, the train split is too large to hold, or
+    a shard cannot be read (said in a warning)."""
     cfg = config.train
     if not cfg.quality_classifier or cfg.quality_every == 0 or len(manifest.classes) < 2:
         return None
@@ -309,7 +310,13 @@ def _quality_classifier(config: RunConfig, manifest: Manifest, device: torch.dev
     from ddpm_eval.classifier import ClassifierConfig, load_or_train
     from ddpm_eval.images import load_real
 
-    classifier, _, _ = load_or_train(load_real(config.shards), ClassifierConfig(), device,
+    try:
+        real = load_real(config.shards)
+    except (ValueError, OSError) as error:  # a bad shard: the reader skips it or stops the run itself
+        print(f"warning: the quality score goes without class accuracy: the eval classifier cannot read the train "
+              f"images ({error}); 'ddpm-data verify' names what to rebuild", flush=True)
+        return None
+    classifier, _, _ = load_or_train(real, ClassifierConfig(), device,
                                      log=lambda message: print(f"quality score: {message}", flush=True))
 
     @torch.no_grad()

@@ -247,6 +247,7 @@ def test_a_corrupted_shard_on_http_is_caught_by_verify_and_by_training(copy_shar
                          "--balance", "balanced", "--skip-bad-shards", *FAST)
         assert skipped.exit_code == 0, skipped.output
         assert re.search(f"^warning: {re.escape(bad_url)}: fails its sha256 checksum .*; skipped", skipped.stderr, re.M)
+        assert "warning: the quality score goes without class accuracy" in skipped.output  # and the run goes on
     assert ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "skip"))["step"] == 8
 
 
