@@ -574,7 +574,8 @@ def sample_baseline(config: QualityConfig, shards: Path, net: nn.Module, run_dir
         return {**score(config, shards, samples, classes), **json.loads(timing.read_text())}
     device = torch.device(config.device)
     net.to(device).eval()
-    guidance, eta = sampler["guidance"], config.baseline_eta
+    guidance = sampler["guidance"]
+    options = {"eta": config.baseline_eta} if sampler["sampler"] == "ddim" else {}  # DDIM's eta; the solver has none
     started = time.perf_counter()
     size, null = net.config.sample_size, len(classes)
     for label, name in enumerate(classes):
@@ -592,7 +593,6 @@ def sample_baseline(config: QualityConfig, shards: Path, net: nn.Module, run_dir
             for t in scheduler.timesteps:
                 cond, uncond = net(torch.cat([x, x]), t, class_labels=both_labels).sample.chunk(2)
                 guided = uncond + guidance * (cond - uncond)  # eps or v: guidance is linear in either
-                options = {"eta": eta} if sampler["sampler"] == "ddim" else {}
                 x = scheduler.step(guided, t, x, generator=generator, **options).prev_sample
             for offset, image in enumerate(to_uint8(x.clamp(-1, 1))):
                 save_png(image, folder / f"{start + offset:04d}.png")

@@ -126,17 +126,32 @@ def load_or_train(
     replaced, and one that cannot be written (read-only shards, full disk) is skipped, each with a
     warning through `log`.
     """
+    model = cached_classifier(real, config, device, log)
+    if model is not None:
+        return model, cache_path(real, config), False
+    return (*train_and_cache(real, config, device, log), True)
+
+
+def cached_classifier(real: RealData, config: ClassifierConfig, device: torch.device,
+                      log: Callable[[str], None] = lambda message: None) -> SmallClassifier | None:
+    """The classifier cached for `real` in eval mode, or None when there is none or it cannot be
+    read (with a warning through `log`). Reads no images: `real` may hold empty splits."""
     path = cache_path(real, config)
-    if path.is_file():
-        model = _load_cached(path, real, config, log)
-        if model is not None:
-            return model.to(device).eval(), path, False
+    model = _load_cached(path, real, config, log) if path.is_file() else None
+    return None if model is None else model.to(device).eval()
+
+
+def train_and_cache(real: RealData, config: ClassifierConfig, device: torch.device,
+                    log: Callable[[str], None] = lambda message: None) -> tuple[SmallClassifier, Path]:
+    """Train on `real.train` and cache the weights (a cache that cannot be written is skipped with a
+    warning); (model in eval mode, cache path)."""
+    path = cache_path(real, config)
     log(f"training the eval classifier on {len(real.train)} real train images ({config.epochs} epochs)")
     model = train_classifier(real.train, len(real.classes), config, device)
     state = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "classes": list(real.classes),
              "size": real.size, "channels": real.channels, "config": asdict(config)}
     _save_cache(state, path, log)
-    return model, path, True
+    return model, path
 
 
 # torch.load raises RuntimeError (damaged zip), pickle.UnpicklingError, EOFError; load_state_dict raises

@@ -80,9 +80,14 @@ def center_crop(images: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(images[..., offset : offset + size, offset : offset + size])
 
 
-def load_real(shard_dir: str | Path) -> RealData:
+SPLITS = ("train", "val")
+
+
+def load_real(shard_dir: str | Path, splits: tuple[str, ...] = SPLITS) -> RealData:
     """Read /train and /val of `shard_dir`/data.h5 per its manifest (contract in docs/data-format.md);
-    for a URL, the same rows decoded from its tar shards (`ddpm_data.rows`), each sample checked."""
+    for a URL, the same rows decoded from its tar shards (`ddpm_data.rows`), each sample checked.
+    A split left out of `splits` is not read and comes back empty (the manifest and its digest,
+    e.g. to find a cached classifier, need none)."""
     from ddpm_data.manifest import MANIFEST_NAME, load_manifest
     from ddpm_data.remote import RemoteError, read_bytes
     from ddpm_data.rows import read_rows
@@ -90,8 +95,9 @@ def load_real(shard_dir: str | Path) -> RealData:
 
     manifest = load_manifest(shard_dir)
     shape = (manifest.channels, manifest.stored_size, manifest.stored_size)
-    splits = {}
-    for split in ("train", "val"):
+    read = {split: ImageSet(np.zeros((0, manifest.channels, manifest.size, manifest.size), np.uint8),
+                            np.zeros(0, np.int64), ()) for split in SPLITS}
+    for split in splits:
         try:
             if manifest.is_remote:
                 arrays = read_rows(manifest, split, [(0, manifest.num_samples(split))])
@@ -99,13 +105,13 @@ def load_real(shard_dir: str | Path) -> RealData:
                 arrays = read_hdf5_split(manifest.hdf5_path, split, shape)
         except FormatError as error:
             raise EvalInputError(f"{error}; run 'ddpm-data build --size {manifest.size}' first") from error
-        splits[split] = ImageSet(center_crop(arrays.images, manifest.size), arrays.labels, arrays.keys)
+        read[split] = ImageSet(center_crop(arrays.images, manifest.size), arrays.labels, arrays.keys)
     try:
         digest = hashlib.sha256(read_bytes(manifest.file(MANIFEST_NAME))).hexdigest()
     except RemoteError as error:
         raise EvalInputError(str(error)) from error
     return RealData(manifest.root, tuple(manifest.classes), manifest.size, manifest.channels, digest,
-                    splits["train"], splits["val"])
+                    read["train"], read["val"])
 
 
 def _visible(path: Path) -> bool:

@@ -307,17 +307,20 @@ def _quality_classifier(config: RunConfig, manifest: Manifest, device: torch.dev
         print(f"note: {manifest.num_samples('train'):,} train images: the quality score is the distance alone, "
               f"without class accuracy (at most {MAX_CLASSIFIER_IMAGES:,}); measure it with ddpm-eval", flush=True)
         return None
-    from ddpm_eval.classifier import ClassifierConfig, load_or_train
+    from ddpm_eval.classifier import ClassifierConfig, cached_classifier, train_and_cache
     from ddpm_eval.images import load_real
 
-    try:
-        real = load_real(config.shards)
+    def log(message: str) -> None:
+        print(f"quality score: {message}", flush=True)
+
+    try:  # the cache is found from the manifest alone; the train images are read only to fit it
+        classifier = cached_classifier(load_real(config.shards, splits=()), ClassifierConfig(), device, log)
+        if classifier is None:
+            classifier = train_and_cache(load_real(config.shards, splits=("train",)), ClassifierConfig(), device, log)[0]
     except (ValueError, OSError) as error:  # a bad shard: the reader skips it or stops the run itself
         print(f"warning: the quality score goes without class accuracy: the eval classifier cannot read the train "
               f"images ({error}); 'ddpm-data verify' names what to rebuild", flush=True)
         return None
-    classifier, _, _ = load_or_train(real, ClassifierConfig(), device,
-                                     log=lambda message: print(f"quality score: {message}", flush=True))
 
     @torch.no_grad()
     def classify(images: torch.Tensor) -> torch.Tensor:

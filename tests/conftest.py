@@ -36,6 +36,13 @@ def build_shards(src: Path, out: Path, size: int = 16, shard_size: int = 4) -> P
     return out
 
 
+@pytest.fixture(autouse=True)
+def own_cache_folder(tmp_path_factory, monkeypatch):
+    """Each test its own $XDG_CACHE_HOME: eval classifiers cached for shards at a URL land there,
+    not in the user's home, and no test finds another's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture(scope="session")
 def tiny_source(tmp_path_factory) -> Path:
     return write_noise_folder(tmp_path_factory.mktemp("tiny_source") / "data", TINY_COUNTS)

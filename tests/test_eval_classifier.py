@@ -6,7 +6,9 @@ import pytest
 import torch
 from eval_helpers import FAST, shared_shards
 
-from ddpm_eval.classifier import ClassifierConfig, SmallClassifier, cache_path, class_accuracy, load_or_train, predict
+from ddpm_eval.classifier import (
+    ClassifierConfig, SmallClassifier, cache_path, cached_classifier, class_accuracy, load_or_train, predict, train_and_cache,
+)
 from ddpm_eval.images import load_real
 
 CPU = torch.device("cpu")
@@ -52,3 +54,13 @@ def test_loading_or_training_the_classifier_leaves_the_global_random_state_alone
     for trained in (True, False):  # trained, then loaded from the cache
         assert load_or_train(real, config, CPU)[2] is trained
         assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_cached_classifier_is_found_without_reading_images(real):
+    config = dataclasses.replace(CONFIG, epochs=1, seed=6)
+    header = load_real(real.root, splits=())  # manifest and digest only
+    assert cached_classifier(header, config, CPU) is None
+    trained, path = train_and_cache(real, config, CPU)
+    cached = cached_classifier(header, config, CPU)
+    assert path == cache_path(header, config) and not cached.training
+    assert np.array_equal(predict(cached, real.val.images, CPU)[0], predict(trained, real.val.images, CPU)[0])

@@ -86,3 +86,11 @@ def test_a_damaged_hdf5_file_names_the_file_and_the_fix(tmp_path, real):
     (copy / "data.h5").write_bytes(b"not hdf5")
     with pytest.raises(EvalInputError, match="data.h5: unreadable HDF5.*ddpm-data build --size 32"):
         load_real(copy)
+
+
+def test_only_the_splits_asked_for_are_read(real):
+    header = load_real(real.root, splits=())
+    assert (len(header.train), len(header.val)) == (0, 0) and header.manifest_sha256 == real.manifest_sha256
+    assert header.train.images.shape[1:] == real.train.images.shape[1:]
+    train_only = load_real(real.root, splits=("train",))
+    assert np.array_equal(train_only.train.images, real.train.images) and len(train_only.val) == 0
