@@ -23,7 +23,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 from typer.exceptions import TyperException  # typer vendors click: its usage errors derive from this
 
-from ddpm_data.config import AugmentConfig, Fit, Interpolation, ReaderConfig, ReaderMode
+from ddpm_data.config import AugmentConfig, Fit, IntensityRule, Interpolation, ReaderConfig, ReaderMode
 from ddpm_model.choices import BetaSchedule, Prediction, Sampler, UpsampleMode
 from ddpm_model.config import ModelOptions, Precision, RunConfig, SampleConfig, TrainConfig
 
@@ -218,6 +218,19 @@ def int_list(text: Optional[str], flag: str, example: str = "1,2,2,4") -> Option
     return values
 
 
+def float_pair(text: Optional[str], flag: str, example: str) -> Optional[tuple[float, float]]:
+    """'-160,240' -> (-160.0, 240.0); None stays None."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 2 or not all(math.isfinite(v) for v in values):
+        fail(f"{flag} {text!r}: expected two comma-separated numbers LOW,HIGH, e.g. {example}")
+    return values
+
+
 def typed_options(ctx: typer.Context) -> set[str]:
     """Names of the parameters the user typed (not defaults): what --resume compares."""
     return {name for name in ctx.params
@@ -285,7 +298,10 @@ def build(
     out: Annotated[str, typer.Option(help="Output folder, or a URL (s3://bucket/shards/{size}: built locally, then uploaded, manifest last); '{size}' is replaced by each size.")] = "shards/{size}",
     margin: Annotated[int, typer.Option(help="Crop margin in px per 128 px: stored = round(size*(128+margin)/128); 0 = none.")] = 12,
     fit: Annotated[Fit, typer.Option(help="Non-square images: crop (centre), squash, or pad (black borders).")] = Fit.CROP,
-    channels: Annotated[int, typer.Option(help="3 = RGB, 1 = greyscale.")] = 3,
+    channels: Annotated[str, typer.Option(help="auto = 1 when every source image is grey (L, 16-bit grey, DICOM MONOCHROME), else 3; 3 = RGB; 1 = greyscale.")] = "auto",
+    intensity: Annotated[IntensityRule, typer.Option(help="High-bit grey (16-bit PNG/TIFF) and DICOM -> 8 bits, one rule for the whole dataset: auto (PNG/TIFF from 0..2^bits-1, the bits the data uses; DICOM as a viewer shows it: its VOI LUT or first window), window (--window), percentile (--percentiles of the pooled values). 8-bit images are never changed.")] = IntensityRule.auto,
+    window: Annotated[Optional[str], typer.Option(help="--intensity window: LOW,HIGH of the values mapped to black..white, e.g. 0,4095 or, for CT in Hounsfield units, -160,240 (DICOM values after RescaleSlope/Intercept).", show_default=False)] = None,
+    percentiles: Annotated[str, typer.Option(help="--intensity percentile: the dataset's LOW,HIGH percentiles mapped to black..white.")] = "0.5,99.5",
     val_fraction: Annotated[float, typer.Option(help="Share of each class held out for validation (by content hash).")] = 0.1,
     shard_size: Annotated[int, typer.Option(help="Samples per tar shard (64: several shards per class for multi-worker readers).")] = 64,
     workers: Annotated[Optional[int], typer.Option(help="Decode processes (default: all cores; 0 = in-process).")] = None,
@@ -298,7 +314,10 @@ def build(
     from ddpm_data.shards import BuildConfig, build as build_shards
 
     config = BuildConfig(src=src, size=int_list(size, "--size", "96 or 40,96,128"), out=out, margin=margin, fit=fit,
-                         channels=channels, val_fraction=val_fraction, shard_size=shard_size,
+                         channels=channels, intensity=intensity,
+                         window=float_pair(window, "--window", "0,4095 or -160,240"),
+                         percentiles=float_pair(percentiles, "--percentiles", "0.5,99.5"),
+                         val_fraction=val_fraction, shard_size=shard_size,
                          workers=workers, max_pixels=max_pixels, strict=strict, overwrite=overwrite,
                          buffer_mb=buffer_mb)
     manifests = build_shards(config, progress=True, log=lambda message: typer.echo(message, err=True))

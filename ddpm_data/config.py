@@ -20,6 +20,14 @@ class Fit(str, Enum):
     PAD = "pad"        # pad the shorter side with PAD_FILL (keeps everything, adds borders)
 
 
+class IntensityRule(str, Enum):
+    """How high-bit-depth grey values (16-bit PNG/TIFF, DICOM) become 8-bit; see intensity.py."""
+
+    auto = "auto"  # PNG/TIFF from 0..2**bits-1 (the bits the dataset uses); DICOM as a viewer shows it
+    window = "window"  # one fixed --window LOW,HIGH for every high-bit file (DICOM: modality values)
+    percentile = "percentile"  # the window is the dataset's pooled --percentiles LOW,HIGH
+
+
 class Interpolation(str, Enum):
     """Resampling of rotated/zoomed samples: a `F.grid_sample` mode, or exact Fourier shifts."""
 

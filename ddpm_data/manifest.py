@@ -6,7 +6,8 @@ Schema (format_version 1, fully specified in docs/data-format.md): `size`, `stor
 ({"path", "sha256"}), `skipped` (list of {"path", "reason"}), `mean`/`std` (per channel, [0, 1]
 units, train split at stored size), `source_sizes` ({"WxH": n}), `ignored` (int), `options`
 (the build config), `format_version`, `tool_version`; optional `sample_checksums` (true: every
-sample's .json sidecar carries its PNG's sha256 and data.h5 its rows' pixel sha256).
+sample's .json sidecar carries its PNG's sha256 and data.h5 its rows' pixel sha256) and
+`intensity` (the intensity rule, how `channels` was chosen, and per class what the rule did).
 
 The folder may be a URL (see remote.py): the manifest is read from it like any other file.
 """
@@ -51,6 +52,7 @@ class Manifest:
     ignored: int = 0                # non-image and hidden files seen in the source
     options: dict[str, Any] = field(default_factory=dict)         # the build config
     sample_checksums: bool = False  # per-sample sha256 in the sidecars and data.h5 (sets built before: False)
+    intensity: dict[str, Any] = field(default_factory=dict)  # the intensity rule and what it did per class (intensity.py)
 
     @property
     def is_remote(self) -> bool:
@@ -94,6 +96,8 @@ class Manifest:
         del document["root"]
         if not self.sample_checksums:  # absent from sets written before per-sample checksums
             del document["sample_checksums"]
+        if not self.intensity:  # absent from sets written before the intensity rule
+            del document["intensity"]
         document["shards"] = [shard.to_json() for shard in self.shards]
         return document
 
@@ -204,6 +208,8 @@ def load_manifest(folder: Location) -> Manifest:
     problem = _nested_problem(document)
     if problem is not None:
         raise ManifestError(f"{path}: {problem}; {hint} to rebuild it")
+    if not isinstance(document.get("intensity", {}), dict):
+        raise ManifestError(f"{path}: field 'intensity' must be an object; {hint} to rebuild it")
     if not isinstance(document.get("sample_checksums", False), bool):
         raise ManifestError(f"{path}: field 'sample_checksums' must be true or false; {hint} to rebuild it")
     known = {f.name for f in fields(Manifest)} - {"root"}

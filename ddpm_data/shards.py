@@ -30,13 +30,16 @@ import numpy as np
 
 from ddpm_data import images as img
 from ddpm_data.atomic import BusyError, atomic_folder, busy_holder, check_owned, unwritable
+from ddpm_data.config import IntensityRule
 from ddpm_data.images import DEFAULT_MAX_PIXELS, Fit
+from ddpm_data.intensity import Intensity, IntensityRecord
 from ddpm_data.manifest import (FORMAT_VERSION, MANIFEST_NAME, SPLITS, Manifest, load_manifest, sha256_file,
                                 write_manifest)
 from ddpm_data.parallel import OrderedPool
 from ddpm_data.remote import Location, RemoteError, as_location, is_url, list_names, redact, upload_folder
 from ddpm_data.shardformat import HDF5_NAME, Hdf5Writer, ShardEntry, ShardWriter
 from ddpm_data.split import SourceItem, SourcePlan, find_classes, plan_source, read_regular
+from ddpm_data.survey import Survey, probe_file
 
 DEFAULT_MARGIN = 12       # px per 128 px: resize to 140, random-crop 128
 # 64 samples per shard: at size 96 (stored 105 px) a shard is ~1.5 MB (~3 MB at size 128), big
@@ -70,7 +73,10 @@ class BuildConfig:
     out: str = "shards/{size}"            # output folder; "{size}" is replaced per size
     margin: int = DEFAULT_MARGIN          # crop margin in px per 128 px (0: store exactly `size`)
     fit: Fit = Fit.CROP                   # how non-square images become square
-    channels: int = 3                     # 3 = RGB, 1 = grey (L)
+    channels: int | str = "auto"          # 3 = RGB, 1 = grey (L), "auto": 1 when every source image is grey
+    intensity: IntensityRule = IntensityRule.auto  # high-bit grey and DICOM -> 8 bits (intensity.py)
+    window: tuple[float, float] | None = None      # --intensity window: LOW,HIGH of the values (DICOM: modality)
+    percentiles: tuple[float, float] = (0.5, 99.5)  # --intensity percentile: the dataset's LOW,HIGH percentiles
     val_fraction: float = 0.1             # share of each class held out for validation
     shard_size: int = DEFAULT_SHARD_SIZE  # samples per tar shard
     workers: int | None = None            # decode processes; None = all cores, 0 = in-process
@@ -93,8 +99,10 @@ class BuildConfig:
             raise BuildError(f"--margin: must be >= 0, got {self.margin}")
         if not isinstance(self.fit, Fit):
             raise BuildError(f"--fit {self.fit!r}: unknown; valid: {', '.join(f.value for f in Fit)}")
-        if self.channels not in (1, 3):
-            raise BuildError(f"--channels: must be 1 or 3, got {self.channels}")
+        if str(self.channels) not in ("auto", "1", "3"):
+            raise BuildError(f"--channels: must be auto, 1 or 3, got {self.channels}")
+        object.__setattr__(self, "channels", self.channels if self.channels == "auto" else int(self.channels))
+        self._check_intensity()
         if not 0.0 <= self.val_fraction < 1.0:
             raise BuildError(f"--val-fraction: must be in [0, 1), got {self.val_fraction}")
         if self.shard_size < 1:
@@ -106,13 +114,35 @@ class BuildConfig:
         if self.buffer_mb < 1:
             raise BuildError(f"--buffer-mb: must be >= 1, got {self.buffer_mb}")
 
+    def _check_intensity(self) -> None:
+        try:
+            object.__setattr__(self, "intensity", IntensityRule(self.intensity))
+        except ValueError:
+            valid = ", ".join(rule.value for rule in IntensityRule)
+            raise BuildError(f"--intensity {self.intensity!r}: unknown; valid: {valid}") from None
+        if self.intensity is IntensityRule.window:
+            if self.window is None or len(self.window) != 2 or not self.window[0] < self.window[1]:
+                raise BuildError(f"--intensity window: needs --window LOW,HIGH with LOW < HIGH (e.g. --window 0,4095 "
+                                 f"for 12-bit data, or -160,240 for a CT soft-tissue window), got {self.window}")
+        elif self.window is not None:
+            raise BuildError(f"--window {','.join(map(str, self.window))}: used only with --intensity window; "
+                             f"add --intensity window")
+        low, high = self.percentiles
+        if not 0.0 <= low < high <= 100.0:
+            raise BuildError(f"--percentiles {low},{high}: need 0 <= LOW < HIGH <= 100 (e.g. 0.5,99.5)")
+
     def size_error(self, size: int) -> str:
         """The message for a --size above MAX_SIZE: the memory one image of it would take."""
         stored = self.stored_size(size)
-        mib = stored * stored * self.channels / (1 << 20)
+        mib = stored * stored * self.max_channels / (1 << 20)
         return (f"--size {size}: above {MAX_SIZE} px, the largest a build makes; one image stored at {stored} px "
                 f"takes {mib:,.0f} MiB of memory ({IN_FLIGHT_PER_WORKER} in flight per worker). Build at a "
                 f"training size such as 96, 128 or 256 (the model presets stop at 256)")
+
+    @property
+    def max_channels(self) -> int:
+        """Channels an image may take: 3 until `auto` is resolved."""
+        return 3 if self.channels == "auto" else self.channels
 
     def out_for(self, size: int) -> Location:
         """Output folder of `size`: a Path, or a URL (str) to upload to."""
@@ -130,7 +160,9 @@ class BuildConfig:
         """
         options = asdict(self)
         del options["workers"], options["overwrite"], options["buffer_mb"]
-        options.update(src=str(self.src), size=list(self.size), fit=self.fit.value, out=redact(self.out))
+        options.update(src=str(self.src), size=list(self.size), fit=self.fit.value, out=redact(self.out),
+                       intensity=self.intensity.value, window=None if self.window is None else list(self.window),
+                       percentiles=list(self.percentiles))
         return options
 
 
@@ -148,6 +180,7 @@ class _DecodeSettings:
     fit: Fit
     channels: int
     max_pixels: int
+    intensity: Intensity
 
 
 @dataclass
@@ -157,6 +190,11 @@ class _Decoded:
     reason: str | None = None                  # skip reason, None when decoded
     width: int = 0                             # oriented source size
     height: int = 0
+    kind: str = "8-bit"                        # images.Source's kind, how and inverted
+    how: str | None = None
+    inverted: bool = False
+    histogram: np.ndarray | None = None        # (256,) int64 grey levels of the first stored size, all channels
+    colourless: bool = False                   # 3 channels, all equal (within 2 levels)
     outputs: list[_Stored] = field(default_factory=list)  # one per stored size
 
 
@@ -185,17 +223,27 @@ def _decode_one(settings: _DecodeSettings, item: tuple[str, str]) -> _Decoded:
     if hashlib.sha256(data).hexdigest() != sha256:
         return _Decoded(reason="changed while the build was running; rebuild")
     try:
-        image = img.to_channels(img.decode(data, settings.max_pixels, DRAFT_FACTOR * max(settings.stored_sizes)), settings.channels)
+        source = img.read_source(data, settings.max_pixels, DRAFT_FACTOR * max(settings.stored_sizes), settings.intensity)
     except img.BadImage as error:
         return _Decoded(reason=str(error))
-    result = _Decoded(width=image.width, height=image.height)
+    image = img.to_channels(source.image, settings.channels)
+    result = _Decoded(width=image.width, height=image.height, kind=source.kind, how=source.how, inverted=source.inverted)
     for stored in settings.stored_sizes:
-        square = img.fit_square(image, stored, settings.fit)
+        square = img.to_channels(img.quantize(img.fit_square(image, stored, settings.fit)), settings.channels)
         pixels = img.to_array(square)
         # Per-channel histograms give exact sums of v and v**2 without an int64 copy of the image.
         histograms = np.stack([np.bincount(channel.ravel(), minlength=256) for channel in pixels]).astype(np.int64)
         result.outputs.append(_Stored(img.encode_png(square), pixels, histograms @ _VALUES, histograms @ _VALUES**2))
+        if result.histogram is None:
+            result.histogram = histograms.sum(axis=0)
+            result.colourless = len(pixels) == 3 and _colourless(pixels)
     return result
+
+
+def _colourless(pixels: np.ndarray) -> bool:
+    """True when the three channels of (3, S, S) uint8 pixels differ by at most 2 levels anywhere."""
+    wide = pixels.astype(np.int16)
+    return bool(np.abs(wide[0] - wide[1]).max() <= 2 and np.abs(wide[1] - wide[2]).max() <= 2)
 
 
 # ---------------------------------------------------------------- writer side
@@ -205,9 +253,9 @@ class _SizeWriter:
     """Writes one output folder: tar shards, data.h5 and the train-split pixel statistics."""
 
     def __init__(self, folder: Path, size: int, stored_size: int, plan: SourcePlan, config: BuildConfig,
-                 buffer_bytes: int) -> None:
+                 channels: int, buffer_bytes: int) -> None:
         self.folder, self.size, self.stored_size = folder, size, stored_size
-        self.classes, self.channels, self.shard_size = plan.classes, config.channels, config.shard_size
+        self.classes, self.channels, self.shard_size = plan.classes, channels, config.shard_size
         self.counts = {split: {name: 0 for name in plan.classes} for split in SPLITS}
         self.shards: list[ShardEntry] = []  # closed shards
         self.source_sizes: dict[str, int] = {}
@@ -247,7 +295,8 @@ class _SizeWriter:
             self._tars.pop(split).abort()
         self._h5.abort()
 
-    def finish(self, plan: SourcePlan, skipped: list[tuple[str, str]], config: BuildConfig) -> dict[str, Any]:
+    def finish(self, plan: SourcePlan, skipped: list[tuple[str, str]], config: BuildConfig,
+               intensity: IntensityRecord) -> dict[str, Any]:
         """Close every file and return the manifest document."""
         for split in list(self._tars):
             self.shards.append(self._tars.pop(split).close())
@@ -271,6 +320,7 @@ class _SizeWriter:
             "source_sizes": dict(sorted(self.source_sizes.items())),
             "ignored": plan.ignored,
             "options": config.to_dict(),
+            "intensity": intensity.to_json(),
             "sample_checksums": True,  # shardformat writes png_sha256 into every sidecar, pixel_sha256 into data.h5
         }
 
@@ -433,27 +483,32 @@ def _build_guarded(config: BuildConfig, folders: list[Path], progress: bool, log
 
 def _in_flight(config: BuildConfig, workers: int) -> int:
     """Images the workers may run ahead of the writer: half of --buffer-mb, at most 16 per worker."""
-    per_image = sum(2 * config.channels * config.stored_size(size) ** 2 for size in config.size)  # pixels + PNG
+    per_image = sum(2 * config.max_channels * config.stored_size(size) ** 2 for size in config.size)  # pixels + PNG
     return max(1, min(max(1, workers) * IN_FLIGHT_PER_WORKER, config.buffer_mb * (1 << 19) // per_image))
 
 
 def _build(config: BuildConfig, folders: list[Path], progress: bool, log: Callable[[str], None]) -> None:
     """The build proper, into the local `folders` (one per size, atomically)."""
     workers = available_cores() if config.workers is None else config.workers
-    settings = _DecodeSettings(tuple(config.stored_size(s) for s in config.size), config.fit,
-                               config.channels, config.max_pixels)
     hdf5_buffer = config.buffer_mb * (1 << 19) // len(config.size)  # the other half of --buffer-mb
     with _Progress(progress) as reporter, OrderedPool(workers) as pool:
         hashing = reporter.task("hashing source files")
-        plan = plan_source(config.src, config.val_fraction,
-                           partial(pool.map, chunksize=8, in_flight=max(1, workers) * IN_FLIGHT_PER_WORKER * 8),
+        in_flight = max(1, workers) * IN_FLIGHT_PER_WORKER * 8
+        plan = plan_source(config.src, config.val_fraction, partial(pool.map, chunksize=8, in_flight=in_flight),
                            on_file=hashing)
+        survey = _survey(plan, config, partial(pool.map, chunksize=8, in_flight=in_flight),
+                         reporter.task("surveying channels and intensities", total=len(plan.items)))
+        channels, channels_note = survey.channels(config.channels)
+        intensity = survey.intensity(config.intensity, config.window, config.percentiles)
+        settings = _DecodeSettings(tuple(config.stored_size(s) for s in config.size), config.fit, channels,
+                                   config.max_pixels, intensity)
+        record = IntensityRecord(plan.classes, intensity, channels_note)
         skipped = list(plan.skipped)  # with --strict, all skips are collected first and reported together
         tasks = ((str(item.path), item.sha256) for item in plan.items)  # streamed from the plan's file
         decoded_stream = pool.map(partial(_decode_one, settings), tasks, chunksize=4,
                                   in_flight=_in_flight(config, workers))
         with _atomic_folders(folders, config.overwrite) as folders:
-            writers = [_SizeWriter(folder, size, config.stored_size(size), plan, config, hdf5_buffer)
+            writers = [_SizeWriter(folder, size, config.stored_size(size), plan, config, channels, hdf5_buffer)
                        for folder, size in zip(folders, config.size)]
             try:
                 advance = reporter.task("decoding and resizing", total=len(plan.items))
@@ -462,6 +517,8 @@ def _build(config: BuildConfig, folders: list[Path], progress: bool, log: Callab
                     if decoded.reason is not None:
                         skipped.append((item.relpath, decoded.reason))
                         continue
+                    record.add(item.class_name, item.relpath, decoded.kind, decoded.how, decoded.inverted,
+                               decoded.histogram, decoded.colourless)
                     for writer, stored in zip(writers, decoded.outputs):
                         writer.add(item, decoded.width, decoded.height, stored)
                 skipped.sort()
@@ -469,14 +526,26 @@ def _build(config: BuildConfig, folders: list[Path], progress: bool, log: Callab
                     raise _strict_error(skipped)
                 _check_classes(writers[0], plan, skipped)
                 _check_train_classes(writers[0], config, log)
+                for line in record.warnings(channels):
+                    log(line)
                 for writer, folder in zip(writers, folders):
-                    write_manifest(folder, writer.finish(plan, skipped, config))
+                    write_manifest(folder, writer.finish(plan, skipped, config, record))
             except BaseException:
                 for writer in writers:
                     writer.abort()
                 raise
             finally:
                 plan.close()
+
+
+def _survey(plan: SourcePlan, config: BuildConfig, map_files: Callable, advance: Callable[[], None]) -> Survey:
+    """Probe every planned file (survey.py): whether all are grey, and their high-bit values."""
+    survey = Survey()
+    paths = (str(item.path) for item in plan.items)
+    for probe in map_files(partial(probe_file, config.intensity, config.max_pixels), paths):
+        advance()
+        survey.add(probe)
+    return survey
 
 
 def _check_classes(writer: _SizeWriter, plan: SourcePlan, skipped: list[tuple[str, str]]) -> None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
+from ddpm_data.dicom import DICOM_EXTENSIONS, PREAMBLE_END, has_preamble
 from ddpm_data.images import IMAGE_EXTENSIONS
 from ddpm_data.shardformat import sample_key
 
@@ -239,6 +240,21 @@ def plan_source(
 _BATCH = 4096  # rows per SQLite insert
 
 
+def _is_image(path: Path, problem: str | None) -> bool:
+    """An image or DICOM extension, or a regular file of another name that opens with the DICOM
+    preamble (DICOM files are often named by their UIDs: 1.2.840.113619.2.55.3.604688119.962)."""
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_EXTENSIONS or suffix in DICOM_EXTENSIONS:
+        return True
+    if problem is not None:
+        return False
+    try:
+        with open_regular(path) as file:
+            return has_preamble(file.read(PREAMBLE_END))
+    except OSError:
+        return False
+
+
 def _list_candidates(connection: sqlite3.Connection, src: Path,
                      classes: list[str]) -> tuple[int, list[tuple[str, str]]]:
     """Insert every image file below the class folders that may be opened into `files`; returns
@@ -249,11 +265,11 @@ def _list_candidates(connection: sqlite3.Connection, src: Path,
         images = 0
         for path in _walk_files(src / class_name):
             relative = path.relative_to(src)
-            if is_hidden(relative) or path.suffix.lower() not in IMAGE_EXTENSIONS:
+            problem = file_problem(path)
+            if is_hidden(relative) or not _is_image(path, problem):
                 ignored += 1
                 continue
             images += 1
-            problem = file_problem(path)
             if problem is not None:
                 problems.append((relative.as_posix(), problem))
                 continue
@@ -262,8 +278,8 @@ def _list_candidates(connection: sqlite3.Connection, src: Path,
                 connection.executemany("INSERT INTO files (label, relpath) VALUES (?, ?)", batch)
                 batch.clear()
         if images == 0:
-            raise _layout_error(src, f"class folder '{class_name}' holds no image files "
-                                     f"(extensions: {' '.join(sorted(IMAGE_EXTENSIONS))})")
+            raise _layout_error(src, f"class folder '{class_name}' holds no image files (extensions: "
+                                     f"{' '.join(sorted(IMAGE_EXTENSIONS | DICOM_EXTENSIONS))}, or DICOM files of any name)")
     connection.executemany("INSERT INTO files (label, relpath) VALUES (?, ?)", batch)
     return ignored, problems
 

@@ -36,6 +36,7 @@ def collect_stats(folder: Location) -> dict[str, Any]:
         "ignored": manifest.ignored,
         "tool_version": manifest.tool_version,
         "options": manifest.options,
+        "intensity": manifest.intensity,
     }
 
 
@@ -67,10 +68,35 @@ def format_stats(stats: dict[str, Any], max_sizes: int = 10) -> str:
     lines += [f"  {wh:<14} {n:>6}" for wh, n in sizes[:max_sizes]]
     if len(sizes) > max_sizes:
         lines.append(f"  ... {len(sizes) - max_sizes} more (see --json)")
+    lines += _intensity_lines(stats.get("intensity") or {})
     lines += ["", f"skipped: {len(stats['skipped'])}"]
     lines += [f"  {s['path']}: {s['reason']}" for s in stats["skipped"]]
     lines.append(f"ignored (hidden or non-image files): {stats['ignored']}")
     return "\n".join(lines)
+
+
+def _intensity_lines(intensity: dict[str, Any]) -> list[str]:
+    """The intensity rule, how channels were chosen, and per class what the rule did."""
+    if not intensity:
+        return ["", "intensity: not recorded (built before the intensity rule; rebuild to see it)"]
+    if intensity["rule"] == "auto":
+        low, high = intensity["high_bit_range"]
+        rule = f"auto (16-bit PNG/TIFF from {low:g}..{high:g}; DICOM by each file's VOI LUT or first window)"
+    else:
+        rule = f"{intensity['rule']} (PNG/TIFF window {intensity['window']}, DICOM window {intensity['dicom_window']})"
+    lines = ["", f"intensity: {rule}", f"channels: {intensity['channels']}",
+             f"  {'class':<20} {'8-bit':>6} {'16-bit':>6} {'DICOM':>6} {'windowed':>8} {'rescaled':>8} "
+             f"{'inverted':>8}  grey levels p1 / p50 / p99 (range)"]
+    for name, row in intensity["classes"].items():
+        levels = row["grey_levels"]
+        shown = (f"{levels['p1']} / {levels['p50']} / {levels['p99']} ({levels['range'][0]}..{levels['range'][1]})"
+                 if levels["range"] else "-")
+        lines.append(f"  {name:<20} {row['8-bit']:>6} {row['high-bit']:>6} {row['dicom']:>6} {row['windowed']:>8} "
+                     f"{row['rescaled']:>8} {row['inverted']:>8}  {shown}")
+    for flag in ("near_black", "saturated"):
+        paths = intensity.get(flag, [])
+        lines.append(f"{flag.replace('_', '-')}: {len(paths)}" + "".join(f"\n  {path}" for path in paths))
+    return lines
 
 
 class GridError(ValueError):

@@ -33,11 +33,15 @@ def test_grey_and_bilevel_stay_single_channel():
     assert bilevel.mode == "L" and _pixel(bilevel) == 255
 
 
-def test_sixteen_bit_grey_maps_full_range_to_eight_bit():
+def test_sixteen_bit_grey_maps_its_bit_range_to_eight_bit():
     ramp = (np.arange(256, dtype=np.uint16) * 257).reshape(16, 16)  # 0, 257, ..., 65535
-    decoded = decode(_bytes(Image.fromarray(ramp)))
-    assert decoded.mode == "L"
-    np.testing.assert_array_equal(np.asarray(decoded).ravel(), np.arange(256))
+    decoded = decode(_bytes(Image.fromarray(ramp)))  # the default rule: 16 bits
+    assert decoded.mode == "F"
+    np.testing.assert_array_equal(np.asarray(images.quantize(decoded)).ravel(), np.arange(256))
+    twelve = (np.arange(256) * 4095 // 255).astype(np.uint16).reshape(16, 16)  # 12-bit data in a 16-bit PNG
+    source = images.read_source(_bytes(Image.fromarray(twelve)), intensity=images.Intensity(bits=12))
+    assert source.kind == "high-bit" and source.how == "rescaled"
+    np.testing.assert_array_equal(np.asarray(images.quantize(source.image)).ravel(), np.arange(256))
 
 
 def test_palette_with_and_without_transparency():
