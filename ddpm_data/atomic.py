@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import fcntl
 import os
 import shutil
@@ -98,10 +99,35 @@ def target_lock(target: Path) -> Iterator[None]:
 
 def remove_stale_temps(target: Path) -> list[Path]:
     """Delete leftovers of interrupted builds of `target` (unlocked temp folders); returns them."""
-    removed = []
     if not target.parent.is_dir():
-        return removed
-    for candidate in sorted(target.parent.glob(_temp_prefix(target) + "*")):
+        return []
+    return _remove_unlocked(target.parent.glob(_temp_prefix(target) + "*"))
+
+
+STAGING_PREFIX = "ddpm-build-"  # $TMPDIR folders of builds bound for a URL
+
+
+@contextlib.contextmanager
+def staging_folder() -> Iterator[Path]:
+    """A locked folder in $TMPDIR, deleted on exit: a build bound for a URL is made here, then
+    uploaded. The unlocked ones that killed builds left behind (a real set is GBs) go first."""
+    _remove_unlocked(Path(tempfile.gettempdir()).glob(STAGING_PREFIX + "*"))
+    folder = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX))
+    lock = open(folder / LOCK_NAME, "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield folder
+    finally:
+        lock.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remove_unlocked(candidates: Iterator[Path]) -> list[Path]:
+    """Delete the folders among `candidates` whose LOCK_NAME no process holds; returns them."""
+    removed = []
+    for candidate in sorted(candidates):
+        if not candidate.is_dir() or candidate.is_symlink():
+            continue
         lock = candidate / LOCK_NAME
         try:
             with open(lock, "a") as handle:
@@ -146,6 +172,13 @@ def _commit(temp: Path, target: Path, overwrite: bool, may_replace: Callable[[Pa
     if not target.exists():
         os.rename(temp, target)
         return
+    if is_empty_folder(target):
+        try:
+            os.rename(temp, target)  # POSIX rename replaces an empty folder atomically
+            return
+        except OSError as error:
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
     if not overwrite:
         raise FileExistsError(f"{target}: appeared while the build was running; pass --overwrite to replace it")
     if may_replace is not None:
@@ -157,13 +190,21 @@ def _commit(temp: Path, target: Path, overwrite: bool, may_replace: Callable[[Pa
         shutil.rmtree(old, ignore_errors=True)
 
 
+def is_empty_folder(path: Path) -> bool:
+    """True for a real (not symlinked) folder with nothing in it: there is nothing to lose."""
+    try:
+        return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def atomic_folder(target: str | Path, overwrite: bool,
                   may_replace: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Yield a locked temporary folder; on normal exit it replaces `target`, on error it is deleted.
 
-    `target` must not exist unless `overwrite` (checked by the caller before any work, and again
-    here); `may_replace(target)` raises when an existing `target` must not be replaced. Raises
+    `target` must not exist unless `overwrite` or it is an empty folder (checked by the caller
+    before any work, and again here); `may_replace(target)` raises when an existing `target` must not be replaced. Raises
     BusyError when another process writes `target`. Parent folders created here are removed again
     when the build fails.
     """

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,9 +207,12 @@ class ShardWriter:
         return ShardEntry(self.name, self.split, self.class_name, self.count, self._file.hexdigest())
 
     def abort(self) -> None:
-        """Close without producing an entry (the build is failing)."""
-        self._tar.close()
-        self._file.close()
+        """Close without producing an entry and without writing the tar's end (the build is
+        failing, perhaps on a full disk): never raises, so the other files get closed too."""
+        try:
+            self._file.close()
+        except OSError:
+            pass
 
 
 # ---------------------------------------------------------------- tar shards: read
@@ -433,6 +437,7 @@ class Hdf5Writer:
                  splits: tuple[str, ...], buffer_bytes: int = HDF5_BUFFER_BYTES) -> None:
         import h5py
 
+        self._path = path
         self._file = h5py.File(path, "w", libver="earliest", track_order=False)
         shape = (channels, stored_size, stored_size)
         block_rows = min(HDF5_FLUSH_ROWS, max(1, buffer_bytes // len(splits) // int(np.prod(shape))))
@@ -440,6 +445,9 @@ class Hdf5Writer:
         self._buffers: dict[str, list[tuple[int, str]]] = {split: [] for split in splits}  # (label, key) per row
         self._rows = {split: 0 for split in splits}
         rows_per_chunk = max(1, (1 << 20) // int(np.prod(shape)))
+        # The datasets stay open for the writer's life: a dataset object freed after a failed write
+        # (a full disk) would retry the write in its destructor, where h5py can only print the error.
+        self._datasets: dict[str, dict[str, Any]] = {}
         for split in splits:
             group = self._file.create_group(split, track_order=False)
             group.create_dataset("images", shape=(0, *shape), maxshape=(None, *shape), dtype="uint8",
@@ -450,6 +458,7 @@ class Hdf5Writer:
                                  chunks=(1024,), track_times=False)
             group.create_dataset(HDF5_DIGESTS, shape=(0, 32), maxshape=(None, 32), dtype="uint8", chunks=(1024, 32),
                                  track_times=False)
+            self._datasets[split] = {name: group[name] for name in (*HDF5_DATASETS, HDF5_DIGESTS)}
         self._file.attrs["size"] = size
         self._file.attrs["stored_size"] = stored_size
         self._file.attrs["channels"] = channels
@@ -468,7 +477,7 @@ class Hdf5Writer:
         if not rows:
             return
         start, stop = self._rows[split], self._rows[split] + len(rows)
-        group = self._file[split]
+        group = self._datasets[split]
         for name in (*HDF5_DATASETS, HDF5_DIGESTS):
             group[name].resize(stop, axis=0)
         pixels = self._blocks[split][:len(rows)]
@@ -483,8 +492,28 @@ class Hdf5Writer:
     def close(self) -> None:
         for split in self._buffers:
             self._flush(split)
+        self._datasets.clear()
         self._file.close()
 
     def abort(self) -> None:
-        """Close without writing the buffered rows (the build is failing)."""
-        self._file.close()
+        """Close without keeping anything (the build is failing, perhaps on a full disk); never raises.
+
+        Closing flushes HDF5's cached chunks and metadata, and on a full disk a failed flush leaves
+        the file open in the HDF5 library, which then crashes the interpreter at exit. So the
+        file's descriptor is first pointed at an anonymous memory file (Linux `memfd_create`):
+        the flush lands there and is dropped; elsewhere the file is emptied to make room."""
+        try:
+            descriptor = self._file.id.get_vfd_handle()
+            if hasattr(os, "memfd_create"):
+                discard = os.memfd_create("ddpm-discarded-hdf5")
+                os.dup2(discard, descriptor)
+                os.close(discard)
+            else:
+                os.truncate(self._path, 0)
+        except (OSError, ValueError, TypeError):
+            pass
+        try:
+            self._datasets.clear()
+            self._file.close()
+        except Exception:  # the build's own error is the one to report
+            pass

@@ -18,9 +18,7 @@ import errno
 import hashlib
 import os
 import re
-import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -29,7 +27,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ddpm_data import images as img
-from ddpm_data.atomic import BusyError, atomic_folder, busy_holder, check_owned, unwritable
+from ddpm_data.atomic import (BusyError, atomic_folder, busy_holder, check_owned, is_empty_folder, staging_folder,
+                              unwritable)
 from ddpm_data.config import IntensityRule
 from ddpm_data.images import DEFAULT_MAX_PIXELS, Fit
 from ddpm_data.intensity import Intensity, IntensityRecord
@@ -291,6 +290,7 @@ class _SizeWriter:
         return current
 
     def abort(self) -> None:
+        """Close every file without finishing it; never raises (see ShardWriter/Hdf5Writer.abort)."""
         for split in list(self._tars):
             self._tars.pop(split).abort()
         self._h5.abort()
@@ -361,7 +361,7 @@ def _check_out_path(out: Path, config: BuildConfig) -> None:
 
 def _check_out_state(out: Path, config: BuildConfig) -> None:
     """An existing output must be replaceable, nobody else may be writing it, its parent writable."""
-    if out.exists():
+    if out.exists() and not is_empty_folder(out):  # `mkdir out && ddpm-data build --out out` is fine
         check_replaceable(out)  # says why --overwrite would be refused, before suggesting it
         if not config.overwrite:
             raise BuildError(f"{out}: exists; pass --overwrite to replace it (or choose another --out)")
@@ -434,18 +434,16 @@ def build(config: BuildConfig, progress: bool = False, log: Callable[[str], None
         raise BuildError(f"--out {config.out}: either every size goes to a URL or none")
     for out in outputs:
         _check_url_out(out, config)
-    staging = Path(tempfile.mkdtemp(prefix="ddpm-build-"))  # $TMPDIR: needs room for the whole output
-    try:
+    with staging_folder() as staging:  # $TMPDIR: needs room for the whole output
         folders = [staging / str(size) for size in config.size]
         _check_outputs(config, folders)
         _build_guarded(config, folders, progress, log)
-        for folder, out in zip(folders, outputs):
-            upload_folder(folder, out, MANIFEST_NAME, config.overwrite, _owned)
-        return [load_manifest(out) for out in outputs]
-    except RemoteError as error:
-        raise BuildError(f"--out {error}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            for folder, out in zip(folders, outputs):
+                upload_folder(folder, out, MANIFEST_NAME, config.overwrite, _owned)
+            return [load_manifest(out) for out in outputs]
+        except RemoteError as error:
+            raise BuildError(f"--out {error}") from None
 
 
 def _owned(name: str) -> bool:

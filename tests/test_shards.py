@@ -280,3 +280,75 @@ def test_webdataset_reads_the_shards(tmp_path):
         assert sample["json"]["label"] == label and manifest.classes[label] == sample["json"]["class"]
         assert sample["png"].size == (35, 35) and sample["__key__"].count(".") == 0
     assert sorted({s["__key__"].split("-")[0] for s in samples}) == ["normal", "v1_2"]
+
+
+def test_an_empty_out_folder_is_built_into_without_overwrite(tmp_path):
+    make_folder(tmp_path / "src", {"normal": 4, "abnormal": 2})
+    (tmp_path / "shards" / "32").mkdir(parents=True)  # mkdir out && ddpm-data build --out out
+    (manifest,) = build(_config(tmp_path))
+    assert manifest.num_samples("train") + manifest.num_samples("val") == 6
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["32"]
+
+
+_DISK_FULL_BUILD = "from cli import data_app; data_app()"
+
+
+def _tmpfs_build(disk: Path, src: Path) -> subprocess.CompletedProcess | None:
+    """The build CLI run on a 512 KiB tmpfs mounted in a private mount namespace (unshare -Urm:
+    root or not, nothing outside sees it); None where this machine allows no such mount."""
+    command = (f"mount -t tmpfs -o size=512k tmpfs {disk} && cd {disk} && exec {sys.executable} -c "
+               f"'{_DISK_FULL_BUILD}' build --src {src} --size 64 --out 'out/{{size}}'")
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-Urm", "true"], capture_output=True).returncode:
+        return None
+    return subprocess.run(["unshare", "-Urm", "sh", "-c", command], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_a_full_disk_during_the_build_is_one_error_line_not_a_crash(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    rng = np.random.default_rng(0)
+    for i in range(40):  # noise PNGs: ~1.8 MB of shards at size 64, more than the 512 KiB disk
+        path = src / ("normal" if i % 4 else "abnormal") / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(path)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = _tmpfs_build(disk, src)
+    if done is not None:  # a real full disk: h5py used to crash the interpreter at exit (exit 139)
+        assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+        assert "Traceback" not in done.stderr and "h5py" not in done.stderr
+        assert done.stderr.rstrip().splitlines()[-1].startswith("error: out/64: No space left on device; free some "
+                                                                 "disk space or choose another --out")
+        return
+    real_write = shards.ShardWriter.add  # no mount here: the same failure, injected into the tar writer
+
+    def full(self, *args, **kwargs):
+        if self.count >= 2:
+            raise OSError(28, "No space left on device", self.name)
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(shards.ShardWriter, "add", full)
+    with pytest.raises(BuildError, match="No space left on device; free some disk space"):
+        build(_config(tmp_path, out=str(disk / "out" / "{size}")))
+    assert list(disk.iterdir()) == []
+
+
+def test_killed_url_builds_leave_no_staging_copy_behind(tmp_path, monkeypatch):
+    import fcntl
+    import tempfile
+
+    from ddpm_data.atomic import LOCK_NAME, STAGING_PREFIX, staging_folder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    stale, running = tmp_path / f"{STAGING_PREFIX}killed", tmp_path / f"{STAGING_PREFIX}running"
+    for folder in (stale, running):
+        (folder / "96").mkdir(parents=True)
+        (folder / LOCK_NAME).write_text("")
+    holder = open(running / LOCK_NAME, "a")  # another build is uploading from it right now
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        with staging_folder() as staging:
+            assert staging.parent == tmp_path and not stale.exists() and running.exists()
+        assert not staging.exists()
+    finally:
+        holder.close()
