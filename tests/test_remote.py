@@ -188,6 +188,40 @@ def test_a_sample_failing_its_own_checksum_is_caught_before_the_shard_ends(copy_
     assert [entry["path"] for entry in reader.skipped] == [str(shard_dir / BAD)]
 
 
+def replace_by_another_shard(shard_dir: Path) -> None:
+    """The served BAD shard becomes a byte copy of another valid shard of its class: every sample
+    passes its own png_sha256, only the file's sha256 tells."""
+    (shard_dir / BAD).write_bytes((shard_dir / "train-abnormal-000000.tar").read_bytes())
+
+
+def test_a_shard_replaced_by_another_is_refused_or_skipped_in_memory_mode_eval_and_preview(copy_shards, tmp_path):
+    from ddpm_eval.images import EvalInputError, load_real
+
+    shard_dir = copy_shards()
+    replace_by_another_shard(shard_dir)
+    with http_server(shard_dir.parent) as base:
+        url, bad_url = f"{base}/{shard_dir.name}", f"{base}/{shard_dir.name}/{BAD}"
+        checksum = f"{re.escape(bad_url)}: fails its sha256 checksum"
+        with pytest.raises(ShardError, match=f"^{checksum}.*--skip-bad-shards") as raised:
+            open_reader(url, ReaderConfig(mode="memory", balance="balanced"))
+        assert "--mode stream" not in str(raised.value) and "--out" not in str(raised.value)
+        with pytest.raises(ShardError, match=checksum):
+            load_split(url, "train")
+        with pytest.raises(EvalInputError, match=checksum):
+            load_real(url, splits=("train",))
+        with pytest.warns(UserWarning, match=f"{checksum}.*; skipped"):
+            reader = open_reader(url, ReaderConfig(mode="memory", balance="balanced", on_error=OnError.skip))
+        assert [entry["path"] for entry in reader.skipped] == [bad_url]
+        keys_held = reader.images.shape[0]
+        assert keys_held == load_manifest(url).num_samples("train") - 4  # the 4 rows of the bad shard are left out
+        assert set(torch.cat([next(reader)[1] for _ in range(4)]).tolist()) == {0, 1}
+        previewed = invoke(cli.data_app, "preview", url, "--mode", "memory", "--n", "16", "--json")
+        assert previewed.exit_code == 2 and f"error: {bad_url}: fails its sha256 checksum" in previewed.output
+        trained = invoke(cli.train_app, "--shards", url, "--out", tmp_path / "run", "--max-steps", "2",
+                         *FAST[:-2], "--mode", "memory")
+        assert trained.exit_code == 2 and f"error: {bad_url}: fails its sha256 checksum" in trained.output
+
+
 def test_pipe_commands_read_the_set_and_name_a_failing_command(tiny_shards, copy_shards):
     location = f"pipe:cat {tiny_shards}/{{}}"
     assert same(batches(location, mode="stream"), batches(tiny_shards, mode="stream"))
