@@ -24,6 +24,7 @@ from typer.core import TyperCommand, TyperGroup
 from typer.exceptions import TyperException  # typer vendors click: its usage errors derive from this
 
 from ddpm_data.config import AugmentConfig, Fit, Interpolation, ReaderConfig, ReaderMode
+from ddpm_data.redact import redact
 from ddpm_model.choices import BetaSchedule, Prediction, Sampler, UpsampleMode
 from ddpm_model.config import ModelOptions, Precision, RunConfig, SampleConfig, TrainConfig
 
@@ -147,7 +148,7 @@ class Command(OneLineUsage, TyperCommand):
             line = error_line(error, self.out_of_memory)
             if line is None or os.environ.get("DDPM_TRACEBACK"):
                 raise
-            typer.echo(f"error: {line}", err=True)
+            typer.echo(f"error: {redact(line)}", err=True)
             raise typer.Exit(getattr(error, "exit_code", 2)) from None
 
 
@@ -161,7 +162,7 @@ def usage_line(error: TyperException) -> str:
 
 def show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
     """A warning during a command: one `warning: ...` line on stderr, without Python's source line."""
-    typer.echo(f"warning: {message}", err=True)
+    typer.echo(f"warning: {redact(str(message))}", err=True)
 
 
 def refuse_non_finite(ctx: typer.Context) -> None:
@@ -201,7 +202,7 @@ def data_main() -> None:
 def fail(message: str, code: int = 2) -> None:
     """Print a one-line error to stderr and exit with `code` (no traceback): for checks made in
     the command itself; errors raised below it take `Command`'s path."""
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {redact(message)}", err=True)
     raise typer.Exit(code)
 
 
@@ -334,16 +335,17 @@ def verify(
     folder: Annotated[str, typer.Argument(help="Shard folder written by 'ddpm-data build' (e.g. shards/96), or its URL (s3://..., https://..., pipe:CMD).")],
 ) -> None:
     """Recompute every checksum and decode every sample of the tar shards and data.h5."""
+    from ddpm_data.redact import public
     from ddpm_data.remote import as_location, join
     from ddpm_data.verify import verify as verify_folder
 
     folder = as_location(folder, "FOLDER")
     report = verify_folder(folder)
     for problem in report.problems:
-        typer.echo(f"{join(folder, problem.path)}: {problem.message}", err=True)
+        typer.echo(f"{public(join(folder, problem.path))}: {redact(problem.message)}", err=True)
     if not report.ok:
-        fail(f"{folder}: {len(report.bad_files)} bad file(s): {', '.join(report.bad_files)}", code=1)
-    typer.echo(f"{folder}: ok ({report.files_checked} files, {report.samples_checked} samples decoded)")
+        fail(f"{public(folder)}: {len(report.bad_files)} bad file(s): {', '.join(report.bad_files)}", code=1)
+    typer.echo(f"{public(folder)}: ok ({report.files_checked} files, {report.samples_checked} samples decoded)")
 
 
 # ---------------------------------------------------------------- ddpm-data preview
@@ -632,7 +634,7 @@ def study(
              "display_size": display_size, "baseline": baseline, "n": samples_per_class, "steps": sample_steps,
              "eta": sample_eta, "guidance": guidance, "launcher": launcher, "train_args": train_args,
              "sample_args": sample_args, "eval_args": eval_args, "eval_bootstrap": eval_bootstrap}
-    log = lambda line: typer.echo(line, err=not dry_run)  # noqa: E731  (a dry run's plan is its output)
+    log = lambda line: typer.echo(redact(line), err=not dry_run)  # noqa: E731  (a dry run's plan is its output)
     try:
         config, fresh = load_study(study_dir, flags)
         split = parse_split(cells) if cells else None

@@ -11,8 +11,9 @@ A *location* is a local folder (`Path`) or a URL (`str`):
 Credentials come from the environment the libraries read (AWS_ACCESS_KEY_ID, AWS_PROFILE,
 GOOGLE_APPLICATION_CREDENTIALS, ...), never from the URL: a location holding a URL with a user
 name, a password or a query string (where tokens and signatures go) is refused (`as_location`),
-because locations are written to config.json, manifests and logs; and every error message passes
-through `redact` as well, for locations given through the Python API.
+because locations are written to config.json, manifests and logs. A `pipe:` command is accepted and
+stored and shown as `redact.public` gives it (secret-bearing words as ***), and every error message
+passes through `redact.redact` as well.
 
 Every failure to open or read a file raises `RemoteError` (a ValueError) whose message starts
 with the location: "missing", "access denied (...)", "download failed (...)".
@@ -22,15 +23,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Union
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
+
+from ddpm_data.redact import PIPE, hide_url_credentials, public, redact
 
 Location = Union[Path, str]   # a local folder or file, or a URL
-PIPE = "pipe:"
 STREAM_BLOCK_BYTES = 4 << 20  # read-ahead of a streamed remote file: bounds memory per open shard
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-# a URL inside a message or a pipe command; it ends at a space, a quote, a bracket, a comma or a semicolon
-_EMBEDDED_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>(),;]+")
-HIDDEN = "***"
 _CREDENTIAL_HINT = ("pass credentials through the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or "
                     "AWS_PROFILE for s3://, GOOGLE_APPLICATION_CREDENTIALS for gs://), not in the URL")
 
@@ -39,29 +38,13 @@ class RemoteError(ValueError):
     """A file of a shard set cannot be opened or read; the message is `{location}: {reason}`."""
 
     def __init__(self, location: Location, reason: str) -> None:
-        self.path, self.reason = redact(str(location)), redact(reason)
+        self.path, self.reason = public(location), redact(reason)
         super().__init__(f"{self.path}: {self.reason}")
 
 
 def is_url(location: Location | None) -> bool:
     """True for `scheme://...` and `pipe:...` strings; local paths (also as str) are False."""
     return isinstance(location, str) and (location.startswith(PIPE) or bool(_SCHEME.match(location)))
-
-
-def _hide_credentials(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None and not parts.query:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    netloc = f"{HIDDEN}@{host}" if "@" in parts.netloc else host
-    query = "&".join(f"{pair.partition('=')[0]}={HIDDEN}" for pair in parts.query.split("&") if pair)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def redact(text: str) -> str:
-    """`text` (a location, a message) with every URL in it stripped of credentials: the user name
-    and password become *** and so does each query-string value (tokens, signatures)."""
-    return _EMBEDDED_URL.sub(lambda match: _hide_credentials(match.group(0)), text)
 
 
 def as_location(text: str | Path, flag: str = "--shards") -> Location:
@@ -71,8 +54,8 @@ def as_location(text: str | Path, flag: str = "--shards") -> Location:
     also one inside a pipe: command, carries a user name, a password or a query string."""
     if isinstance(text, Path) or not is_url(text):
         return Path(text)
-    if redact(text) != text:
-        raise ValueError(f"{flag} {redact(text)}: the URL holds credentials (user name, password or query "
+    if hide_url_credentials(text) != text:
+        raise ValueError(f"{flag} {public(text)}: the URL holds credentials (user name, password or query "
                          f"string), which would be written to config.json, manifests and logs; {_CREDENTIAL_HINT}")
     return text.rstrip("/") if not text.startswith(PIPE) else text
 

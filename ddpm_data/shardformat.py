@@ -30,7 +30,8 @@ from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
-from ddpm_data.remote import Location, RemoteError, join, open_input, redact
+from ddpm_data.redact import public, redact
+from ddpm_data.remote import Location, RemoteError, join, open_input
 
 KEY_HASH_HEX = 16                     # hex digits of the file's sha256 in its sample key
 MEMBERS = ("cls", "json", "png")      # a sample's tar members, in the order they are written
@@ -51,7 +52,7 @@ class FormatError(ValueError):
     is `{path}: {reason}` (callers add the fix, which depends on the command)."""
 
     def __init__(self, path: str | Path, reason: str) -> None:
-        self.path, self.reason = redact(str(path)), redact(reason)  # a URL's credentials never reach a message
+        self.path, self.reason = public(path), redact(reason)  # a location's secrets never reach a message
         super().__init__(f"{self.path}: {self.reason}")
 
 

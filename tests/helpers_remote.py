@@ -17,6 +17,13 @@ from typing import Iterator
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
     truncate: frozenset[str] = frozenset()
+    token: str | None = None  # when set, a request without "Authorization: Bearer <token>" gets 403
+
+    def send_head(self):
+        if self.token is not None and self.headers.get("Authorization") != f"Bearer {self.token}":
+            self.send_error(403, "Forbidden")
+            return None
+        return super().send_head()
 
     def copyfile(self, source, outputfile) -> None:
         if Path(self.path).name in self.truncate:  # Content-Length promised the whole file: send half
@@ -32,10 +39,10 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def http_server(folder: Path, truncate: tuple[str, ...] = ()) -> Iterator[str]:
+def http_server(folder: Path, truncate: tuple[str, ...] = (), token: str | None = None) -> Iterator[str]:
     """Serve `folder` over HTTP on 127.0.0.1 (a free port); yields its base URL. Files named in
-    `truncate` are cut off halfway through their body."""
-    handler = type("Handler", (_Handler,), {"truncate": frozenset(truncate)})
+    `truncate` are cut off halfway through their body; with `token`, only requests bearing it are served."""
+    handler = type("Handler", (_Handler,), {"truncate": frozenset(truncate), "token": token})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
