@@ -25,6 +25,7 @@ from typer.exceptions import TyperException  # typer vendors click: its usage er
 
 from ddpm_data.config import AugmentConfig, Fit, Interpolation, ReaderConfig, ReaderMode
 from ddpm_data.redact import redact
+from ddpm_data.transfer import TransferConfig
 from ddpm_model.choices import BetaSchedule, Prediction, Sampler, UpsampleMode
 from ddpm_model.config import ModelOptions, Precision, RunConfig, SampleConfig, TrainConfig
 
@@ -242,6 +243,16 @@ ModeOption = Annotated[ReaderMode, typer.Option(help="Reader: auto (memory if th
 WorkersOption = Annotated[int, typer.Option(help="Stream mode: DataLoader worker processes per GPU (0 = read in this process).")]
 MemoryBudgetOption = Annotated[float, typer.Option(help="Mode auto: hold the split in memory when its pixels fit this many MiB.")]
 SkipBadShardsOption = Annotated[bool, typer.Option(help="Leave out (and list) shards that fail their checksum instead of stopping.")]
+# Reading at a URL: the fields of ddpm_data.transfer.TransferConfig.
+RetriesOption = Annotated[int, typer.Option(help="Shards at a URL: retries of a request the server or network failed (refused, timed out, 5xx), one warning line each; 0 = none.")]
+StallTimeoutOption = Annotated[float, typer.Option(help="Shards at a URL: seconds without a byte before a transfer counts as stalled (slow but steady downloads go on).")]
+
+
+def use_transfer(retries: int, stall_timeout: float) -> None:
+    """Set how this command reads files at a URL (ddpm_data.transfer)."""
+    from ddpm_data import transfer
+
+    transfer.use(TransferConfig(retries=retries, stall_timeout_s=stall_timeout))
 AUGMENT_FIELDS = ("crop", "hflip", "vflip", "degrees", "zoom", "brightness", "contrast", "interpolation")
 
 
@@ -296,7 +307,10 @@ def build(
     buffer_mb: Annotated[int, typer.Option(help="Memory in MiB for images between the workers and the files; bounds the build's memory at any --size.")] = 256,
 ) -> None:
     """Build resolution-specific WebDataset tar shards, data.h5 and manifest.json from an image folder."""
+    from ddpm_data.remote import check_writable
     from ddpm_data.shards import BuildConfig, build as build_shards
+
+    check_writable(out, "--out")  # before any image is read
 
     config = BuildConfig(src=src, size=int_list(size, "--size", "96 or 40,96,128"), out=out, margin=margin, fit=fit,
                          channels=channels, val_fraction=val_fraction, shard_size=shard_size,
@@ -317,8 +331,11 @@ def stats(
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     grid: Annotated[Optional[Path], typer.Option(help="Also write a contact sheet of samples per class to this PNG.")] = None,
     per_class: Annotated[int, typer.Option(help="Samples per class in the --grid contact sheet.")] = 8,
+    retries: RetriesOption = TransferConfig.retries,
+    stall_timeout: StallTimeoutOption = TransferConfig.stall_timeout_s,
 ) -> None:
     """Summarise a shard folder: counts, shards, mean/std, source sizes, skipped files."""
+    use_transfer(retries, stall_timeout)
     from ddpm_data.remote import as_location
     from ddpm_data.stats import collect_stats, format_stats, write_grid
 
@@ -333,8 +350,11 @@ def stats(
 @data_app.command()
 def verify(
     folder: Annotated[str, typer.Argument(help="Shard folder written by 'ddpm-data build' (e.g. shards/96), or its URL (s3://..., https://..., pipe:CMD).")],
+    retries: RetriesOption = TransferConfig.retries,
+    stall_timeout: StallTimeoutOption = TransferConfig.stall_timeout_s,
 ) -> None:
     """Recompute every checksum and decode every sample of the tar shards and data.h5."""
+    use_transfer(retries, stall_timeout)
     from ddpm_data.redact import public
     from ddpm_data.remote import as_location, join
     from ddpm_data.verify import verify as verify_folder
@@ -375,8 +395,11 @@ def preview(
     grid: Annotated[Optional[Path], typer.Option(help="Write a PNG of augmented samples per class (plain crops beneath).")] = None,
     per_class: Annotated[int, typer.Option(help="Samples per class in the --grid picture.")] = 8,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    retries: RetriesOption = TransferConfig.retries,
+    stall_timeout: StallTimeoutOption = TransferConfig.stall_timeout_s,
 ) -> None:
     """Show what training would receive: class shares of N drawn samples, epoch length, augmented samples."""
+    use_transfer(retries, stall_timeout)
     from ddpm_data.preview import PreviewConfig, format_report, preview as run_preview
     from ddpm_data.remote import as_location
     from ddpm_data.stream import ReaderConfig
@@ -464,6 +487,8 @@ def train(
     quality_samples: Annotated[int, typer.Option(help="Images per class drawn for each quality score.")] = TrainConfig.quality_samples,
     quality_classifier: Annotated[bool, typer.Option(help="Divide each class's quality score by the fraction of its samples ddpm-eval's classifier recognises (trained once per shard set, cached as ddpm-eval caches it), so best-quality.pt samples every class as itself.")] = TrainConfig.quality_classifier,
     keep: Annotated[int, typer.Option(help="Step checkpoints kept (plus best.pt).")] = TrainConfig.keep,
+    retries: RetriesOption = TransferConfig.retries,
+    stall_timeout: StallTimeoutOption = TransferConfig.stall_timeout_s,
 ) -> None:
     """Train the class-conditional DDPM on a shard folder; resumable, multi-GPU with torchrun.
 
@@ -475,6 +500,7 @@ def train(
     from ddpm_data.remote import as_location
     from ddpm_model.run import run_training
 
+    use_transfer(retries, stall_timeout)
     params = ctx.params
     model_fields = ("model_channels", "num_res_blocks", "upsample", "dropout", "class_dropout",
                     "num_timesteps", "beta_schedule", "prediction")
@@ -580,7 +606,10 @@ def eval_samples(
     classifier_batch_size: Annotated[int, typer.Option(help="Batch size of the eval classifier's training.")] = _Eval.classifier_batch_size,
     copy_ratio: Annotated[float, typer.Option(help="Near-copy: nearest training image closer than this times the 2nd nearest.")] = _Eval.copy_ratio,
     blur_sigma: Annotated[float, typer.Option(help="Gaussian sigma (px) of the blurred smoothness-ceiling reference.")] = _Eval.blur_sigma,
+    retries: RetriesOption = TransferConfig.retries,
+    stall_timeout: StallTimeoutOption = TransferConfig.stall_timeout_s,
 ) -> None:
+    use_transfer(retries, stall_timeout)
     from ddpm_data.remote import as_location
     from ddpm_eval.evaluate import evaluate
     from ddpm_eval.summary import format_text

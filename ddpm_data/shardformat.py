@@ -32,6 +32,7 @@ import numpy as np
 
 from ddpm_data.redact import public, redact
 from ddpm_data.remote import Location, RemoteError, join, open_input
+from ddpm_data.transfer import Unreachable
 
 KEY_HASH_HEX = 16                     # hex digits of the file's sha256 in its sample key
 MEMBERS = ("cls", "json", "png")      # a sample's tar members, in the order they are written
@@ -270,6 +271,8 @@ def iter_shard(path: Location, sha256: str | None = None) -> Iterator[tuple[str,
                 yield sample["__key__"], {name: value for name, value in sample.items() if not name.startswith("__")}
         except RemoteError as error:  # the transfer broke: there is nothing more to read or hash
             raise FormatError(path, error.reason) from None
+        except Unreachable:
+            raise  # the server or the network failed, not the shard
         except Exception as error:  # tarfile and webdataset raise several types for a broken archive
             try:
                 file.drain()

@@ -45,7 +45,8 @@ import torch
 from ddpm_data.balance import class_probabilities, epoch_samples
 from ddpm_data.config import OnError, ReaderConfig, ReaderMode  # noqa: F401 (re-exported)
 from ddpm_data.manifest import Manifest, load_manifest
-from ddpm_data.remote import Location
+from ddpm_data.redact import public
+from ddpm_data.remote import Location, writable
 from ddpm_data.rows import as_ranges, read_rows
 from ddpm_data.shardformat import (FormatError, ShardEntry, decode_png, iter_shard, read_shard, sample_problems,
                                    shard_file_problem)
@@ -243,7 +244,7 @@ class _ReaderBase:
 
 
 def _rebuild(manifest: Manifest) -> str:
-    out = f" --out {manifest.root}" if manifest.is_remote else ""
+    out = f" --out {public(manifest.root)}" if manifest.is_remote and writable(manifest.root) else ""
     return f"run 'ddpm-data build --size {manifest.size}{out}' again"
 
 
