@@ -24,6 +24,8 @@ from typer.core import TyperCommand, TyperGroup
 from typer.exceptions import TyperException  # typer vendors click: its usage errors derive from this
 
 from ddpm_data.config import AugmentConfig, Fit, IntensityRule, Interpolation, ReaderConfig, ReaderMode
+from ddpm_data.redact import redact
+from ddpm_data.transfer import TransferConfig
 from ddpm_model.choices import BetaSchedule, Prediction, Sampler, UpsampleMode
 from ddpm_model.config import ModelOptions, Precision, RunConfig, SampleConfig, TrainConfig
 
@@ -147,7 +149,7 @@ class Command(OneLineUsage, TyperCommand):
             line = error_line(error, self.out_of_memory)
             if line is None or os.environ.get("DDPM_TRACEBACK"):
                 raise
-            typer.echo(f"error: {line}", err=True)
+            typer.echo(f"error: {redact(line)}", err=True)
             raise typer.Exit(getattr(error, "exit_code", 2)) from None
 
 
@@ -161,7 +163,7 @@ def usage_line(error: TyperException) -> str:
 
 def show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
     """A warning during a command: one `warning: ...` line on stderr, without Python's source line."""
-    typer.echo(f"warning: {message}", err=True)
+    typer.echo(f"warning: {redact(str(message))}", err=True)
 
 
 def refuse_non_finite(ctx: typer.Context) -> None:
@@ -201,7 +203,7 @@ def data_main() -> None:
 def fail(message: str, code: int = 2) -> None:
     """Print a one-line error to stderr and exit with `code` (no traceback): for checks made in
     the command itself; errors raised below it take `Command`'s path."""
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {redact(message)}", err=True)
     raise typer.Exit(code)
 
 
@@ -254,6 +256,16 @@ ModeOption = Annotated[ReaderMode, typer.Option(help="Reader: auto (memory if th
 WorkersOption = Annotated[int, typer.Option(help="Stream mode: DataLoader worker processes per GPU (0 = read in this process).")]
 MemoryBudgetOption = Annotated[float, typer.Option(help="Mode auto: hold the split in memory when its pixels fit this many MiB.")]
 SkipBadShardsOption = Annotated[bool, typer.Option(help="Leave out (and list) shards that fail their checksum instead of stopping.")]
+# Reading at a URL: the fields of ddpm_data.transfer.TransferConfig.
+RetriesOption = Annotated[int, typer.Option(help="Shards at a URL: retries of a request the server or network failed (refused, timed out, 5xx), one warning line each; 0 = none.")]
+StallTimeoutOption = Annotated[float, typer.Option(help="Shards at a URL: seconds without a byte before a transfer counts as stalled (slow but steady downloads go on).")]
+
+
+def use_transfer(retries: int, stall_timeout: float) -> None:
+    """Set how this command reads files at a URL (ddpm_data.transfer)."""
+    from ddpm_data import transfer
+
+    transfer.use(TransferConfig(retries=retries, stall_timeout_s=stall_timeout))
 AUGMENT_FIELDS = ("crop", "hflip", "vflip", "degrees", "zoom", "brightness", "contrast", "interpolation")
 
 
@@ -335,8 +347,11 @@ def stats(
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     grid: Annotated[Optional[Path], typer.Option(help="Also write a contact sheet of samples per class to this PNG.")] = None,
     per_class: Annotated[int, typer.Option(help="Samples per class in the --grid contact sheet.")] = 8,
+    retries: RetriesOption = TransferConfig.retries,
+    stall_timeout: StallTimeoutOption = TransferConfig.stall_timeout_s,
 ) -> None:
     """Summarise a shard folder: counts, shards, mean/std, source sizes, skipped files."""
+    use_transfer(retries, stall_timeout)
     from ddpm_data.remote import as_location
     from ddpm_data.stats import collect_stats, format_stats, write_grid
 
@@ -351,18 +366,22 @@ def stats(
 @data_app.command()
 def verify(
     folder: Annotated[str, typer.Argument(help="Shard folder written by 'ddpm-data build' (e.g. shards/96), or its URL (s3://..., https://..., pipe:CMD).")],
+    retries: RetriesOption = TransferConfig.retries,
+    stall_timeout: StallTimeoutOption = TransferConfig.stall_timeout_s,
 ) -> None:
     """Recompute every checksum and decode every sample of the tar shards and data.h5."""
+    use_transfer(retries, stall_timeout)
+    from ddpm_data.redact import public
     from ddpm_data.remote import as_location, join
     from ddpm_data.verify import verify as verify_folder
 
     folder = as_location(folder, "FOLDER")
     report = verify_folder(folder)
     for problem in report.problems:
-        typer.echo(f"{join(folder, problem.path)}: {problem.message}", err=True)
+        typer.echo(f"{public(join(folder, problem.path))}: {redact(problem.message)}", err=True)
     if not report.ok:
-        fail(f"{folder}: {len(report.bad_files)} bad file(s): {', '.join(report.bad_files)}", code=1)
-    typer.echo(f"{folder}: ok ({report.files_checked} files, {report.samples_checked} samples decoded)")
+        fail(f"{public(folder)}: {len(report.bad_files)} bad file(s): {', '.join(report.bad_files)}", code=1)
+    typer.echo(f"{public(folder)}: ok ({report.files_checked} files, {report.samples_checked} samples decoded)")
 
 
 # ---------------------------------------------------------------- ddpm-data preview
@@ -392,8 +411,11 @@ def preview(
     grid: Annotated[Optional[Path], typer.Option(help="Write a PNG of augmented samples per class (plain crops beneath).")] = None,
     per_class: Annotated[int, typer.Option(help="Samples per class in the --grid picture.")] = 8,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    retries: RetriesOption = TransferConfig.retries,
+    stall_timeout: StallTimeoutOption = TransferConfig.stall_timeout_s,
 ) -> None:
     """Show what training would receive: class shares of N drawn samples, epoch length, augmented samples."""
+    use_transfer(retries, stall_timeout)
     from ddpm_data.preview import PreviewConfig, format_report, preview as run_preview
     from ddpm_data.remote import as_location
     from ddpm_data.stream import ReaderConfig
@@ -481,6 +503,8 @@ def train(
     quality_samples: Annotated[int, typer.Option(help="Images per class drawn for each quality score.")] = TrainConfig.quality_samples,
     quality_classifier: Annotated[bool, typer.Option(help="Divide each class's quality score by the fraction of its samples ddpm-eval's classifier recognises (trained once per shard set, cached as ddpm-eval caches it), so best-quality.pt samples every class as itself.")] = TrainConfig.quality_classifier,
     keep: Annotated[int, typer.Option(help="Step checkpoints kept (plus best.pt).")] = TrainConfig.keep,
+    retries: RetriesOption = TransferConfig.retries,
+    stall_timeout: StallTimeoutOption = TransferConfig.stall_timeout_s,
 ) -> None:
     """Train the class-conditional DDPM on a shard folder; resumable, multi-GPU with torchrun.
 
@@ -492,6 +516,7 @@ def train(
     from ddpm_data.remote import as_location
     from ddpm_model.run import run_training
 
+    use_transfer(retries, stall_timeout)
     params = ctx.params
     model_fields = ("model_channels", "num_res_blocks", "upsample", "dropout", "class_dropout",
                     "num_timesteps", "beta_schedule", "prediction")
@@ -597,7 +622,10 @@ def eval_samples(
     classifier_batch_size: Annotated[int, typer.Option(help="Batch size of the eval classifier's training.")] = _Eval.classifier_batch_size,
     copy_ratio: Annotated[float, typer.Option(help="Near-copy: nearest training image closer than this times the 2nd nearest.")] = _Eval.copy_ratio,
     blur_sigma: Annotated[float, typer.Option(help="Gaussian sigma (px) of the blurred smoothness-ceiling reference.")] = _Eval.blur_sigma,
+    retries: RetriesOption = TransferConfig.retries,
+    stall_timeout: StallTimeoutOption = TransferConfig.stall_timeout_s,
 ) -> None:
+    use_transfer(retries, stall_timeout)
     from ddpm_data.remote import as_location
     from ddpm_eval.evaluate import evaluate
     from ddpm_eval.summary import format_text
@@ -651,7 +679,7 @@ def study(
              "display_size": display_size, "baseline": baseline, "n": samples_per_class, "steps": sample_steps,
              "eta": sample_eta, "guidance": guidance, "launcher": launcher, "train_args": train_args,
              "sample_args": sample_args, "eval_args": eval_args, "eval_bootstrap": eval_bootstrap}
-    log = lambda line: typer.echo(line, err=not dry_run)  # noqa: E731  (a dry run's plan is its output)
+    log = lambda line: typer.echo(redact(line), err=not dry_run)  # noqa: E731  (a dry run's plan is its output)
     try:
         config, fresh = load_study(study_dir, flags)
         split = parse_split(cells) if cells else None

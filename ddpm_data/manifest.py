@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ddpm_data.remote import Location, RemoteError, as_location, is_url, join, read_bytes
+from ddpm_data.redact import public
+from ddpm_data.remote import Location, RemoteError, as_location, is_url, join, read_bytes, writable
 from ddpm_data.shardformat import ShardEntry
 
 FORMAT_VERSION = 1
@@ -134,7 +135,22 @@ def _rebuild_hint(folder: Location, size: Any = None) -> str:
     if not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
         name = str(folder).rstrip("/").rsplit("/", 1)[-1]
         size = name if name.isdigit() and name == str(int(name)) else "N"
-    return f"run 'ddpm-data build --size {size}'" + (f" --out {folder}" if is_url(folder) else "")
+    if is_url(folder) and not writable(folder):  # a read-only location: the set is built elsewhere
+        return f"run 'ddpm-data build --size {size}' where {public(folder)} is served from"
+    return f"run 'ddpm-data build --size {size}'" + (f" --out {public(folder)}" if is_url(folder) else "")
+
+
+def _manifest_text(path: Location, data: bytes) -> str:
+    """The manifest's text; ManifestError naming `path` when the server sent something else."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ManifestError(f"{public(path)}: not UTF-8 text ({error.reason} at byte {error.start}), so not a "
+                            f"manifest written by 'ddpm-data build'; check the URL") from None
+    if text.lstrip()[:1] == "<":
+        raise ManifestError(f"{public(path)}: an HTML page, not a manifest (an error or login page of the server?); "
+                            f"check the URL and the credentials")
+    return text
 
 
 def _read_document(folder: Location) -> tuple[Location, Location, Any]:
@@ -147,7 +163,7 @@ def _read_document(folder: Location) -> tuple[Location, Location, Any]:
         path: Location = join(root, MANIFEST_NAME)
         hint = _rebuild_hint(root)
         try:
-            text = read_bytes(path).decode("utf-8")
+            text = _manifest_text(path, read_bytes(path))
         except RemoteError as error:
             if error.reason == "missing":
                 raise ManifestError(f"{path}: missing: no shard set there, or its upload has not finished (the "

@@ -11,8 +11,9 @@ A *location* is a local folder (`Path`) or a URL (`str`):
 Credentials come from the environment the libraries read (AWS_ACCESS_KEY_ID, AWS_PROFILE,
 GOOGLE_APPLICATION_CREDENTIALS, ...), never from the URL: a location holding a URL with a user
 name, a password or a query string (where tokens and signatures go) is refused (`as_location`),
-because locations are written to config.json, manifests and logs; and every error message passes
-through `redact` as well, for locations given through the Python API.
+because locations are written to config.json, manifests and logs. A `pipe:` command is accepted and
+stored and shown as `redact.public` gives it (secret-bearing words as ***), and every error message
+passes through `redact.redact` as well.
 
 Every failure to open or read a file raises `RemoteError` (a ValueError) whose message starts
 with the location: "missing", "access denied (...)", "download failed (...)".
@@ -22,15 +23,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Union
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
+
+from ddpm_data.redact import PIPE, hide_url_credentials, public, redact
+from ddpm_data.transfer import Unreachable, current, outage, retrying, storage_options
 
 Location = Union[Path, str]   # a local folder or file, or a URL
-PIPE = "pipe:"
 STREAM_BLOCK_BYTES = 4 << 20  # read-ahead of a streamed remote file: bounds memory per open shard
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-# a URL inside a message or a pipe command; it ends at a space, a quote, a bracket, a comma or a semicolon
-_EMBEDDED_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>(),;]+")
-HIDDEN = "***"
 _CREDENTIAL_HINT = ("pass credentials through the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or "
                     "AWS_PROFILE for s3://, GOOGLE_APPLICATION_CREDENTIALS for gs://), not in the URL")
 
@@ -39,29 +39,13 @@ class RemoteError(ValueError):
     """A file of a shard set cannot be opened or read; the message is `{location}: {reason}`."""
 
     def __init__(self, location: Location, reason: str) -> None:
-        self.path, self.reason = redact(str(location)), redact(reason)
+        self.path, self.reason = public(location), redact(reason)
         super().__init__(f"{self.path}: {self.reason}")
 
 
 def is_url(location: Location | None) -> bool:
     """True for `scheme://...` and `pipe:...` strings; local paths (also as str) are False."""
     return isinstance(location, str) and (location.startswith(PIPE) or bool(_SCHEME.match(location)))
-
-
-def _hide_credentials(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None and not parts.query:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    netloc = f"{HIDDEN}@{host}" if "@" in parts.netloc else host
-    query = "&".join(f"{pair.partition('=')[0]}={HIDDEN}" for pair in parts.query.split("&") if pair)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def redact(text: str) -> str:
-    """`text` (a location, a message) with every URL in it stripped of credentials: the user name
-    and password become *** and so does each query-string value (tokens, signatures)."""
-    return _EMBEDDED_URL.sub(lambda match: _hide_credentials(match.group(0)), text)
 
 
 def as_location(text: str | Path, flag: str = "--shards") -> Location:
@@ -71,10 +55,27 @@ def as_location(text: str | Path, flag: str = "--shards") -> Location:
     also one inside a pipe: command, carries a user name, a password or a query string."""
     if isinstance(text, Path) or not is_url(text):
         return Path(text)
-    if redact(text) != text:
-        raise ValueError(f"{flag} {redact(text)}: the URL holds credentials (user name, password or query "
+    if hide_url_credentials(text) != text:
+        raise ValueError(f"{flag} {public(text)}: the URL holds credentials (user name, password or query "
                          f"string), which would be written to config.json, manifests and logs; {_CREDENTIAL_HINT}")
     return text.rstrip("/") if not text.startswith(PIPE) else text
+
+
+WRITABLE = "a local folder, s3://, gs://, file:// or another fsspec URL that can be written"
+
+
+def writable(location: Location) -> bool:
+    """Whether a build can write there: not a pipe: command, not plain http(s)://."""
+    return not is_url(location) or (not location.startswith(PIPE) and urlsplit(location).scheme not in ("http", "https"))
+
+
+def check_writable(location: Location, flag: str = "--out") -> None:
+    """ValueError naming `flag` when `location` cannot be written or holds credentials (before any
+    work is done)."""
+    location = as_location(location, flag)
+    if not writable(location):
+        raise ValueError(f"{flag} {public(location)}: cannot be written (http(s):// and pipe: locations are read "
+                         f"only); write to {WRITABLE}, and serve that over HTTP if you like")
 
 
 def join(base: Location, name: str) -> Location:
@@ -104,21 +105,43 @@ def _error_reason(error: BaseException) -> str:
 
 class _GuardedFile:
     """A remote file whose read errors (a dropped connection, a truncated download, a failing pipe
-    command) become RemoteError naming the location; named after it for webdataset's messages."""
+    command) become RemoteError naming the location, or, for an outage, are retried (`transfer`):
+    the file is opened again (`reopen`) and read up to where it broke. Named after its location
+    for webdataset's messages."""
 
-    def __init__(self, file: Any, location: str) -> None:
-        self._file, self.name = file, location
+    def __init__(self, file: Any, location: str, reopen: Callable[[], Any] | None = None) -> None:
+        self._file, self.name, self._reopen, self._position = file, location, reopen, 0
 
     def read(self, size: int = -1) -> bytes:
+        if self._reopen is None:
+            return self._read(size)
+        return retrying(self.name, lambda: self._read(size))
+
+    def _read(self, size: int) -> bytes:
         try:
+            if self._file is None:  # a retry: open again, and pass over what was read before
+                self._file = self._reopen()
+                _skip(self._file, self._position)
             data = self._file.read(size)
             if not data and size != 0 and hasattr(self._file, "wait_for_child"):
                 self._file.wait_for_child()  # a pipe at its end: a failed command is an error, not an empty file
+            self._position += len(data)
             return data
         except RemoteError:
             raise
         except Exception as error:  # aiohttp, botocore and webdataset's Pipe raise their own types
+            if self._reopen is not None and outage(error, current().stall_timeout_s):
+                self._drop()
+                raise  # `retrying` names it, and opens the file again for the next try
             raise RemoteError(self.name, f"download failed ({type(error).__name__}: {error})") from error
+
+    def _drop(self) -> None:
+        file, self._file = self._file, None
+        try:
+            if file is not None:
+                file.close()
+        except Exception:  # the connection is gone already
+            pass
 
     def seek(self, offset: int, whence: int = 0) -> int:
         return self._file.seek(offset, whence)
@@ -131,7 +154,8 @@ class _GuardedFile:
 
     def close(self) -> None:
         try:
-            self._file.close()
+            if self._file is not None:
+                self._file.close()
         except Exception as error:  # a pipe command that failed reports its status when closed
             raise RemoteError(self.name, f"download failed ({type(error).__name__}: {error})") from error
 
@@ -142,18 +166,35 @@ class _GuardedFile:
         if exc[0] is None:
             self.close()
         else:
-            try:
-                self._file.close()
-            except Exception:  # the first error is the one to report
-                pass
+            self._drop()  # the first error is the one to report
 
     def __repr__(self) -> str:
         return self.name
 
 
+def _skip(file: Any, count: int) -> None:
+    """Pass over the first `count` bytes of a file opened again after an outage."""
+    while count > 0:
+        data = file.read(min(count, STREAM_BLOCK_BYTES))
+        if not data:
+            raise ConnectionResetError("the file ended before the point a retry resumes from")
+        count -= len(data)
+
+
+def _open_fsspec(location: str) -> Any:
+    import fsspec
+
+    protocol = urlsplit(location).scheme
+    options: dict[str, Any] = {"block_size": 0} if protocol in ("http", "https") else \
+        {"block_size": STREAM_BLOCK_BYTES, "cache_type": "readahead"}
+    filesystem, path = fsspec.core.url_to_fs(location, **storage_options(protocol))
+    return filesystem.open(path, "rb", **options)
+
+
 def open_input(location: Location) -> BinaryIO:
     """Open a file for sequential reading: a local file, a pipe command's output, or an fsspec URL
-    streamed with bounded read-ahead. Raises RemoteError ("missing", "access denied", ...)."""
+    streamed with bounded read-ahead. Raises RemoteError ("missing", "access denied", ...), or
+    transfer.Unreachable for an outage (after the retries)."""
     if not is_url(location):
         try:
             return open(location, "rb")
@@ -168,15 +209,13 @@ def open_input(location: Location) -> BinaryIO:
         except OSError as error:
             raise RemoteError(location, f"cannot run the pipe command ({error})") from None
         return _GuardedFile(pipe, location)  # type: ignore[return-value]
-    import fsspec
-
-    options: dict[str, Any] = {"block_size": 0} if urlsplit(location).scheme in ("http", "https") else \
-        {"block_size": STREAM_BLOCK_BYTES, "cache_type": "readahead"}
     try:
-        filesystem, path = fsspec.core.url_to_fs(location)
-        return _GuardedFile(filesystem.open(path, "rb", **options), location)  # type: ignore[return-value]
+        file = retrying(location, lambda: _open_fsspec(location))
+    except Unreachable:
+        raise
     except Exception as error:  # fsspec backends raise OSError subclasses and their own types
         raise RemoteError(location, _error_reason(error)) from error
+    return _GuardedFile(file, location, reopen=lambda: _open_fsspec(location))  # type: ignore[return-value]
 
 
 def read_bytes(location: Location) -> bytes:
@@ -197,11 +236,20 @@ def exists(location: Location) -> bool:
             return False
     import fsspec
 
-    filesystem, path = fsspec.core.url_to_fs(location)
+    filesystem, path = fsspec.core.url_to_fs(location, **storage_options(urlsplit(location).scheme))
+
+    def look() -> bool:
+        try:
+            return bool(filesystem.isfile(path))
+        except FileNotFoundError as error:
+            if outage(error, current().stall_timeout_s):
+                raise  # fsspec's HTTP backend calls a refused connection "not found"
+            return False
+
     try:
-        return bool(filesystem.isfile(path))
-    except FileNotFoundError:
-        return False
+        return retrying(location, look)
+    except Unreachable:
+        raise
     except Exception as error:
         raise RemoteError(location, _error_reason(error)) from error
 

@@ -7,9 +7,10 @@ followed by their samples. Callers ask for row ranges (memory mode: this rank's 
 class), or spread-out rows (validation); only the shards or HDF5 chunks that hold them are read.
 
 Checks on the way: data.h5 rows against their `pixel_sha256` (a file written before per-row
-digests is hashed whole first); tar samples against their `png_sha256` (a shard of a set written
-before is read whole and checked against its file sha256 before any sample is used). Failures
-raise FormatError naming the file.
+digests is hashed whole first); every tar shard that holds a wanted row is read to its end, so
+its rows are kept only once the whole file matched its sha256 and sample count (a sample's own
+`png_sha256` travels with it: it cannot tell a shard replaced by another valid shard). Failures
+raise FormatError naming the file, or, given a `skipped` list, leave the shard's rows out.
 """
 from __future__ import annotations
 
@@ -34,9 +35,15 @@ def as_ranges(rows: np.ndarray) -> Ranges:
     return [(int(run[0]), int(run[-1]) + 1) for run in np.split(rows, breaks)]
 
 
-def read_rows(manifest: Manifest, split: str, ranges: Ranges) -> SplitArrays:
-    """The rows of `ranges` of `split`: uint8 (N, C, S, S) images, labels, keys, in row order."""
-    return (_from_tars if manifest.is_remote else _from_hdf5)(manifest, split, ranges)
+def read_rows(manifest: Manifest, split: str, ranges: Ranges,
+              skipped: list[dict[str, str]] | None = None) -> SplitArrays:
+    """The rows of `ranges` of `split`: uint8 (N, C, S, S) images, labels, keys, in row order.
+
+    FormatError for a bad file; with a `skipped` list, a bad tar shard is appended to it as
+    {"path", "reason"} and its rows are left out instead (data.h5 is one file: it always raises)."""
+    if manifest.is_remote:
+        return _from_tars(manifest, split, ranges, skipped)
+    return _from_hdf5(manifest, split, ranges)
 
 
 def _allocate(manifest: Manifest, ranges: Ranges) -> np.ndarray:
@@ -96,24 +103,39 @@ def shard_samples(manifest: Manifest, entry: ShardEntry) -> Iterator[tuple[str, 
         raise FormatError(location, f"holds {count} samples, the manifest says {entry.count}")
 
 
-def _from_tars(manifest: Manifest, split: str, ranges: Ranges) -> SplitArrays:
+def _shard_rows_wanted(manifest: Manifest, entry: ShardEntry, wanted: Ranges,
+                       shape: tuple[int, int, int]) -> tuple[list[np.ndarray], list[str]]:
+    """(pixels, keys) of the rows of one shard in `wanted` (absolute row numbers from 0 at the
+    shard's first sample), returned only after the whole shard was read and checked."""
+    images, keys = [], []
+    for row, (key, members) in enumerate(shard_samples(manifest, entry)):
+        if any(start <= row < stop for start, stop in wanted):
+            try:
+                images.append(decode_png(members.get("png", b""), shape))
+            except FormatError as error:
+                raise FormatError(manifest.file(entry.path), f"sample {key}: .png {error.reason}") from error
+            keys.append(key)
+    return images, keys
+
+
+def _from_tars(manifest: Manifest, split: str, ranges: Ranges, skipped: list[dict[str, str]] | None) -> SplitArrays:
     shape = (manifest.channels, manifest.stored_size, manifest.stored_size)
     images, labels, keys, filled = _allocate(manifest, ranges), [], [], 0
     for entry, first in _shard_rows(manifest, split):
-        wanted = [(max(start, first), min(stop, first + entry.count)) for start, stop in ranges
+        wanted = [(max(start, first) - first, min(stop, first + entry.count) - first) for start, stop in ranges
                   if start < first + entry.count and stop > first]
         if not wanted:
             continue
-        label, last = manifest.label(entry.class_name), wanted[-1][1]
-        for row, (key, members) in enumerate(shard_samples(manifest, entry), start=first):
-            if any(start <= row < stop for start, stop in wanted):
-                try:
-                    images[filled] = decode_png(members.get("png", b""), shape)
-                except FormatError as error:
-                    raise FormatError(manifest.file(entry.path), f"sample {key}: .png {error.reason}") from error
-                labels.append(label)
-                keys.append(key)
-                filled += 1
-            if row + 1 == last and manifest.sample_checksums:
-                break  # each sample was checked on its own: the rest of the shard is not needed
-    return SplitArrays(images, np.asarray(labels, dtype=np.int64), tuple(keys), manifest.num_samples(split))
+        try:
+            pixels, shard_keys = _shard_rows_wanted(manifest, entry, wanted, shape)
+        except FormatError as error:
+            if skipped is None:
+                raise
+            skipped.append({"path": str(manifest.file(entry.path)), "reason": error.reason})
+            continue
+        if pixels:
+            images[filled:filled + len(pixels)] = np.stack(pixels)
+        labels.extend([manifest.label(entry.class_name)] * len(pixels))
+        keys.extend(shard_keys)
+        filled += len(pixels)
+    return SplitArrays(images[:filled], np.asarray(labels, dtype=np.int64), tuple(keys), manifest.num_samples(split))

@@ -31,7 +31,9 @@ from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
-from ddpm_data.remote import Location, RemoteError, join, open_input, redact
+from ddpm_data.redact import public, redact
+from ddpm_data.remote import Location, RemoteError, join, open_input
+from ddpm_data.transfer import Unreachable
 
 KEY_HASH_HEX = 16                     # hex digits of the file's sha256 in its sample key
 MEMBERS = ("cls", "json", "png")      # a sample's tar members, in the order they are written
@@ -52,7 +54,7 @@ class FormatError(ValueError):
     is `{path}: {reason}` (callers add the fix, which depends on the command)."""
 
     def __init__(self, path: str | Path, reason: str) -> None:
-        self.path, self.reason = redact(str(path)), redact(reason)  # a URL's credentials never reach a message
+        self.path, self.reason = public(path), redact(reason)  # a location's secrets never reach a message
         super().__init__(f"{self.path}: {self.reason}")
 
 
@@ -273,6 +275,8 @@ def iter_shard(path: Location, sha256: str | None = None) -> Iterator[tuple[str,
                 yield sample["__key__"], {name: value for name, value in sample.items() if not name.startswith("__")}
         except RemoteError as error:  # the transfer broke: there is nothing more to read or hash
             raise FormatError(path, error.reason) from None
+        except Unreachable:
+            raise  # the server or the network failed, not the shard
         except Exception as error:  # tarfile and webdataset raise several types for a broken archive
             try:
                 file.drain()

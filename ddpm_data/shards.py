@@ -35,7 +35,8 @@ from ddpm_data.intensity import Intensity, IntensityRecord
 from ddpm_data.manifest import (FORMAT_VERSION, MANIFEST_NAME, SPLITS, Manifest, load_manifest, sha256_file,
                                 write_manifest)
 from ddpm_data.parallel import OrderedPool
-from ddpm_data.remote import Location, RemoteError, as_location, is_url, list_names, redact, upload_folder
+from ddpm_data.redact import redact
+from ddpm_data.remote import Location, RemoteError, as_location, check_writable, is_url, list_names, upload_folder
 from ddpm_data.shardformat import HDF5_NAME, Hdf5Writer, ShardEntry, ShardWriter
 from ddpm_data.split import SourceItem, SourcePlan, find_classes, plan_source, read_regular
 from ddpm_data.survey import Survey, probe_file
@@ -424,6 +425,8 @@ def build(config: BuildConfig, progress: bool = False, log: Callable[[str], None
     """
     try:
         outputs = [config.out_for(size) for size in config.size]
+        for out in outputs:
+            check_writable(out, "--out")  # http(s):// and pipe: are read-only: refused before any image is read
     except ValueError as error:
         raise BuildError(str(error)) from None
     if not any(is_url(out) for out in outputs):

@@ -8,7 +8,8 @@ import numpy as np
 
 from ddpm_data.grid import save_grid
 from ddpm_data.manifest import SPLITS, Manifest, load_manifest
-from ddpm_data.remote import Location, file_sizes, is_url, redact
+from ddpm_data.redact import public
+from ddpm_data.remote import Location, file_sizes, is_url
 from ddpm_data.shardformat import FormatError, decode_png, iter_shard
 
 
@@ -20,7 +21,7 @@ def collect_stats(folder: Location) -> dict[str, Any]:
     sizes = file_sizes(manifest.root)  # one listing, also for a URL
     shards = [{**entry.to_json(), "bytes": sizes.get(entry.path)} for entry in manifest.shards]
     return {
-        "folder": redact(folder) if is_url(folder) else str(Path(folder)),
+        "folder": public(folder) if is_url(folder) else str(Path(folder)),
         "size": manifest.size,
         "stored_size": manifest.stored_size,
         "channels": manifest.channels,

@@ -45,7 +45,8 @@ import torch
 from ddpm_data.balance import class_probabilities, epoch_samples
 from ddpm_data.config import OnError, ReaderConfig, ReaderMode  # noqa: F401 (re-exported)
 from ddpm_data.manifest import Manifest, load_manifest
-from ddpm_data.remote import Location
+from ddpm_data.redact import public
+from ddpm_data.remote import Location, writable
 from ddpm_data.rows import as_ranges, read_rows
 from ddpm_data.shardformat import (FormatError, ShardEntry, decode_png, iter_shard, read_shard, sample_problems,
                                    shard_file_problem)
@@ -243,7 +244,7 @@ class _ReaderBase:
 
 
 def _rebuild(manifest: Manifest) -> str:
-    out = f" --out {manifest.root}" if manifest.is_remote else ""
+    out = f" --out {public(manifest.root)}" if manifest.is_remote and writable(manifest.root) else ""
     return f"run 'ddpm-data build --size {manifest.size}{out}' again"
 
 
@@ -293,28 +294,51 @@ class MemoryReader(_ReaderBase):
         counts = {name: manifest.counts.get(config.split, {}).get(name, 0) for name in manifest.classes}
         super().__init__(manifest, config, counts, rank, world_size, parts=1)
         _check_part_sizes(counts, self.probabilities, world_size, "ranks")
-        ranges, blocks, self.sequences, first, held = [], [], [], 0, 0
+        ranges, blocks, first = [], [], 0
         for label, name in enumerate(self.classes):
             start, stop = rank_block(counts[name], rank, world_size)
             if self.probabilities[name] > 0:  # a class never drawn is not read
                 ranges.append((first + start, first + stop))
                 blocks.append((label, stop - start))
-                self.sequences.append(ClassSequence([range(held, held + stop - start)], config.seed, rank, label))
-                held += stop - start
-            else:
-                self.sequences.append(None)
             first += counts[name]
-        try:
-            arrays = read_rows(manifest, config.split, ranges)
-        except FormatError as error:
-            raise ShardError(f"{error}; {_rebuild(manifest)}, or read the tar shards with --mode stream") from error
-        expected = np.repeat([label for label, _ in blocks], [size for _, size in blocks]).astype(np.int64)
-        if not np.array_equal(arrays.labels, expected):
-            raise ShardError(f"{manifest.hdf5_path}: /{config.split} rows are not in class order as the manifest "
-                             f"counts say; {_rebuild(manifest)}")
+        arrays = self._read(manifest, config, ranges)
+        held = np.bincount(arrays.labels, minlength=len(self.classes))
+        self._check_rows(manifest, config, arrays.labels, blocks, held)
+        self.sequences, first = [None] * len(self.classes), 0
+        for label, _ in blocks:
+            self.sequences[label] = ClassSequence([range(first, first + int(held[label]))], config.seed, rank, label)
+            first += int(held[label])
         self.device = torch.device(config.device)
         self.images = torch.from_numpy(arrays.images).to(self.device)
         self._pixels = arrays.images if self.device.type == "cpu" else None  # (N, C, S, S) uint8: the rank's rows
+
+    def _read(self, manifest: Manifest, config: ReaderConfig, ranges: list[tuple[int, int]]) -> Any:
+        """This rank's rows; a bad shard (at a URL: the rows come from the tar shards, each read
+        whole and checked) raises ShardError, or with OnError.skip is warned about and left out."""
+        skipped: list[dict[str, str]] | None = [] if config.on_error is OnError.skip and manifest.is_remote else None
+        try:
+            arrays = read_rows(manifest, config.split, ranges, skipped)
+        except FormatError as error:
+            fix = (f"rebuild with 'ddpm-data build --size {manifest.size}', {_SKIP_HINT}" if manifest.is_remote
+                   else f"{_rebuild(manifest)}, or read the tar shards with --mode stream")
+            raise ShardError(f"{error}; {fix}") from error
+        for bad in skipped or []:
+            warnings.warn(f"{bad['path']}: {bad['reason']}; skipped (--skip-bad-shards)", stacklevel=4)
+        self.skipped = list(skipped or [])
+        return arrays
+
+    def _check_rows(self, manifest: Manifest, config: ReaderConfig, labels: np.ndarray, blocks: list[tuple[int, int]],
+                    held: np.ndarray) -> None:
+        """The rows came in class order, as many per class as asked for, less the skipped shards'."""
+        expected = np.repeat([label for label, _ in blocks], [int(held[label]) for label, _ in blocks])
+        if not np.array_equal(labels, expected) or any(held[label] > size for label, size in blocks):
+            raise ShardError(f"{manifest.hdf5_path}: /{config.split} rows are not in class order as the manifest "
+                             f"counts say; {_rebuild(manifest)}")
+        empty = [self.classes[label] for label, size in blocks if size and not held[label]]
+        if empty:
+            raise ShardError(f"class {', '.join(empty)}: every shard holding this rank's rows is bad "
+                             f"({', '.join(bad['path'] for bad in self.skipped)}); rebuild with "
+                             f"'ddpm-data build --size {manifest.size}'")
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         position = self.position

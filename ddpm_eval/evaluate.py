@@ -145,7 +145,9 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] | None = None) -> di
         "warnings": _warnings(samples, real, labels),
         "config": {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(config).items()},
     }
-    result = _finite(result)
+    from ddpm_data.redact import scrub
+
+    result = scrub(_finite(result))  # a pipe: --real keeps no secret in results.json or the output
     if config.report is not None:
         from ddpm_eval.report import write_report
 

@@ -68,7 +68,9 @@ class RealData:
 
     def source(self, split: str) -> str:
         """Where a split's images come from, for messages."""
-        return f"{self.root}/data.h5 /{split}" if isinstance(self.root, Path) else f"{self.root} {split} tar shards"
+        from ddpm_data.redact import public
+
+        return f"{self.root}/data.h5 /{split}" if isinstance(self.root, Path) else f"{public(self.root)} {split} tar shards"
 
 
 def center_crop(images: np.ndarray, size: int) -> np.ndarray:

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from ddpm_data.redact import scrub
+
 
 class MetricsLog:
     """Append-only JSON-lines file; `truncate_after(step)` drops records a resumed run will redo."""
@@ -27,7 +29,7 @@ class MetricsLog:
     def append(self, record: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
+            handle.write(json.dumps(scrub(record), sort_keys=True) + "\n")
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.is_file():

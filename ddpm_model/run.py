@@ -21,6 +21,7 @@ import torch
 from ddpm_data.augment import Augmenter, center_crop
 from ddpm_data.config import AugmentConfig
 from ddpm_data.manifest import Manifest, load_manifest
+from ddpm_data.redact import redact, scrub
 from ddpm_data.stream import ReaderConfig, load_split, open_reader
 
 from . import checkpoint as ckpt
@@ -399,12 +400,12 @@ def _run_io(plan: Plan, state: TrainState, total_steps: int, notes: list[str],
     if plan.resume_from is not None:
         MetricsLog(plan.run_dir / "metrics.jsonl").truncate_after(state.step)
     for line in notes:
-        print(line, flush=True)
+        print(redact(line), flush=True)
     if plan.resume_from is not None:
         print(f"resumed from {plan.resume_from} at step {state.step} of {total_steps}", flush=True)
     config = plan.config
-    meta = {"model_config": plan.model_config, "classes": plan.classes, "data": plan.data,
-            "run_config": to_jsonable(config)}
+    meta = scrub({"model_config": plan.model_config, "classes": plan.classes, "data": plan.data,
+                  "run_config": to_jsonable(config)})  # checkpoints keep no secret of a pipe: command
     return RunIO(plan.run_dir, meta, make_sample_writer(plan.run_dir, plan.classes, config.train),
                  ProgressDisplay(total_steps, state.step, enabled=config.progress), scorer)
 
@@ -412,7 +413,7 @@ def _run_io(plan: Plan, state: TrainState, total_steps: int, notes: list[str],
 def _write_summary(plan: Plan, result: TrainResult, total_steps: int) -> None:
     summary = {**dataclasses.asdict(result), "last_checkpoint": str(result.last_checkpoint),
                "total_steps": total_steps, "run_dir": str(plan.run_dir)}
-    (plan.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    (plan.run_dir / "summary.json").write_text(json.dumps(scrub(summary), indent=2, sort_keys=True) + "\n")
 
 
 class _BatchIterator:

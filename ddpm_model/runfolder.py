@@ -108,7 +108,9 @@ def write_document(run_dir: Path, document: dict[str, Any]) -> Path:
     """config.json, written whole to a temporary file and renamed over the old one."""
     path = run_dir / CONFIG_NAME
     temporary = path.with_name(f".{CONFIG_NAME}.tmp")
-    temporary.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    from ddpm_data.redact import scrub
+
+    temporary.write_text(json.dumps(scrub(document), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     temporary.replace(path)
     return path
 
@@ -209,6 +211,8 @@ def shards_folder(shards: Path | str | None, img_size: int | None) -> Path | str
 def resume_config(saved: RunConfig, document: dict[str, Any], given: RunConfig) -> RunConfig:
     """The saved run, with the options typed now that may change; RunError listing every typed
     option that would change what the run is."""
+    from ddpm_data.redact import is_hidden
+
     typed = set(given.given)
     conflicts = (_train_conflicts(saved.train, given.train, typed)
                  + _group_conflicts(saved.reader, given.reader, typed)
@@ -223,6 +227,9 @@ def resume_config(saved: RunConfig, document: dict[str, Any], given: RunConfig) 
         changed |= set(DURATION_FIELDS)  # a new duration replaces the old one, whichever unit it used
     train = dataclasses.replace(saved.train, **{n: getattr(given.train, n) for n in changed})
     process = {n: getattr(given, n) for n in PROCESS_FIELDS if n not in ("shards", "img_size", "overwrite")}
+    if given.shards is None and is_hidden(saved.shards):
+        raise RunError(f"--resume: {given.out / CONFIG_NAME} keeps the shards' pipe: command without its secret "
+                       f"parts ({saved.shards}); pass the command again with --shards")
     shards = absolute_shards(given.shards if given.shards is not None else saved.shards)
     return dataclasses.replace(saved, **process, overwrite=False, shards=shards, train=train,
                                given=tuple(sorted(typed)))

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ddpm_data.config import AUGMENT_PRESETS
+from ddpm_data.redact import redact
+from ddpm_data.remote import as_location
 
 TOML_NAME = "study.toml"
 UPSAMPLE_MODES = ("bilinear", "bicubic", "nearest", "conv_transpose")  # ddpm-train --upsample
@@ -82,8 +84,10 @@ class StudyConfig:
     def display(self) -> int:
         return self.display_size or max(self.grid.sizes)
 
-    def shard_dir(self, size: int) -> Path:
-        return Path(self.shards.replace("{size}", str(size))).absolute()
+    def shard_dir(self, size: int) -> Path | str:
+        """The shard folder of `size`: an absolute path, or a URL kept as one (remote.py)."""
+        location = as_location(self.shards.replace("{size}", str(size)), "--shards")
+        return location.absolute() if isinstance(location, Path) else location
 
 
 # TOML layout: top-level keys, then tables. One entry per field, so unknown keys fail by name.
@@ -230,7 +234,11 @@ def _build(root: Path, settings: dict[str, Any], where: dict[str, str], path: Pa
     )
     shards = get("shards", str, "shards/{size}")
     if "{size}" not in shards:
-        raise StudyError(f"{where['shards']} {shards!r}: needs '{{size}}', e.g. shards/{{size}}")
+        raise StudyError(f"{where['shards']} {redact(shards)!r}: needs '{{size}}', e.g. shards/{{size}}")
+    try:
+        as_location(shards, where.get("shards", "--shards"))  # a URL with credentials: refused before anything is written
+    except ValueError as error:
+        raise StudyError(str(error)) from None
     src = get("src", str)
     return StudyConfig(
         root=root, grid=grid, budget=Budget(images, minutes),

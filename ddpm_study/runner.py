@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ddpm_data.manifest import MANIFEST_NAME
+from ddpm_data.remote import exists, is_url, join
 from ddpm_study.cells import Cell, find_configuration, grid_cells, split_cells
 from ddpm_study.config import StudyConfig, StudyError
 from ddpm_study.files import STATE_NAME, cell_dir, latest_checkpoint, read_json, sample_marker, write_json
@@ -86,25 +88,30 @@ def check_train_args(config: StudyConfig) -> None:
 
 def ensure_shards(config: StudyConfig, sizes: list[int], tools: Tools, log: Callable[[str], None]) -> None:
     """Build the missing sizes from --src in one `ddpm-data build`; a lock keeps parallel tasks from racing."""
-    missing = [size for size in sizes if not (config.shard_dir(size) / "manifest.json").is_file()]
+    missing = _missing_sizes(config, sizes)
     if not missing:
         return
     with _lock(config.root / ".shards.lock"):
-        missing = [size for size in missing if not (config.shard_dir(size) / "manifest.json").is_file()]
+        missing = _missing_sizes(config, missing)
         if not missing:
             return
         log(f"study: building shards for {', '.join(map(str, missing))} px from {config.src}")
-        pattern = str(Path(config.shards).absolute())
+        pattern = config.shards if is_url(config.shards) else str(Path(config.shards).absolute())
         run = tools(["ddpm-data", "build", "--src", str(config.src), "--size", ",".join(map(str, missing)), "--out", pattern])
         if run.returncode != 0:
             raise StudyError(f"ddpm-data build --src {config.src}: {run.error_line}")
 
 
+def _missing_sizes(config: StudyConfig, sizes: list[int]) -> list[int]:
+    """The sizes whose shard folder (a path or a URL) has no manifest.json."""
+    return [size for size in sizes if not exists(join(config.shard_dir(size), MANIFEST_NAME))]
+
+
 def missing_shards_error(config: StudyConfig, sizes: list[int]) -> StudyError | None:
-    missing = [size for size in sizes if not (config.shard_dir(size) / "manifest.json").is_file()]
+    missing = _missing_sizes(config, sizes)
     if not missing or config.src is not None:
         return None
-    first = config.shard_dir(missing[0]) / "manifest.json"
+    first = join(config.shard_dir(missing[0]), MANIFEST_NAME)
     return StudyError(f"{first}: missing, and no --src to build it from; pass --src DATA (an image folder) or run "
                       f"'ddpm-data build --src DATA --size {','.join(map(str, missing))} --out {config.shards}'")
 

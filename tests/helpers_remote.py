@@ -8,15 +8,24 @@ import functools
 import http.server
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
     truncate: frozenset[str] = frozenset()
+    token: str | None = None  # when set, a request without "Authorization: Bearer <token>" gets 403
+
+    def send_head(self):
+        if self.token is not None and self.headers.get("Authorization") != f"Bearer {self.token}":
+            self.send_error(403, "Forbidden")
+            return None
+        return super().send_head()
 
     def copyfile(self, source, outputfile) -> None:
         if Path(self.path).name in self.truncate:  # Content-Length promised the whole file: send half
@@ -31,11 +40,65 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _FaultyHandler(_Handler):
+    """Answers the first `failures` requests for a file with `status`; sends bodies in chunks of
+    `chunk` bytes, `pause` s apart, or stops sending for `stall` s after the first chunk."""
+    failures, status, chunk, pause, stall = 0, 503, 1 << 20, 0.0, 0.0
+    only: frozenset[str] = frozenset()  # the file names that fail (empty: all)
+    seen: dict[str, int] = {}
+
+    def send_head(self):
+        count = self.seen[self.path] = self.seen.get(self.path, 0) + 1
+        if count <= self.failures and (not self.only or Path(self.path).name in self.only):
+            self.send_error(self.status)
+            return None
+        return super().send_head()
+
+    def copyfile(self, source, outputfile) -> None:
+        if self.only and Path(self.path).name not in self.only:
+            return super().copyfile(source, outputfile)
+        first = True
+        try:
+            while data := source.read(self.chunk):
+                outputfile.write(data)
+                outputfile.flush()
+                time.sleep(self.stall if first and self.stall else self.pause)
+                first = False
+        except (BrokenPipeError, ConnectionResetError):  # the reader gave up: what the test wants
+            self.close_connection = True
+
+
 @contextlib.contextmanager
-def http_server(folder: Path, truncate: tuple[str, ...] = ()) -> Iterator[str]:
+def faulty_server(folder: Path, failures: int = 0, status: int = 503, chunk: int = 1 << 20, pause: float = 0.0,
+                  stall: float = 0.0, only: tuple[str, ...] = ()) -> Iterator[str]:
+    """Serve `folder` on 127.0.0.1 badly (see _FaultyHandler); yields its base URL. Threads that
+    still sleep end with the process (daemon threads), bounded by `stall`."""
+    handler = type("Handler", (_FaultyHandler,), {"failures": failures, "status": status, "chunk": chunk,
+                                                  "pause": pause, "stall": stall, "seen": {}, "only": frozenset(only)})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def http_server(folder: Path, truncate: tuple[str, ...] = (), token: str | None = None) -> Iterator[str]:
     """Serve `folder` over HTTP on 127.0.0.1 (a free port); yields its base URL. Files named in
-    `truncate` are cut off halfway through their body."""
-    handler = type("Handler", (_Handler,), {"truncate": frozenset(truncate)})
+    `truncate` are cut off halfway through their body; with `token`, only requests bearing it are served."""
+    handler = type("Handler", (_Handler,), {"truncate": frozenset(truncate), "token": token})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

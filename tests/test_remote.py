@@ -148,24 +148,43 @@ def test_a_missing_manifest_says_the_set_is_absent_or_still_uploading(tmp_path):
             open_reader(f"{base}/96", ReaderConfig())
 
 
-@pytest.mark.parametrize("how", ["missing", "truncated download"])
-def test_a_missing_or_cut_off_shard_names_its_url_or_is_skipped(copy_shards, how):
+def test_a_missing_shard_names_its_url_or_is_skipped(copy_shards):
     shard_dir = copy_shards()
-    if how == "missing":
-        (shard_dir / BAD).unlink()
-    with http_server(shard_dir.parent, truncate=(BAD,) if how != "missing" else ()) as base:
+    (shard_dir / BAD).unlink()
+    with http_server(shard_dir.parent) as base:
         url, bad_url = f"{base}/{shard_dir.name}", f"{base}/{shard_dir.name}/{BAD}"
         reader = open_reader(url, ReaderConfig(mode="stream", balance="balanced"))  # no request per shard at open
-        reason = "missing" if how == "missing" else "download failed"
-        with pytest.raises(ShardError, match=f"{bad_url}: {reason}.*--skip-bad-shards") as raised:
+        with pytest.raises(ShardError, match=f"{bad_url}: missing.*--skip-bad-shards") as raised:
             for _ in range(20):
                 next(reader)
         assert isinstance(raised.value, ValueError) and "\n" not in str(raised.value)
         reader = open_reader(url, ReaderConfig(mode="stream", balance="balanced", on_error=OnError.skip))
-        with pytest.warns(UserWarning, match=f"{BAD}: {reason}"):
+        with pytest.warns(UserWarning, match=f"{BAD}: missing"):
             labels = torch.cat([next(reader)[1] for _ in range(20)])
         assert [entry["path"] for entry in reader.skipped] == [bad_url]
         assert set(labels.tolist()) == {0, 1}
+
+
+def test_a_cut_off_download_is_retried_then_named_as_an_outage_not_skipped(tiny_shards, monkeypatch):
+    """The server closes the connection halfway through the promised body: the network failed,
+    not the shard, so --skip-bad-shards does not pass over it."""
+    from ddpm_data import transfer
+
+    monkeypatch.setattr(transfer, "RETRY_BACKOFF_S", (0.01,))
+    transfer.use(transfer.TransferConfig(retries=1))
+    try:
+        with http_server(tiny_shards.parent, truncate=(BAD,)) as base:
+            bad_url = f"{base}/{tiny_shards.name}/{BAD}"
+            reader = open_reader(f"{base}/{tiny_shards.name}",
+                                 ReaderConfig(mode="stream", balance="balanced", on_error=OnError.skip))
+            with pytest.warns(transfer.RetryWarning, match=f"{BAD}: transfer cut off .*; retry 1 of 1"):
+                with pytest.raises(transfer.Unreachable, match=f"^{re.escape(bad_url)}: transfer cut off .*tried 2 "
+                                                               f"times.*run the command again"):
+                    for _ in range(20):
+                        next(reader)
+            assert reader.skipped == []
+    finally:
+        transfer.use(transfer.TransferConfig())
 
 
 def test_a_sample_failing_its_own_checksum_is_caught_before_the_shard_ends(copy_shards, monkeypatch):
@@ -186,6 +205,40 @@ def test_a_sample_failing_its_own_checksum_is_caught_before_the_shard_ends(copy_
         delivered = [next(reader) for _ in range(20)]
     assert all(images.shape[0] == 8 for images, _ in delivered)
     assert [entry["path"] for entry in reader.skipped] == [str(shard_dir / BAD)]
+
+
+def replace_by_another_shard(shard_dir: Path) -> None:
+    """The served BAD shard becomes a byte copy of another valid shard of its class: every sample
+    passes its own png_sha256, only the file's sha256 tells."""
+    (shard_dir / BAD).write_bytes((shard_dir / "train-abnormal-000000.tar").read_bytes())
+
+
+def test_a_shard_replaced_by_another_is_refused_or_skipped_in_memory_mode_eval_and_preview(copy_shards, tmp_path):
+    from ddpm_eval.images import EvalInputError, load_real
+
+    shard_dir = copy_shards()
+    replace_by_another_shard(shard_dir)
+    with http_server(shard_dir.parent) as base:
+        url, bad_url = f"{base}/{shard_dir.name}", f"{base}/{shard_dir.name}/{BAD}"
+        checksum = f"{re.escape(bad_url)}: fails its sha256 checksum"
+        with pytest.raises(ShardError, match=f"^{checksum}.*--skip-bad-shards") as raised:
+            open_reader(url, ReaderConfig(mode="memory", balance="balanced"))
+        assert "--mode stream" not in str(raised.value) and "--out" not in str(raised.value)
+        with pytest.raises(ShardError, match=checksum):
+            load_split(url, "train")
+        with pytest.raises(EvalInputError, match=checksum):
+            load_real(url, splits=("train",))
+        with pytest.warns(UserWarning, match=f"{checksum}.*; skipped"):
+            reader = open_reader(url, ReaderConfig(mode="memory", balance="balanced", on_error=OnError.skip))
+        assert [entry["path"] for entry in reader.skipped] == [bad_url]
+        keys_held = reader.images.shape[0]
+        assert keys_held == load_manifest(url).num_samples("train") - 4  # the 4 rows of the bad shard are left out
+        assert set(torch.cat([next(reader)[1] for _ in range(4)]).tolist()) == {0, 1}
+        previewed = invoke(cli.data_app, "preview", url, "--mode", "memory", "--n", "16", "--json")
+        assert previewed.exit_code == 2 and f"error: {bad_url}: fails its sha256 checksum" in previewed.output
+        trained = invoke(cli.train_app, "--shards", url, "--out", tmp_path / "run", "--max-steps", "2",
+                         *FAST[:-2], "--mode", "memory")
+        assert trained.exit_code == 2 and f"error: {bad_url}: fails its sha256 checksum" in trained.output
 
 
 def test_pipe_commands_read_the_set_and_name_a_failing_command(tiny_shards, copy_shards):

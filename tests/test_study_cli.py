@@ -77,3 +77,17 @@ def test_the_first_run_saves_the_settings_for_the_tasks_of_a_job_array(tmp_path,
     assert "cell 16px-bilinear-aug-pno-such-preset-s0: ddpm-train refuses its options" in one_line_error(result)
     config, fresh = load_study(tmp_path / "study", {})
     assert not fresh and config.grid.preset == ("no-such-preset",) and config.train_args == ("--device", "cpu")
+
+
+def test_shards_at_a_url_stay_a_url_and_a_url_with_credentials_is_refused_unseen(tmp_path, tiny_shards, monkeypatch):
+    from helpers_remote import http_server
+
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(invoke("study", "--sizes", "16", "--budget-images", "10", "--dry-run",
+                                 "--shards", "http://reader:pa55word@127.0.0.1:9/{size}"))
+    assert "holds credentials" in line and "pa55word" not in line
+    with http_server(tiny_shards.parent) as base:
+        result = invoke("study", "--sizes", "16", "--budget-images", "10", "--dry-run", "--shards", f"{base}/{{size}}")
+    assert result.exit_code == 0, result.output
+    assert f"--shards {base}/16 " in result.output
+    assert not (tmp_path / "http:").exists() and not any(tmp_path.rglob("http:*"))
