@@ -77,9 +77,24 @@ def first_sentence(error: Exception) -> str:
     return text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(error).__name__
 
 
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def is_peer_failure(error: Exception) -> bool:
+    """A collective (gloo, NCCL) failed because another rank of the job stopped."""
+    if type(error).__name__ in ("DistBackendError", "DistNetworkError", "DistError"):
+        return True
+    return isinstance(error, RuntimeError) and ("gloo" in str(error) or "NCCL" in str(error)) and \
+        any(text in str(error) for text in PEER_GONE)
+
+
 def error_line(error: Exception, out_of_memory: str = OUT_OF_MEMORY) -> str | None:
     """The message for an error the user can act on; None for anything else (a bug).
     `out_of_memory` is the command's fix for running out of memory."""
+    if is_peer_failure(error):
+        rank = os.environ.get("RANK", "?")
+        return (f"rank {rank}: another rank of this job stopped ({first_sentence(error).split('] ')[-1]}); "
+                f"its own error line says why")
     if isinstance(error, OSError):
         return os_error_line(error)
     if isinstance(error, json.JSONDecodeError):

@@ -1,6 +1,11 @@
 """Every console script and sub-command answers --help without error."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import typer
 from typer.main import get_command
@@ -8,6 +13,7 @@ from typer.testing import CliRunner
 
 import cli
 
+REPO = Path(__file__).resolve().parents[1]
 APPS = {"ddpm-data": cli.data_app, "ddpm-train": cli.train_app, "ddpm-sample": cli.sample_app, "ddpm-eval": cli.eval_app,
         "ddpm-study": cli.study_app}
 
@@ -61,3 +67,37 @@ def test_help_does_not_import_torch():
     code = "import sys, cli; cli.train_app(['--help'], standalone_mode=False); assert 'torch' not in sys.modules"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+_PEER = """
+import os, sys
+import torch.distributed as dist
+from cli import error_line
+rank, port = int(sys.argv[1]), sys.argv[2]
+dist.init_process_group("gloo", rank=rank, world_size=2, init_method=f"tcp://127.0.0.1:{port}")
+if rank == 0:
+    os._exit(3)  # this rank dies, as one does when its server or data fails
+try:
+    dist.barrier()
+except Exception as error:
+    print(error_line(error))
+"""
+
+
+def test_a_peer_ranks_failure_is_one_line_on_the_other_rank():
+    import socket
+
+    with socket.socket() as probe:  # a free port on the loopback address
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RANK": "1"}
+    dying = subprocess.Popen([sys.executable, "-c", _PEER, "0", port], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        done = subprocess.run([sys.executable, "-c", _PEER, "1", port], capture_output=True, text=True, env=env,
+                              timeout=120)
+    finally:
+        dying.wait(timeout=60)
+    line = done.stdout.strip()
+    assert line.startswith("rank 1: another rank of this job stopped (Connection closed by peer"), done.stdout + done.stderr
+    assert line.endswith("its own error line says why") and "\n" not in line
