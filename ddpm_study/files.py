@@ -9,6 +9,7 @@ import json
 import os
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 from ddpm_study.cells import Cell
 from ddpm_study.config import StudyConfig
@@ -21,13 +22,21 @@ def cell_dir(config: StudyConfig, cell: Cell) -> Path:
     return config.root / CELLS_DIR / cell.name
 
 
-def read_json(path: Path) -> dict:
-    """The JSON object in `path`; {} when it is missing, unreadable or not an object."""
+def read_json(path: Path, on_damage: Callable[[str], None] | None = None) -> dict:
+    """The JSON object in `path`; {} when it is missing, unreadable or not an object.
+    `on_damage(line)` hears of a file that exists but cannot be read as an object."""
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return {}
-    return document if isinstance(document, dict) else {}
+    except (OSError, ValueError) as error:
+        document = error
+    if not isinstance(document, dict):
+        if on_damage is not None:
+            reason = f"{type(document).__name__}: {document}" if isinstance(document, Exception) else "not an object"
+            on_damage(f"{path}: unreadable ({reason}); read as empty")
+        return {}
+    return document
 
 
 def write_json(path: Path, document: dict) -> Path:

@@ -18,6 +18,7 @@ over. A cell that fails is reported, and the study continues with the other cell
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,42 @@ def training_state(config: StudyConfig, cell: Cell) -> str:
     else:
         done = bool(summary) and state.get("train_seconds", 0.0) >= config.budget.minutes * 60
     return "done" if done else "resume"
+
+
+class TrainingClock:
+    """Books a cell's training time in its STATE_NAME file: every BOOK_EVERY_S seconds while the
+    launch runs, and once at its end (an interrupted launch counts too: a wall-time budget must
+    not grow with each pre-emption, and a study killed outright loses at most BOOK_EVERY_S)."""
+
+    BOOK_EVERY_S = 30.0
+
+    def __init__(self, run_dir: Path, book: dict) -> None:
+        self.run_dir, self.before = run_dir, book.get("train_seconds", 0.0)
+        self.launches = book.get("launches", 0) + 1
+        self.started, self.seconds = time.monotonic(), None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._tick, daemon=True)
+
+    def __enter__(self) -> "TrainingClock":
+        self._thread.start()
+        return self
+
+    def stop(self, seconds: float) -> None:
+        """The launch's own measured time, booked instead of the clock's at exit."""
+        self.seconds = seconds
+
+    def _tick(self) -> None:
+        while not self._done.wait(self.BOOK_EVERY_S):
+            self._book(time.monotonic() - self.started)
+
+    def _book(self, spent: float) -> None:
+        if (self.run_dir / "config.json").is_file():  # ddpm-train made the run folder
+            write_json(self.run_dir / STATE_NAME, {"train_seconds": self.before + spent, "launches": self.launches})
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+        self._book(self.seconds if self.seconds is not None else time.monotonic() - self.started)
 
 
 def train_command(config: StudyConfig, cell: Cell, state: str) -> list[str]:
@@ -135,19 +172,15 @@ def train_cell(config: StudyConfig, cell: Cell, tools: Tools, log: Callable[[str
     if state == "done":
         return None
     run_dir = cell_dir(config, cell)
-    book = read_json(run_dir / STATE_NAME) if state == "resume" else {}
+    book = read_json(run_dir / STATE_NAME, lambda line: log(f"warning: {line}: the cell's training time "
+                                                            f"restarts from 0")) if state == "resume" else {}
     limit = None
     if config.budget.minutes is not None:
         limit = max(1.0, config.budget.minutes * 60 - book.get("train_seconds", 0.0))
     log(f"study: {cell.name}: {state} training" + (f" ({limit / 60:.1f} min left)" if limit else ""))
-    started, run = time.monotonic(), None
-    try:
+    with TrainingClock(run_dir, book) as clock:  # books the time while it runs: a killed study loses little
         run = tools(train_command(config, cell, state), launcher=config.launcher, time_limit=limit)
-    finally:  # an interrupted launch counts too: a wall-time budget must not grow with each pre-emption
-        if (run_dir / "config.json").is_file():
-            spent = run.seconds if run is not None else time.monotonic() - started
-            write_json(run_dir / STATE_NAME, {"train_seconds": book.get("train_seconds", 0.0) + spent,
-                                              "launches": book.get("launches", 0) + 1})
+        clock.stop(run.seconds)
     if run.returncode != 0 and not run.stopped:
         return f"train: {run.error_line}"
     if training_state(config, cell) != "done":

@@ -8,6 +8,8 @@ environment, PYTHONPATH included.
 Each child runs in its own process group. A time limit, a Ctrl-C or a SIGTERM sent to
 `ddpm-study` reaches the whole group (torchrun and every rank) as SIGTERM. ddpm-train then
 finishes its step, writes a checkpoint and exits, which is what the wall-time budget relies on.
+On Linux the child also gets SIGTERM when `ddpm-study` dies without a word (SIGKILL, the OOM
+killer): `prctl(PR_SET_PDEATHSIG)`, so no training is left running as an orphan.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 STOP_GRACE_S = 600  # after SIGTERM, how long a run may take to checkpoint before it is killed
 TAIL_LINES = 20
@@ -70,7 +74,8 @@ class Subprocesses:
         started = time.monotonic()
         try:
             process = subprocess.Popen(command, stdout=subprocess.PIPE if capture else None, stderr=subprocess.PIPE,
-                                       text=True, errors="replace", start_new_session=True)
+                                       text=True, errors="replace", start_new_session=True,
+                                       preexec_fn=stop_with_parent())
         except OSError as error:
             return ToolRun(127, 0.0, None, (f"error: {command[0]}: cannot run ({error.strerror}); is the package installed?",))
         tail: deque[str] = deque(maxlen=TAIL_LINES)
@@ -104,6 +109,29 @@ class Subprocesses:
             tail.append(line)
             if not quiet:
                 self.echo(line)
+
+
+def stop_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` asking Linux to send the child SIGTERM when this process dies; None elsewhere.
+
+    prctl is looked up here, before the fork: the child only calls it (and, if this process died
+    in between, stops itself)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def in_child() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return in_child
 
 
 def stop(process: subprocess.Popen, grace: float = STOP_GRACE_S) -> None:

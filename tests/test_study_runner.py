@@ -192,3 +192,27 @@ def test_an_interrupted_launch_still_counts_its_wall_time(study):
         run_study(config, tools=interrupted)
     book = json.loads((run / STATE_NAME).read_text())
     assert book["launches"] == 2 and 30.0 <= book["train_seconds"] < 40.0
+
+
+def test_a_damaged_time_book_is_named_and_a_running_launch_is_booked_as_it_goes(study, monkeypatch):
+    from ddpm_study import runner
+
+    config = study(grid=Grid(sizes=(16,)), budget=Budget(minutes=2.0))
+    run_study(config, tools=FakeTools())
+    run = cell_dir(config, grid_cells(config.grid)[0])
+    (run / STATE_NAME).write_text("{not json")
+    monkeypatch.setattr(runner.TrainingClock, "BOOK_EVERY_S", 0.05)
+    booked = []
+
+    def slow_train(argv, **options):  # while it runs, the book already holds its time
+        import time
+
+        time.sleep(0.3)
+        booked.append(json.loads((run / STATE_NAME).read_text()))
+        raise KeyboardInterrupt
+
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        run_study(config, tools=slow_train, log=lines.append)
+    assert any(f"{run / STATE_NAME}: unreadable" in line and "restarts from 0" in line for line in lines), lines
+    assert booked and booked[0]["train_seconds"] > 0.1 and booked[0]["launches"] == 1

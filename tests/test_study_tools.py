@@ -49,3 +49,44 @@ def test_the_childs_own_error_line_is_kept():
 def test_a_missing_program_is_an_error_line_not_a_crash(tmp_path):
     run = Subprocesses(echo=lambda line: None)([str(tmp_path / "no-such-tool")])
     assert run.returncode == 127 and "cannot run" in run.error_line
+
+
+def test_a_killed_study_takes_its_training_down_with_it(tmp_path):
+    """SIGKILL of the study (no handler can run) still stops the child, which may checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    marker, pid_file = tmp_path / "checkpointed", tmp_path / "child.pid"
+    tool = script(tmp_path, "long-train", f"""
+        import os, signal, sys, time
+        def stop(signum, frame):
+            open({str(marker)!r}, "w").write("ok")
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, stop)
+        open({str(pid_file)!r}, "w").write(str(os.getpid()))
+        time.sleep(120)
+    """)
+    study = subprocess.Popen([sys.executable, "-c", "import sys; from ddpm_study.tools import Subprocesses; "
+                              f"Subprocesses(echo=lambda line: None)([{tool!r}])"],
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    study.send_signal(signal.SIGKILL)
+    study.wait()
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.read_text() == "ok"  # the child was told to stop, and checkpointed
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the training child outlived its study")
