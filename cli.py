@@ -584,8 +584,9 @@ def report_training(plan: Any, result: Any) -> None:
     )
 
 
-@sample_app.command(interrupted="classes finished before the interruption are complete in --out; "
-                               "the others keep their previous images")
+@sample_app.command(interrupted="nothing was written while sampling (every class is sampled before any is "
+                               "written); while writing, the classes finished are complete in --out and the others "
+                               "keep their previous images")
 def sample(
     checkpoint: Annotated[Path, typer.Option(help="A checkpoint file, or a run folder (uses its latest checkpoint).")],
     out: Annotated[Path, typer.Option(help="Output folder: writes OUT/<class>/0000.png ... and OUT/<class>-grid.png.")],
@@ -702,7 +703,8 @@ def study(
     except (StudyError, ValueError, OSError) as error:
         fail(str(error))
     except KeyboardInterrupt:
-        fail("interrupted; the running cell checkpointed; rerun the same command to resume", code=130)
+        fail("interrupted; every finished step is kept (a cell in training stops at a checkpoint); rerun the same "
+             "command to go on", code=130)
     if outcome.report is not None:
         typer.echo(f"report: {outcome.report}")
     if outcome.failures:

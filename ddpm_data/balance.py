@@ -88,6 +88,11 @@ def class_probabilities(balance: Balance, counts: Mapping[str, int]) -> dict[str
     empty = [name for name, weight in raw.items() if weight > 0 and counts[name] == 0]
     if empty:
         raise ValueError(f"--balance {balance}: class {', '.join(empty)} has no training images but a non-zero weight")
+    if balance.mode is not BalanceMode.custom and 0 in counts.values():  # weight 0 by a rule (natural, sqrt), not by choice
+        unseen = ", ".join(name for name, n in counts.items() if n == 0)
+        raise ValueError(f"--balance {balance}: class {unseen} has no training images, so the model would be conditioned "
+                         f"on a class it never sees; rebuild the shards with training images of it (a lower "
+                         f"--val-fraction), or leave it out on purpose with --balance NAME=WEIGHT,... giving it 0")
     total = sum(raw.values())
     if total <= 0:
         raise ValueError(f"--balance {balance}: no training images to draw from")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,7 @@ _REQUIRED: dict[str, tuple[type | tuple[type, ...], str]] = {
 }
 
 
-def _rebuild_hint(folder: Location, size: Any = None) -> str:
+def rebuild_hint(folder: Location, size: Any = None) -> str:
     """The build command to (re)write `folder`: the manifest's size when it has one, else the
     folder's name when that is a plain size (shards/96), else N; with --out for a URL."""
     if not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
@@ -161,7 +162,7 @@ def _read_document(folder: Location) -> tuple[Location, Location, Any]:
         except ValueError as error:
             raise ManifestError(str(error)) from None
         path: Location = join(root, MANIFEST_NAME)
-        hint = _rebuild_hint(root)
+        hint = rebuild_hint(root)
         try:
             text = _manifest_text(path, read_bytes(path))
         except RemoteError as error:
@@ -171,7 +172,7 @@ def _read_document(folder: Location) -> tuple[Location, Location, Any]:
             raise ManifestError(f"{error}") from None
     else:
         root, path = Path(folder).resolve(), Path(folder) / MANIFEST_NAME
-        hint = _rebuild_hint(root)
+        hint = rebuild_hint(root)
         if not path.is_file():
             what = "folder missing" if not Path(folder).exists() else "missing"
             raise ManifestError(f"{path}: {what}; {hint} first")
@@ -192,10 +193,10 @@ def load_manifest(folder: Location) -> Manifest:
     not JSON, of another format version, or lacks / mistypes a required field.
     """
     root, path, document = _read_document(folder)
-    hint = _rebuild_hint(root)
+    hint = rebuild_hint(root)
     if not isinstance(document, dict):
         raise ManifestError(f"{path}: not a JSON object; {hint} to rebuild it")
-    hint = _rebuild_hint(root, document.get("size"))
+    hint = rebuild_hint(root, document.get("size"))
     for name, (kind, description) in _REQUIRED.items():
         value = document.get(name)
         if value is None:
@@ -273,6 +274,27 @@ def _nested_problem(document: dict[str, Any]) -> str | None:
     if not isinstance(skipped, list) or not all(isinstance(s, dict) and {"path", "reason"} <= s.keys() for s in skipped):
         return "field 'skipped' must be a list of {path, reason}"
     return None
+
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def checksum_problem(value: object) -> str | None:
+    """What is wrong with a recorded sha256 (empty, not 64 hex digits), or None."""
+    if isinstance(value, str) and SHA256.fullmatch(value):
+        return None
+    return f"sha256 {value!r} is not a 64-digit hex checksum, so it verifies nothing"
+
+
+def unchecked_shards_warning(manifest: Manifest) -> str | None:
+    """One line naming the shards whose recorded sha256 verifies nothing (None when every one does)."""
+    unchecked = [shard.path for shard in manifest.shards if checksum_problem(shard.sha256)]
+    if not unchecked:
+        return None
+    shown = ", ".join(unchecked[:3]) + (f" and {len(unchecked) - 3} more" if len(unchecked) > 3 else "")
+    return (f"{public(manifest.file(MANIFEST_NAME))}: {len(unchecked)} shard(s) without a valid sha256 ({shown}), so "
+            f"their bytes are not checked as they are read; run 'ddpm-data verify {public(manifest.root)}', "
+            f"or {rebuild_hint(manifest.root, manifest.size)} to record them")
 
 
 def sha256_file(path: str | Path) -> str:

@@ -89,7 +89,7 @@ def _draw(reader, config: PreviewConfig) -> tuple[torch.Tensor, dict[int, list[t
 
 def _high_frequency_ratio(batches: list[torch.Tensor], size: int, config: PreviewConfig) -> float:
     """Spectrum power above 0.25 cycles/px of the augmented batches over the plain centre crops'."""
-    from ddpm_eval.spectrum import high_frequency_ratio, radial_power_spectrum  # deferred: the measure is the evaluation's
+    from ddpm_data.spectrum import high_frequency_ratio, radial_power_spectrum
 
     augmenter = Augmenter(config.augment, size)
     generator = torch.Generator(device=batches[0].device).manual_seed(config.reader.seed)

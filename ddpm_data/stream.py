@@ -44,9 +44,8 @@ import torch
 
 from ddpm_data.balance import class_probabilities, epoch_samples
 from ddpm_data.config import OnError, ReaderConfig, ReaderMode  # noqa: F401 (re-exported)
-from ddpm_data.manifest import Manifest, load_manifest
-from ddpm_data.redact import public
-from ddpm_data.remote import Location, writable
+from ddpm_data.manifest import Manifest, load_manifest, rebuild_hint, unchecked_shards_warning
+from ddpm_data.remote import Location
 from ddpm_data.rows import as_ranges, read_rows
 from ddpm_data.shardformat import (FormatError, ShardEntry, decode_png, iter_shard, read_shard, sample_problems,
                                    shard_file_problem)
@@ -200,6 +199,9 @@ class _ReaderBase:
         self.parts = parts
         self.position = _Position(parts, len(self.classes))
         self.skipped: list[dict[str, str]] = []
+        unchecked = unchecked_shards_warning(manifest)
+        if unchecked is not None:
+            warnings.warn(unchecked, stacklevel=3)
 
     def __iter__(self) -> "_ReaderBase":
         return self
@@ -243,11 +245,6 @@ class _ReaderBase:
 # ---------------------------------------------------------------- memory mode
 
 
-def _rebuild(manifest: Manifest) -> str:
-    out = f" --out {public(manifest.root)}" if manifest.is_remote and writable(manifest.root) else ""
-    return f"run 'ddpm-data build --size {manifest.size}{out}' again"
-
-
 def load_split(shard_dir: Location, split: str = "val", limit: int | None = None,
                per_class: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A split: (uint8 (N, C, S, S) at stored size, int64 labels (N,)) in (label, key) order, from
@@ -266,7 +263,7 @@ def load_split(shard_dir: Location, split: str = "val", limit: int | None = None
     try:
         arrays = read_rows(manifest, split, as_ranges(rows))
     except FormatError as error:
-        raise ShardError(f"{error}; {_rebuild(manifest)}") from error
+        raise ShardError(f"{error}; {rebuild_hint(manifest.root, manifest.size)}") from error
     return torch.from_numpy(arrays.images), torch.from_numpy(arrays.labels)
 
 
@@ -320,7 +317,7 @@ class MemoryReader(_ReaderBase):
             arrays = read_rows(manifest, config.split, ranges, skipped)
         except FormatError as error:
             fix = (f"rebuild with 'ddpm-data build --size {manifest.size}', {_SKIP_HINT}" if manifest.is_remote
-                   else f"{_rebuild(manifest)}, or read the tar shards with --mode stream")
+                   else f"{rebuild_hint(manifest.root, manifest.size)}, or read the tar shards with --mode stream")
             raise ShardError(f"{error}; {fix}") from error
         for bad in skipped or []:
             warnings.warn(f"{bad['path']}: {bad['reason']}; skipped (--skip-bad-shards)", stacklevel=4)
@@ -333,7 +330,7 @@ class MemoryReader(_ReaderBase):
         expected = np.repeat([label for label, _ in blocks], [int(held[label]) for label, _ in blocks])
         if not np.array_equal(labels, expected) or any(held[label] > size for label, size in blocks):
             raise ShardError(f"{manifest.hdf5_path}: /{config.split} rows are not in class order as the manifest "
-                             f"counts say; {_rebuild(manifest)}")
+                             f"counts say; {rebuild_hint(manifest.root, manifest.size)}")
         empty = [self.classes[label] for label, size in blocks if size and not held[label]]
         if empty:
             raise ShardError(f"class {', '.join(empty)}: every shard holding this rank's rows is bad "

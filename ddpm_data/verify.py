@@ -33,23 +33,14 @@ from typing import Iterator
 
 import numpy as np
 
-from ddpm_data.manifest import MANIFEST_NAME, SPLITS, Manifest, ManifestError, load_manifest, sha256_file
+from ddpm_data.manifest import (MANIFEST_NAME, SPLITS, Manifest, ManifestError, checksum_problem, load_manifest,
+                                sha256_file)
 from ddpm_data.remote import Location, RemoteError, is_url, open_input
 from ddpm_data.shardformat import (FormatError, ShardEntry, decode_png, iter_shard, key_prefix,
                                    pixel_digest, read_hdf5_split, sample_problems)
 
 HDF5_BLOCK = 256  # rows read at a time
 SHARD_NAME = re.compile(r"(?P<split>train|val)-(?P<class>.+)-\d{6}\.tar")  # shardformat.shard_name
-SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-def checksum_problem(value: object) -> str | None:
-    """What is wrong with a recorded sha256 (empty, not 64 hex digits), or None."""
-    if isinstance(value, str) and SHA256.fullmatch(value):
-        return None
-    return f"sha256 {value!r} is not a 64-digit hex checksum, so it verifies nothing"
-
-
 @dataclass(frozen=True)
 class Problem:
     """One defect: the file (relative to the shard folder) and what is wrong with it."""

@@ -163,7 +163,7 @@ class _ClassReference:
         from ddpm_eval.edges import edge_statistics
         from ddpm_eval.images import to_float
         from ddpm_eval.jaggedness import staircase_index
-        from ddpm_eval.spectrum import radial_power_spectrum
+        from ddpm_data.spectrum import radial_power_spectrum
         from ddpm_eval.swd import PyramidSWD
 
         images = to_float(train.images)
@@ -183,7 +183,7 @@ class _ClassReference:
         from ddpm_eval.frechet import frechet_distance
         from ddpm_eval.images import to_float
         from ddpm_eval.jaggedness import jaggedness, staircase_index
-        from ddpm_eval.spectrum import high_frequency_ratio, log_spectrum_distance, radial_power_spectrum
+        from ddpm_data.spectrum import high_frequency_ratio, log_spectrum_distance, radial_power_spectrum
 
         images = to_float(candidate.images)
         levels = self.swd.distances(images)

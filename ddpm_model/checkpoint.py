@@ -43,6 +43,16 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+def run_folder_of(path: str | Path) -> Path:
+    """The run folder of `path`: itself, or its parent when `path` is the run's checkpoints folder
+    (RUN/checkpoints, as a user may well point at it)."""
+    path = Path(path)
+    if path.name == checkpoint_dir(path.parent).name and not checkpoint_dir(path).is_dir() and \
+            any(STEP_FILE.match(child.name) or child.name == BEST_NAME for child in path.iterdir()):
+        return path.parent
+    return path
+
+
 def step_path(run_dir: str | Path, step: int) -> Path:
     return checkpoint_dir(run_dir) / f"step-{step:08d}.pt"
 
@@ -157,8 +167,8 @@ def load_latest(run_dir: str | Path, map_location: str | torch.device = "cpu",
             return Loaded(state, path, skipped)
         skipped.append(f"{path}: {reason}")
     if not skipped:
-        raise CheckpointError(f"{run_dir}: run folder has no checkpoints in {checkpoint_dir(run_dir)}; "
-                              "train with 'ddpm-train' first or pass a checkpoint file")
+        raise CheckpointError(f"{run_dir}: has no checkpoints (none in {checkpoint_dir(run_dir)}); give a ddpm-train "
+                              "run folder (its --out) or a checkpoint file, or train with 'ddpm-train' first")
     raise CheckpointError(f"{run_dir}: no usable checkpoint ({'; '.join(skipped)}); restore a "
                           "checkpoint file, or start the run over with 'ddpm-train --overwrite'")
 
@@ -171,8 +181,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
         found = candidates(path)
         if not found:
             raise CheckpointError(
-                f"{path}: run folder has no checkpoints in {checkpoint_dir(path)}; "
-                "train with 'ddpm-train' first or pass a checkpoint file"
+                f"{path}: has no checkpoints (none in {checkpoint_dir(path)}); give a ddpm-train run folder "
+                "(its --out) or a checkpoint file, or train with 'ddpm-train' first"
             )
         return found[0]
     if not path.exists():

@@ -27,6 +27,16 @@ class Precision(str, Enum):
     FP16 = "fp16"  # for GPUs without bf16 (V100, T4); uses a GradScaler
 
 
+MAX_GUIDANCE = 100.0  # far above any useful scale (1-10); beyond it float32 predictions overflow to inf/NaN
+
+
+def check_guidance(value: float, flag: str) -> None:
+    """ValueError naming `flag` for a classifier-free guidance scale above MAX_GUIDANCE."""
+    if value > MAX_GUIDANCE:
+        raise ValueError(f"{flag} {value:g}: above {MAX_GUIDANCE:g}, the guided prediction is the class term times "
+                         f"a huge number and overflows; use a scale such as 1 to 10 (2 is the default)")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, duration and interval options of `ddpm-train` (one field per CLI option)."""
@@ -82,6 +92,7 @@ class TrainConfig:
         for name in ("weight_decay", "sample_guidance", "sample_eta"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')}: {getattr(self, name)} must be >= 0")
+        check_guidance(self.sample_guidance, "--sample-guidance")
 
     def total_steps(self, steps_per_epoch: float, images_per_step: int) -> int:
         """Optimizer steps for the chosen duration: max_steps, else max_images, else epochs."""
@@ -167,6 +178,7 @@ class SampleConfig:
         for name in ("eta", "guidance"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name}: {getattr(self, name)} must be >= 0")
+        check_guidance(self.guidance, "--guidance")
         object.__setattr__(self, "sampler", Sampler(self.sampler))
         if self.sampler is Sampler.DPMPP_2M and self.eta != 0:
             raise ValueError(f"--eta {self.eta}: the dpmpp-2m sampler is deterministic; pass --eta 0 or --sampler ddim")

@@ -11,8 +11,8 @@ drops the lock when the holder exits, however it exits.
 Resuming takes the saved configuration. The user may rerun the original command with
 ``--resume`` appended: every option typed again is compared with the saved run. Options that do
 not change what was learned so far (learning rate, duration, intervals, precision, ...) replace
-the saved values; the architecture, the data options, the batch size and the seed are fixed for
-a run, and a different value is refused naming each option and both values. The shards are
+the saved values; the architecture, the data options, the batch size, the seed and the quality
+score's rule (`--quality-classifier`) are fixed for a run, and a different value is refused naming each option and both values. The shards are
 checked against the classes and content identity saved at the start (`check_data`): other
 classes are refused; new images of the same classes need ``--allow-new-data``.
 
@@ -47,7 +47,8 @@ CONFIG_NAME = "config.json"
 LOCK_NAME = ".lock"
 DURATION_FIELDS = ("epochs", "max_steps", "max_images")
 # TrainConfig fields the data position or the initial weights depend on.
-FIXED_TRAIN_FIELDS = ("batch_size", "seed")
+# quality_classifier: a run's quality scores must be comparable, or best-quality.pt keeps a stale pick.
+FIXED_TRAIN_FIELDS = ("batch_size", "seed", "quality_classifier")
 # RunConfig fields that only say where and how this process runs.
 PROCESS_FIELDS = ("shards", "img_size", "out", "resume", "allow_new_data", "overwrite", "dry_run", "device",
                   "progress")
@@ -113,6 +114,21 @@ def write_document(run_dir: Path, document: dict[str, Any]) -> Path:
     temporary.write_text(json.dumps(scrub(document), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     temporary.replace(path)
     return path
+
+
+def check_apart(run_dir: Path, shards: Path | str) -> None:
+    """RunError when the run folder and a local shard folder lie one inside the other: a shard set
+    holds only a build's files (a rebuild replaces the folder whole), and a run folder only a run's."""
+    from ddpm_data.remote import is_url
+
+    if is_url(shards):
+        return
+    shards = Path(shards).resolve()
+    if run_dir == shards or shards in run_dir.parents:
+        raise RunError(f"--out {run_dir}: lies inside the shard folder {shards}; a rebuild would delete it. "
+                       f"Choose an --out outside it, e.g. runs/{run_dir.name}")
+    if run_dir in shards.parents:
+        raise RunError(f"--out {run_dir}: holds the shard folder {shards}; choose an --out apart from it")
 
 
 def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
@@ -188,6 +204,7 @@ def resolve_run(given: RunConfig) -> tuple[RunConfig, Path, Path | None]:
         return config, run_dir, found[0] if found else None
     shards = shards_folder(given.shards, given.img_size)
     run_dir = (given.out or default_run_dir(shards)).resolve()
+    check_apart(run_dir, shards)
     if not given.dry_run:
         check_new_run_dir(run_dir, given.overwrite)
     return dataclasses.replace(given, out=run_dir, shards=absolute_shards(shards)), run_dir, None
@@ -247,7 +264,13 @@ def _mapping(value: Any) -> dict[str, Any]:
 def _differs(name: str, now: Any, before: Any) -> str | None:
     if to_jsonable(now) == to_jsonable(before):
         return None
+    if isinstance(now, bool):  # an on/off flag, as typed: --no-quality-classifier (the run has --quality-classifier)
+        return f"{_switch(name, now)} (the run has {_switch(name, before)})"
     return f"{flag(name)} {_show(now)} (the run has {_show(before)})"
+
+
+def _switch(name: str, on: bool) -> str:
+    return flag(name) if on else "--no-" + flag(name)[2:]
 
 
 def _show(value: Any) -> str:

@@ -27,7 +27,7 @@ def read_checkpoint(path: str | Path, log: Callable[[str], None] = print) -> tup
     if not path.is_dir():
         file = ckpt.resolve_checkpoint(path)
         return ckpt.load_checkpoint(file), file
-    loaded = ckpt.load_latest(path)
+    loaded = ckpt.load_latest(ckpt.run_folder_of(path))
     for reason in loaded.skipped:
         log(f"warning: skipped {reason}")
     return loaded.state, loaded.path
@@ -95,6 +95,10 @@ def generate(model: DDPM, label: int, config: SampleConfig) -> torch.Tensor:
     labels = torch.full((config.n,), label, dtype=torch.long)
     images = model.sample(labels, sampler=config.sampler.value, steps=config.steps, eta=config.eta,
                           guidance=config.guidance, generator=generator, batch_size=config.batch_size)
+    if not torch.isfinite(images).all():  # a NaN would be written as a black image that looks like a sample
+        raise ValueError(f"--guidance {config.guidance:g}: the samples came out not finite (NaN or inf), so nothing "
+                         f"was written; use a guidance scale such as 1 to 10 (at a usual scale, the checkpoint's "
+                         f"weights are broken: sample from another checkpoint)")
     return to_uint8(images)
 
 
@@ -103,8 +107,5 @@ def sample_to_folder(config: SampleConfig, log: Callable[[str], None] = print) -
     model, classes, file = load_model(config.checkpoint, config.ema, pick_device(config.device), log)
     names = resolve_classes(config.classes, classes, file)
     check_out(config, names)
-    results = {}
-    for name in names:
-        images = generate(model, classes.index(name), config)
-        results[name] = (write_class(config.out / name, images), images)
-    return results
+    generated = {name: generate(model, classes.index(name), config) for name in names}  # all, before any is written
+    return {name: (write_class(config.out / name, images), images) for name, images in generated.items()}

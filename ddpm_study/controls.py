@@ -58,7 +58,7 @@ def measure_controls(images: np.ndarray, labels: np.ndarray, lows: tuple[int, ..
     from ddpm_eval.edges import edge_statistics
     from ddpm_eval.images import to_float
     from ddpm_eval.jaggedness import class_references, per_class_jaggedness
-    from ddpm_eval.spectrum import high_frequency_ratio, radial_power_spectrum
+    from ddpm_data.spectrum import high_frequency_ratio, radial_power_spectrum
 
     reference = to_float(images[0::2])
     references = class_references(reference, labels[0::2])

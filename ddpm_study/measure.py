@@ -111,12 +111,12 @@ def measure_cell(config: StudyConfig, cell: Cell, tools: Tools, log: Callable[[s
         return f"measure: {error}"
     nearest_folder = display_dir(config, cell, nearest=True)
     resize_folder(run_dir / "study" / "samples", nearest_folder, config.display, nearest=True)
-    try:
+    try:  # the smooth view's jaggedness is ddpm-eval's own; the nearest view is measured here alone
         reference = DisplayReference.of(real_dir)
-        jagged, jagged_nearest = reference.jaggedness(folder), reference.jaggedness(nearest_folder)
+        jagged_nearest = reference.jaggedness(nearest_folder)
     except ValueError as error:  # the evaluator's input errors name the file and the fix
         return f"measure: {error}"
-    noise = {"jaggedness": jagged.standard_error, "jaggedness_nearest": jagged_nearest.standard_error}
+    noise = {"jaggedness": result.get("jaggedness_se"), "jaggedness_nearest": jagged_nearest.standard_error}
     if config.eval_bootstrap:
         spread, error = _bootstrap(tools, real_dir, folder, config)
         if error:
@@ -126,7 +126,8 @@ def measure_cell(config: StudyConfig, cell: Cell, tools: Tools, log: Callable[[s
     summary = read_json(run_dir / "summary.json")
     write_json(path, {
         "cell": cell.name, "configuration": cell.configuration, "inputs": inputs,
-        "metrics": {**pick_metrics(result), "jaggedness": jagged.value, "jaggedness_nearest": jagged_nearest.value},
+        "metrics": {**pick_metrics(result), "jaggedness": result.get("jaggedness"),
+                    "jaggedness_nearest": jagged_nearest.value},
         "noise": noise,
         "edge_roughness_real": result.get("edge_roughness_real"),
         "real_val": {**pick_metrics(val), "jaggedness": reference.val_jaggedness.value,

@@ -182,7 +182,8 @@ def train_cell(config: StudyConfig, cell: Cell, tools: Tools, log: Callable[[str
         run = tools(train_command(config, cell, state), launcher=config.launcher, time_limit=limit)
         clock.stop(run.seconds)
     if run.returncode != 0 and not run.stopped:
-        return f"train: {run.error_line}"
+        advice = f"; in a study, delete {run_dir} to train the cell anew" if "another --out" in run.error_line else ""
+        return f"train: {run.error_line}{advice}"
     if training_state(config, cell) != "done":
         summary = read_json(run_dir / "summary.json")
         seen = f"{summary.get('images_seen', 0)} of {config.budget.images} images" if config.budget.images else "early"

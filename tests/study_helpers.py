@@ -102,6 +102,6 @@ class FakeTools:
         n = sum(1 for _ in Path(option(argv, "--samples")).glob("*/*.png"))
         metrics = {"swd": 1.0 + 0.01 * n, "swd_levels": [0.5, 1.5], "spectrum_hf_ratio": 1.2, "edge_roughness": 15.0,
                    "edge_orientation_distance": 0.2, "frechet_classifier_distance": 10.0, "class_accuracy": 0.8,
-                   "nn_ratio": 1.1, "n": n}
+                   "nn_ratio": 1.1, "jaggedness": 2.5, "jaggedness_se": 0.4, "n": n}
         return json.dumps({**metrics, "edge_roughness_real": 17.0, "warnings": [],
                            "reference": {"val_vs_train": {**metrics, "swd": 0.1, "n": 7}}})

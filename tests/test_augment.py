@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ddpm_data.augment import PARAM_NAMES, AugmentConfig, Augmenter, Interpolation, center_crop
 from ddpm_data.synth import render
-from ddpm_eval.spectrum import high_frequency_ratio, radial_power_spectrum
+from ddpm_data.spectrum import high_frequency_ratio, radial_power_spectrum
 
 SIZE, STORED = 16, 20
 OFF = dict(crop=False, hflip=0.0, vflip=0.0, degrees=0.0, zoom=0.0, brightness=0.0, contrast=0.0)

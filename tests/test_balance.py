@@ -60,3 +60,13 @@ def test_epoch_is_every_image_once_in_expectation():
     # a class with weight 0 is never drawn and does not stretch the epoch
     probabilities = class_probabilities(Balance.parse("normal=1,abnormal=0"), COUNTS)
     assert epoch_samples(probabilities, COUNTS) == 437
+
+
+def test_a_class_without_training_images_is_named_under_every_rule_but_an_explicit_zero():
+    counts = {"abnormal": 0, "normal": 3}
+    for mode in BalanceMode:
+        if mode is BalanceMode.custom:
+            continue
+        with pytest.raises(ValueError, match=f"--balance {mode.value}: class abnormal has no training images"):
+            class_probabilities(Balance(mode), counts)
+    assert class_probabilities(Balance.parse("abnormal=0,normal=1"), counts) == {"abnormal": 0.0, "normal": 1.0}

@@ -79,7 +79,7 @@ def test_other_version_and_foreign_files_are_named(tmp_path):
 def test_missing_paths_and_empty_run_folders(tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="no such checkpoint file or run folder"):
         ckpt.resolve_checkpoint(tmp_path / "nope")
-    with pytest.raises(ckpt.CheckpointError, match="run folder has no checkpoints"):
+    with pytest.raises(ckpt.CheckpointError, match=r"has no checkpoints \(none in .*checkpoints\); give a ddpm-train run folder"):
         ckpt.resolve_checkpoint(tmp_path)
     with pytest.raises(ckpt.CheckpointError, match="no such checkpoint file"):
         ckpt.load_checkpoint(tmp_path / "nope.pt")

@@ -209,6 +209,17 @@ def test_a_start_that_fails_on_the_data_creates_no_run_folder(shards, tmp_path):
     train_run(shards, run, 2)  # the retry, with fixed data, needs no --overwrite
 
 
+def test_a_run_folder_inside_the_shard_folder_or_around_it_is_refused_up_front(shards, tmp_path):
+    copy = tmp_path / "shards16"
+    shutil.copytree(shards, copy)
+    before = snapshot(copy)
+    refused(invoke(cli.train_app, "--shards", copy, "--out", copy / "run", "--max-steps", "2", *FAST), 2,
+            f"--out {copy / 'run'}: lies inside the shard folder {copy}")
+    refused(invoke(cli.train_app, "--shards", copy, "--out", tmp_path, "--max-steps", "2", *FAST), 2,
+            f"--out {tmp_path}: holds the shard folder {copy}")
+    assert snapshot(copy) == before
+
+
 def test_a_start_that_fails_before_its_first_checkpoint_is_removed(shards, tmp_path, monkeypatch):
     def no_space(state, path):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
@@ -259,6 +270,13 @@ def test_resume_refuses_another_img_size(run_copy):
             "--img-size 48 (the run has 16)")
     assert snapshot(run_copy) == before
     ok(cli.train_app, "--out", run_copy, "--resume", "--img-size", "16", "--max-steps", "7", "--no-progress")
+
+
+def test_resume_refuses_to_change_the_quality_scores_rule(run_copy):
+    before = snapshot(run_copy)
+    refused(invoke(cli.train_app, "--out", run_copy, "--resume", "--no-quality-classifier", "--max-steps", "7"), 2,
+            "--no-quality-classifier (the run has --quality-classifier)")
+    assert snapshot(run_copy) == before
 
 
 def test_resume_warns_about_a_damaged_best_checkpoint_and_writes_it_again(run_copy):

@@ -111,3 +111,28 @@ def test_existing_samples_are_kept_unless_overwrite(tmp_path):
     assert len(list((tmp_path / "out" / "normal").glob("*.png"))) == 3
     sample_to_folder(config(tmp_path, classes=("normal",), n=2, overwrite=True))
     assert sorted(p.name for p in (tmp_path / "out" / "normal").glob("*.png")) == ["0000.png", "0001.png"]
+
+
+def test_the_runs_checkpoints_folder_is_read_as_its_run_folder(tmp_path):
+    file, _, _ = write_checkpoint(tmp_path / "run")
+    model, classes, used = load_model(tmp_path / "run" / "checkpoints")
+    assert used == file and classes == ["abnormal", "normal"]
+    (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ckpt.CheckpointError, match="has no checkpoints"):
+        load_model(tmp_path / "empty" / "checkpoints")
+
+
+def test_a_guidance_that_overflows_is_refused_and_non_finite_samples_write_nothing(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"--guidance 1e\+308: above 100"):
+        config(tmp_path, guidance=1e308)
+    write_checkpoint(tmp_path / "run")
+    real = DDPM.sample
+
+    def second_class_breaks(self, labels, **options):
+        images = real(self, labels, **options)
+        return images * float("nan") if int(labels[0]) == 1 else images
+
+    monkeypatch.setattr(DDPM, "sample", second_class_breaks)
+    with pytest.raises(ValueError, match="came out not finite"):
+        sample_to_folder(config(tmp_path))
+    assert not any((tmp_path / "out").rglob("*.png"))  # the first class was not written either

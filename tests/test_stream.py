@@ -349,3 +349,24 @@ def test_load_split_per_class_reads_at_most_that_many_rows_of_each_class_spread_
     first = int(counts[0])  # class 0's rows come first: its first and last row are both kept
     assert torch.equal(capped[0], images[0]) and torch.equal(capped[2], images[first - 1])
     assert torch.equal(load_split(tiny_shards, "train", per_class=10**6)[0], images)
+
+
+def test_a_shard_without_a_recorded_checksum_is_named_when_a_reader_opens(copy_shards):
+    import json
+    import warnings
+
+    from ddpm_data.config import ReaderConfig
+    from ddpm_data.manifest import manifest_to_json
+    from ddpm_data.stream import open_reader
+
+    folder = copy_shards()
+    document = json.loads((folder / "manifest.json").read_text())
+    document["shards"][0]["sha256"] = ""
+    (folder / "manifest.json").write_text(manifest_to_json(document))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reader = open_reader(folder, ReaderConfig(batch_size=2, mode="stream"))
+        reader.close()
+    lines = [str(w.message) for w in caught]
+    assert any("1 shard(s) without a valid sha256" in line and document["shards"][0]["path"] in line
+               and "ddpm-data verify" in line for line in lines), lines

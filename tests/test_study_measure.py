@@ -36,7 +36,7 @@ def config_for(tmp_path, shards, **changes) -> StudyConfig:
 
 def test_every_cell_is_resized_to_the_display_size_and_measured_against_its_shards(tmp_path, shards):
     config = config_for(tmp_path, shards)
-    tools = FakeTools(real_evals=1)  # the real evaluator for the 16 px cell, shown at 32 px
+    tools = FakeTools(real_evals=2)  # the real evaluator for both cells: its jaggedness is the smooth view's
     assert run_study(config, tools=tools).failures == {}
     assert config.display == 32
     small, large = grid_cells(config.grid)

@@ -216,3 +216,12 @@ def test_a_damaged_time_book_is_named_and_a_running_launch_is_booked_as_it_goes(
         run_study(config, tools=slow_train, log=lines.append)
     assert any(f"{run / STATE_NAME}: unreadable" in line and "restarts from 0" in line for line in lines), lines
     assert booked and booked[0]["train_seconds"] > 0.1 and booked[0]["launches"] == 1
+
+
+def test_training_advice_a_study_cannot_follow_is_translated(study):
+    config = study(grid=Grid(sizes=(16,)))
+    line = "error: RUN/checkpoints/step.pt: does not fit this run (x); start a new run with another --out"
+    outcome = run_study(config, tools=FakeTools(fail={"ddpm-train": (2, line)}))
+    (failure,) = outcome.failures.values()
+    run = cell_dir(config, grid_cells(config.grid)[0])
+    assert failure.endswith(f"; in a study, delete {run} to train the cell anew"), failure

@@ -1,10 +1,10 @@
-"""ddpm_eval.spectrum: radial power spectrum and its high-frequency comparison."""
+"""ddpm_data.spectrum: radial power spectrum and its high-frequency comparison."""
 import numpy as np
 import torch
 from eval_helpers import blur, fresh_real, jaggy, noisy
 
 from ddpm_eval.images import to_float
-from ddpm_eval.spectrum import high_frequency_ratio, log_spectrum_distance, radial_power_spectrum
+from ddpm_data.spectrum import high_frequency_ratio, log_spectrum_distance, radial_power_spectrum
 
 
 def test_frequencies_run_up_to_nyquist():
