@@ -147,6 +147,35 @@ def resolve_model(size: int, in_channels: int, num_classes: int, preset: str | N
     return unet, diffusion
 
 
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """A run's model, resolved once: the preset's name, the U-Net, the diffusion, and the batch
+    size and learning rate recommended for it (used where the user gave none)."""
+
+    preset: str
+    unet: UNetConfig
+    diffusion: DiffusionConfig
+    batch_size: int
+    lr: float
+
+
+def resolve_architecture(size: int, in_channels: int, num_classes: int, preset: str | None = None,
+                         overrides: dict[str, Any] | None = None) -> Architecture:
+    """`resolve_model`, named (the preset given, the one for `size`, or 'derived (N px)'), with
+    its recommended batch size and learning rate."""
+    unet, diffusion = resolve_model(size, in_channels, num_classes, preset, overrides)
+    return Architecture(preset or preset_name(size), unet, diffusion, default_batch_size(unet), default_lr(unet))
+
+
+def preset_name(size: int) -> str:
+    """The name of the preset `preset_for_size` picks, or 'derived (N px)' for a size without one."""
+    def shape(config: UNetConfig) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(config).items() if k != "image_size"}
+
+    chosen = shape(preset_for_size(size))
+    return next((name for name, preset in PRESETS.items() if shape(preset) == chosen), f"derived ({size} px)")
+
+
 def describe_presets(num_classes: int = 2) -> str:
     """Markdown: each preset's flow diagram (generated from the model) and its parameters."""
     parts = []

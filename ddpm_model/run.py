@@ -1,7 +1,12 @@
-"""`ddpm-train`: assemble a run from its config and hand it to the training loop.
+"""`ddpm-train`: assemble a run from its config and hand it to the training loop, in one pass:
 
-manifest -> preset -> model; reader, augmenter and validation split; EMA, optimizer, DDP.
-`ddpm_model.train` runs the loop on what this builds. The neighbouring modules hold the other
+1. resolve and check (`runfolder.resolve`, on rank 0): the run folder, the options in force, the
+   checkpoint to continue from, the shards (loaded once) against the data the run started on;
+2. plan (`plan_run`): the model (`presets.resolve_architecture`: preset, options, recommended
+   batch size and learning rate), the reader's settings, the memory of one step;
+3. execute (`_train`): model, EMA, optimizer, reader, augmenter, validation split; the
+   checkpoint's state; the run folder claimed and config.json written; `ddpm_model.train` runs
+   the loop on what this builds. The neighbouring modules hold the other
 ideas: `config` (the options), `runfolder` (where a run lives, what --resume keeps), `runtime`
 (device, torchrun, precision), `codec` (config <-> JSON). This module and `runfolder` are the
 only ones of `ddpm_model` that import `ddpm_data`.
@@ -20,17 +25,17 @@ import torch
 
 from ddpm_data.augment import Augmenter, center_crop
 from ddpm_data.config import AugmentConfig
-from ddpm_data.manifest import Manifest, load_manifest
+from ddpm_data.manifest import Manifest
 from ddpm_data.redact import redact, scrub
 from ddpm_data.stream import ReaderConfig, load_split, open_reader
 
 from . import checkpoint as ckpt
 from .codec import to_jsonable
 from .config import ModelOptions, Precision, RunConfig, TrainConfig
-from .runfolder import CONFIG_NAME, RunError, check_data, claim_run_dir, data_record, read_document, resolve_run, write_document
+from .runfolder import CONFIG_NAME, Resolved, RunError, claim_run_dir, resolve
 from .diffusion import DDPM, DiffusionConfig, configs_to_dict
 from .memory import estimate_step_memory, format_memory, measure_step_memory
-from .presets import PRESETS, default_batch_size, default_lr, preset_for_size, resolve_model
+from .presets import Architecture, resolve_architecture
 from .runtime import (
     Distributed, autocast_for, pick_device, resolve_precision, setup_distributed, teardown_distributed,
 )
@@ -45,17 +50,16 @@ __all__ = ["ModelOptions", "Plan", "RunConfig", "RunError", "TrainConfig", "prep
 
 # -- model --------------------------------------------------------------------------------------
 
-def resolve_architecture(manifest: Manifest, options: ModelOptions, aug_dim: int) -> tuple[str, UNetConfig, DiffusionConfig]:
-    """(preset name, U-Net, diffusion) for the shards: the preset (named, or the one for the
-    manifest's size), then the options the user gave (`dataclasses.replace`)."""
+def resolve_model_for(manifest: Manifest, options: ModelOptions, aug_dim: int) -> Architecture:
+    """The model for the shards (`presets.resolve_architecture`): the preset (named, or the one for
+    the manifest's size), then the options the user gave (`dataclasses.replace`)."""
     try:
-        unet, diffusion = resolve_model(manifest.size, manifest.channels, len(manifest.classes), options.preset,
-                                        {**options.overrides, "aug_dim": aug_dim, **data_statistics(manifest, options)})
+        return resolve_architecture(manifest.size, manifest.channels, len(manifest.classes), options.preset,
+                                    {**options.overrides, "aug_dim": aug_dim, **data_statistics(manifest, options)})
     except ValueError as error:
         if options.preset is None and str(error).startswith("size:"):
             raise RunError(f"{manifest.root}: {error} (--preset NAME and the architecture flags)") from None
         raise RunError(str(error)) from None
-    return options.preset or _preset_name(manifest.size), unet, diffusion
 
 
 def data_statistics(manifest: Manifest, options: ModelOptions) -> dict[str, tuple[float, ...]]:
@@ -65,15 +69,6 @@ def data_statistics(manifest: Manifest, options: ModelOptions) -> dict[str, tupl
         return {}
     return {"data_mean": tuple(round(2 * m - 1, 6) for m in manifest.mean),
             "data_std": tuple(round(max(2 * s, 1e-3), 6) for s in manifest.std)}
-
-
-def _preset_name(size: int) -> str:
-    """The name of the preset `preset_for_size` picks, or 'derived' for a size without one."""
-    def shape(config: UNetConfig) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(config).items() if k != "image_size"}
-
-    chosen = shape(preset_for_size(size))
-    return next((name for name, preset in PRESETS.items() if shape(preset) == chosen), f"derived ({size} px)")
 
 
 # -- plan ---------------------------------------------------------------------------------------
@@ -102,65 +97,42 @@ class Plan:
                 "resume_from": str(self.resume_from) if self.resume_from else None}
 
 
-def _resolve(given: RunConfig) -> tuple[RunConfig, Path, Path | None, str | None]:
-    """resolve_run, and on --resume the shards checked against the data the run started on:
-    (config, run folder, checkpoint to resume from, what changed when --allow-new-data)."""
-    config, run_dir, resume_path = resolve_run(given)
-    if not config.resume:
-        return config, run_dir, resume_path, None
-    new_data = check_data(read_document(run_dir), load_manifest(config.shards), run_dir, config.allow_new_data)
-    return config, run_dir, resume_path, new_data
-
-
-def _resolve_on_main(given: RunConfig, dist: Distributed) -> tuple[RunConfig, Path, Path | None, str | None]:
-    """`_resolve` on rank 0 (it reads the run folder), the same answer on every rank."""
-    outcome: Any = None
-    if dist.is_main:
-        try:
-            outcome = _resolve(given)
-        except OSError as error:
-            outcome = error
-        except ValueError as error:
-            outcome = RunError(str(error))
-    outcome = dist.broadcast(outcome)
-    if isinstance(outcome, Exception):
-        raise outcome
-    return outcome
-
-
 def prepare(given: RunConfig, dist: Distributed | None = None,
             device: torch.device | None = None) -> tuple[Plan, Manifest]:
-    """Resolve the config, run folder and model; (plan, manifest). Writes nothing."""
+    """Resolve and check the command against its run folder and shards (`runfolder.resolve`, on
+    rank 0), then plan the model and the defaults it sets; (plan, manifest). Writes nothing."""
     dist = dist or Distributed()
     device = device or pick_device(given.device, 0)
-    config, run_dir, resume_path, new_data = _resolve_on_main(given, dist)
-    manifest = load_manifest(config.shards)
-    if config.img_size is not None and config.img_size != manifest.size:
-        raise RunError(f"--img-size {config.img_size}: {config.shards} holds {manifest.size} px shards; "
-                       f"pass --shards shards/{config.img_size} (build it with 'ddpm-data build --size "
-                       f"{config.img_size}') or drop --img-size")
+    resolved = dist.on_main(resolve, given)
+    return plan_run(resolved, dist, device), resolved.manifest
+
+
+def plan_run(resolved: Resolved, dist: Distributed, device: torch.device) -> Plan:
+    """The model (preset, then the options), the batch size and learning rate it implies when not
+    given, the reader's settings and the memory one step needs."""
+    config, manifest = resolved.config, resolved.manifest
     augment = config.augment or AugmentConfig()
     aug_dim = Augmenter.num_params if config.model.aug_conditioning and not augment.is_identity else 0
     try:
-        preset, unet, diffusion = resolve_architecture(manifest, config.model, aug_dim)
+        architecture = resolve_model_for(manifest, config.model, aug_dim)
     except (RunError, TypeError) as error:
         if not config.resume:
             raise
-        raise RunError(f"{run_dir / CONFIG_NAME}: run.model: {error}; fix the value or start a new run "
+        raise RunError(f"{resolved.run_dir / CONFIG_NAME}: run.model: {error}; fix the value or start a new run "
                        f"with another --out") from None
-    train_config = config.train
+    unet, train_config = architecture.unet, config.train
     if train_config.batch_size is None:
-        train_config = dataclasses.replace(train_config, batch_size=default_batch_size(unet))
+        train_config = dataclasses.replace(train_config, batch_size=architecture.batch_size)
     if train_config.lr is None:
-        train_config = dataclasses.replace(train_config, lr=default_lr(unet))
+        train_config = dataclasses.replace(train_config, lr=architecture.lr)
     reader = dataclasses.replace(config.reader or ReaderConfig(), batch_size=train_config.batch_size,
                                  seed=train_config.seed, device=str(device))
     config = dataclasses.replace(config, reader=reader, augment=augment, train=train_config)
     memory = estimate_step_memory(unet, train_config.batch_size, resolve_precision(train_config.precision, device).value,
                                   train_config.gradient_checkpointing)
-    return Plan(config, run_dir, resume_path, preset, configs_to_dict(unet, diffusion), count_parameters(unet),
-                list(manifest.classes), dist.world_size, str(device), format_memory(memory),
-                data_record(manifest), new_data), manifest
+    return Plan(config, resolved.run_dir, resolved.resume_from, architecture.preset,
+                configs_to_dict(unet, architecture.diffusion), count_parameters(unet), list(manifest.classes),
+                dist.world_size, str(device), format_memory(memory), resolved.data, resolved.new_data)
 
 
 # -- training -----------------------------------------------------------------------------------
@@ -232,7 +204,7 @@ def _train(plan: Plan, manifest: Any, dist: Distributed, device: torch.device) -
         state.images_per_epoch = reader.epoch_length * cfg.batch_size * dist.world_size
         total_steps = cfg.total_steps(steps_per_epoch, cfg.batch_size * cfg.grad_accum * dist.world_size)
         fresh = not plan.config.resume or plan.resume_from is None
-        claim = claim_run_dir(plan.run_dir, fresh) if dist.is_main else contextlib.nullcontext()
+        claim = claim_run_dir(plan.run_dir, fresh, plan.document()) if dist.is_main else contextlib.nullcontext()
         with claim:
             io = _run_io(plan, state, total_steps, notes, scorer) if dist.is_main else None
             try:
@@ -392,11 +364,9 @@ def _resumable(state: dict[str, Any]) -> str | None:
 
 def _run_io(plan: Plan, state: TrainState, total_steps: int, notes: list[str],
             scorer: QualityScorer | None) -> RunIO:
-    """Rank 0, inside the claimed run folder: config.json (rewritten on resume too, so the next
-    --resume continues with the options in force now), metrics, the progress display."""
+    """Rank 0, inside the claimed run folder (config.json written): metrics, the progress display."""
     from .metrics import MetricsLog, ProgressDisplay
 
-    write_document(plan.run_dir, plan.document())
     if plan.resume_from is not None:
         MetricsLog(plan.run_dir / "metrics.jsonl").truncate_after(state.step)
     for line in notes:

@@ -31,8 +31,11 @@ import shutil
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+
+from ddpm_data.manifest import Manifest, load_manifest
 
 from . import checkpoint as ckpt
 from .codec import CodecError, from_jsonable, to_jsonable
@@ -167,16 +170,18 @@ def clear_run_dir(run_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def claim_run_dir(run_dir: Path, fresh: bool) -> Iterator[None]:
+def claim_run_dir(run_dir: Path, fresh: bool, document: dict[str, Any]) -> Iterator[None]:
     """The run folder, created if needed and locked for as long as the block runs; `fresh` empties
-    it first (a new run). When the block fails before the run saved any checkpoint, a folder
-    created here is removed again: a failed start leaves nothing behind."""
+    it first (a new run); then config.json is written with `document` (on resume too, so the next
+    --resume continues with the options in force now). When the block fails before the run saved
+    any checkpoint, a folder created here is removed again: a failed start leaves nothing behind."""
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
         if fresh:
             clear_run_dir(run_dir)
         try:
+            write_document(run_dir, document)
             yield
         except BaseException:
             if created and not ckpt.candidates(run_dir):
@@ -184,30 +189,56 @@ def claim_run_dir(run_dir: Path, fresh: bool) -> Iterator[None]:
             raise
 
 
-def resolve_run(given: RunConfig) -> tuple[RunConfig, Path, Path | None]:
-    """(config to use, run folder, checkpoint to resume from: None when the run has none yet).
-    Paths come back absolute, so a later `--resume` works from any working directory. Reads but
-    never writes."""
-    if given.resume:
-        if given.out is None:
-            raise RunError("--resume: needs --out RUN_DIR, the run folder to continue")
-        run_dir = given.out.resolve()
-        document = read_document(run_dir)
-        saved = run_config_from(document, run_dir / CONFIG_NAME)
-        config = resume_config(saved, document, dataclasses.replace(given, out=run_dir))
-        if not given.dry_run:
-            check_unlocked(run_dir)
-        found = ckpt.candidates(run_dir)
-        if not found and not never_checkpointed(run_dir):
-            raise RunError(f"{run_dir}: no checkpoint to resume from in {ckpt.checkpoint_dir(run_dir)}; "
-                           f"start over with --overwrite")
-        return config, run_dir, found[0] if found else None
+@dataclass(frozen=True)
+class Resolved:
+    """A `ddpm-train` command resolved and checked against its run folder and shards, once."""
+
+    config: RunConfig          # the options in force (the saved ones, on --resume), paths absolute
+    run_dir: Path
+    resume_from: Path | None   # the checkpoint to continue from; None for a new run (or one with none yet)
+    manifest: Manifest         # the shards', loaded once
+    data: dict[str, Any]       # data_record(manifest): what config.json and the checkpoints keep of the shards
+    new_data: str | None       # --allow-new-data continuing on changed shards: what changed
+
+
+def resolve(given: RunConfig) -> Resolved:
+    """The run folder, the options, the checkpoint to continue from and the shards, each checked:
+    the folder may be used (new) or continued (--resume: the typed options against the saved run,
+    the shards against the data it started on), --img-size against the shards. Paths come back
+    absolute, so a later `--resume` works from any working directory. Reads but never writes."""
+    config, run_dir, resume_from, document = _resume_run(given) if given.resume else _new_run(given)
+    manifest = load_manifest(config.shards)
+    if config.img_size is not None and config.img_size != manifest.size:
+        raise RunError(f"--img-size {config.img_size}: {config.shards} holds {manifest.size} px shards; "
+                       f"pass --shards shards/{config.img_size} (build it with 'ddpm-data build --size "
+                       f"{config.img_size}') or drop --img-size")
+    new_data = check_data(document, manifest, run_dir, config.allow_new_data) if document is not None else None
+    return Resolved(config, run_dir, resume_from, manifest, data_record(manifest), new_data)
+
+
+def _resume_run(given: RunConfig) -> tuple[RunConfig, Path, Path | None, dict[str, Any]]:
+    if given.out is None:
+        raise RunError("--resume: needs --out RUN_DIR, the run folder to continue")
+    run_dir = given.out.resolve()
+    document = read_document(run_dir)
+    saved = run_config_from(document, run_dir / CONFIG_NAME)
+    config = resume_config(saved, document, dataclasses.replace(given, out=run_dir))
+    if not given.dry_run:
+        check_unlocked(run_dir)
+    found = ckpt.candidates(run_dir)
+    if not found and not never_checkpointed(run_dir):
+        raise RunError(f"{run_dir}: no checkpoint to resume from in {ckpt.checkpoint_dir(run_dir)}; "
+                       f"start over with --overwrite")
+    return config, run_dir, found[0] if found else None, document
+
+
+def _new_run(given: RunConfig) -> tuple[RunConfig, Path, None, None]:
     shards = shards_folder(given.shards, given.img_size)
     run_dir = (given.out or default_run_dir(shards)).resolve()
     check_apart(run_dir, shards)
     if not given.dry_run:
         check_new_run_dir(run_dir, given.overwrite)
-    return dataclasses.replace(given, out=run_dir, shards=absolute_shards(shards)), run_dir, None
+    return dataclasses.replace(given, out=run_dir, shards=absolute_shards(shards)), run_dir, None, None
 
 
 def shards_folder(shards: Path | str | None, img_size: int | None) -> Path | str:

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 
 from .config import Precision
 
 Autocast = Callable[[], contextlib.AbstractContextManager]
+
+T = TypeVar("T")
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
@@ -39,10 +41,21 @@ class Distributed:
 
     def __init__(self, rank: int = 0, world_size: int = 1):
         self.rank, self.world_size = rank, world_size
+        self.is_main = rank == 0
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+    def on_main(self, work: Callable[..., T], *args: Any) -> T:
+        """`work(*args)` on rank 0 only (it reads the run folder), its answer or its error on every
+        rank. ValueError and OSError cross as they are; anything else stays a bug on rank 0."""
+        outcome: Any = None
+        if self.is_main:
+            try:
+                outcome = work(*args)
+            except (OSError, ValueError) as error:
+                outcome = error
+        outcome = self.broadcast(outcome)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.world_size > 1:
