@@ -133,7 +133,7 @@ class _GuardedFile:
             if self._reopen is not None and outage(error, current().stall_timeout_s):
                 self._drop()
                 raise  # `retrying` names it, and opens the file again for the next try
-            raise RemoteError(self.name, f"download failed ({type(error).__name__}: {error})") from error
+            raise RemoteError(self.name, download_failed(error)) from error
 
     def _drop(self) -> None:
         file, self._file = self._file, None
@@ -157,7 +157,7 @@ class _GuardedFile:
             if self._file is not None:
                 self._file.close()
         except Exception as error:  # a pipe command that failed reports its status when closed
-            raise RemoteError(self.name, f"download failed ({type(error).__name__}: {error})") from error
+            raise RemoteError(self.name, download_failed(error)) from error
 
     def __enter__(self) -> "_GuardedFile":
         return self
@@ -170,6 +170,19 @@ class _GuardedFile:
 
     def __repr__(self) -> str:
         return self.name
+
+
+_PIPE_EXIT = re.compile(r": exit (-?\d+) \((?:read|write)\)")  # webdataset's Pipe: "(args, kwargs): exit N (read) {}"
+
+
+def download_failed(error: Exception) -> str:
+    """The reason for a failed read: a pipe command's exit status in words (webdataset's message
+    is a Python tuple holding the whole command), else the error's own text, redacted."""
+    status = _PIPE_EXIT.search(str(error))
+    if status is not None:
+        return (f"the command failed (exit status {status.group(1)}; its own message, if it printed one, is just "
+                f"above); run it by hand to see why")
+    return f"download failed ({type(error).__name__}: {redact(str(error))})"
 
 
 def _skip(file: Any, count: int) -> None:

@@ -35,7 +35,8 @@ import numpy as np
 
 from ddpm_data.manifest import (MANIFEST_NAME, SPLITS, Manifest, ManifestError, checksum_problem, load_manifest,
                                 sha256_file)
-from ddpm_data.remote import Location, RemoteError, is_url, open_input
+from ddpm_data.redact import public
+from ddpm_data.remote import Location, RemoteError, is_url, join, open_input
 from ddpm_data.shardformat import (FormatError, ShardEntry, decode_png, iter_shard, key_prefix,
                                    pixel_digest, read_hdf5_split, sample_problems)
 
@@ -243,9 +244,8 @@ def verify(folder: Location) -> VerifyReport:
         manifest = load_manifest(folder)
     except ManifestError as error:  # its message starts with the manifest's path: given once, by Problem
         message = str(error)
-        named = message.split(": ", 1)
-        if len(named) == 2 and named[0].endswith(MANIFEST_NAME):  # the path or URL, given once by Problem
-            message = named[1]
+        for shown in (public(join(folder, MANIFEST_NAME)), str(Path(folder) / MANIFEST_NAME)):
+            message = message.removeprefix(f"{shown}: ")  # the path or URL, given once by Problem
         report.problems.append(Problem(MANIFEST_NAME, message))
         return report
     checker = _Checker(manifest, report)

@@ -246,7 +246,7 @@ def test_pipe_commands_read_the_set_and_name_a_failing_command(tiny_shards, copy
     assert same(batches(location, mode="stream"), batches(tiny_shards, mode="stream"))
     shard_dir = copy_shards()
     (shard_dir / BAD).unlink()
-    with pytest.raises(ShardError, match=f"pipe:cat {shard_dir}/{BAD}: download failed"):
+    with pytest.raises(ShardError, match=f"pipe:cat {shard_dir}/{BAD}: the command failed \\(exit status 1"):
         batches(f"pipe:cat {shard_dir}/{{}}", 20, mode="stream")
 
 
@@ -438,3 +438,13 @@ def test_two_ranks_train_from_a_url_and_resume(tiny_shards, tmp_path):
             assert state["world_size"] == 2 and state["step"] == int(args[-1])
             assert [r["delivered"] for r in state["reader"]] == [state["step"]] * 2
     assert json.loads((run / "config.json").read_text())["data"]["shards"] == url
+
+
+def test_a_failing_pipe_command_is_named_by_its_exit_status_not_a_python_tuple():
+    result = CliRunner().invoke(cli.data_app, ["stats", "pipe:exit 3; echo {}"])
+    assert result.exit_code == 2
+    assert "the command failed (exit status 3" in result.output, result.output
+    assert "'shell'" not in result.output and "((" not in result.output
+    report = verify("pipe:exit 3; echo {}")
+    (problem,) = report.problems
+    assert problem.message.startswith("the command failed (exit status 3"), problem.message
