@@ -619,9 +619,10 @@ def sample(
 
 # ---------------------------------------------------------------- ddpm-eval
 from ddpm_eval.evaluate import EvalConfig as _Eval  # stdlib-only module: defaults without importing torch
+from ddpm_eval.utility import UtilityConfig as _Utility  # stdlib-only too
 
 
-@eval_app.command(help="Measure generated samples against real shards: SWD, smoothness, class fidelity, copies.")
+@eval_app.command(help="Measure generated samples against real shards: SWD, smoothness, class fidelity, copies; with --utility, whether they help a classifier.")
 def eval_samples(
     real: Annotated[str, typer.Option("--real", help="Shard folder from 'ddpm-data build' (manifest.json + data.h5), or its URL (the tar shards are read).")],
     samples: Annotated[Path, typer.Option("--samples", help="Generated images: SAMPLES/<class>/*.png at the shards' size.")],
@@ -640,6 +641,13 @@ def eval_samples(
     blur_sigma: Annotated[float, typer.Option(help="Gaussian sigma (px) of the blurred smoothness-ceiling reference.")] = _Eval.blur_sigma,
     retries: RetriesOption = TransferConfig.retries,
     stall_timeout: StallTimeoutOption = TransferConfig.stall_timeout_s,
+    utility: Annotated[bool, typer.Option("--utility", help="Also test whether the samples help: classifiers trained on real, real + samples and samples only, tested on held-out real images (k folds x seeds); a verdict helped/hurt/unclear.")] = False,
+    utility_folds: Annotated[int, typer.Option(help="--utility: folds of the real images (each held out once).")] = _Utility.folds,
+    utility_seeds: Annotated[int, typer.Option(help="--utility: classifier seeds per fold, from --seed on.")] = _Utility.seeds,
+    utility_ratio: Annotated[Optional[float], typer.Option(help="--utility: samples added per real training image of each class. [default: top every class up to the largest]", show_default=False)] = _Utility.ratio,
+    utility_steps: Annotated[int, typer.Option(help="--utility: training steps of each classifier, the same in every arm.")] = _Utility.steps,
+    utility_width: Annotated[int, typer.Option(help="--utility: first-layer channels of the arms' classifier.")] = _Utility.width,
+    utility_batch_size: Annotated[int, typer.Option(help="--utility: batch size of the arms' classifier.")] = _Utility.batch_size,
 ) -> None:
     use_transfer(retries, stall_timeout)
     from ddpm_data.remote import as_location
@@ -649,7 +657,9 @@ def eval_samples(
     config = _Eval(real=as_location(real, "--real"), samples=samples, class_name=class_name, report=report,
                    seed=seed, device=device, swd_descriptors=swd_descriptors, swd_directions=swd_directions, swd_min_level=swd_min_level,
                    classifier_epochs=classifier_epochs, classifier_width=classifier_width,
-                   classifier_batch_size=classifier_batch_size, copy_ratio=copy_ratio, blur_sigma=blur_sigma)
+                   classifier_batch_size=classifier_batch_size, copy_ratio=copy_ratio, blur_sigma=blur_sigma,
+                   utility=_Utility(folds=utility_folds, seeds=utility_seeds, ratio=utility_ratio, steps=utility_steps,
+                                    width=utility_width, batch_size=utility_batch_size) if utility else None)
     result = evaluate(config, log=lambda message: typer.echo(message, err=True))
     typer.echo(json.dumps(result, indent=2, sort_keys=True) if json_output else format_text(result))
 

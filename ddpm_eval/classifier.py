@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import pickle
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -89,8 +90,18 @@ def new_classifier(channels: int, num_classes: int, config: ClassifierConfig) ->
         return SmallClassifier(channels, num_classes, config.width, config.input_size)
 
 
-def train_classifier(train: ImageSet, num_classes: int, config: ClassifierConfig, device: torch.device) -> SmallClassifier:
-    """Fit on `train` with class-balanced cross-entropy (rare classes weigh as much as common ones)."""
+def _batches(count: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Index batches of passes over `count` items, each pass in a new random order, without end."""
+    while True:
+        order = torch.randperm(count, generator=generator)
+        yield from (order[start : start + batch_size] for start in range(0, count, batch_size))
+
+
+def train_classifier(train: ImageSet, num_classes: int, config: ClassifierConfig, device: torch.device,
+                     steps: int | None = None) -> SmallClassifier:
+    """Fit on `train` with class-balanced cross-entropy (rare classes weigh as much as common ones),
+    for `config.epochs` passes or, if given, `steps` batches whatever the set's size (the same
+    training budget for sets of different sizes)."""
     model = new_classifier(train.images.shape[1], num_classes, config).to(device)
     generator = torch.Generator().manual_seed(config.seed)
     images = to_float(train.images)
@@ -98,21 +109,19 @@ def train_classifier(train: ImageSet, num_classes: int, config: ClassifierConfig
     counts = torch.bincount(labels, minlength=num_classes).clamp_min(1).float()
     weight = (len(labels) / (num_classes * counts)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    steps = config.epochs * -(-len(labels) // config.batch_size)
+    if steps is None:
+        steps = config.epochs * -(-len(labels) // config.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate, total_steps=max(steps, 1))
     model.train()
-    for _ in range(config.epochs):
-        order = torch.randperm(len(labels), generator=generator)
-        for start in range(0, len(order), config.batch_size):
-            batch = order[start : start + config.batch_size]
-            if len(batch) < 2:  # BatchNorm needs two images
-                continue
-            x = _augment(images[batch], generator).to(device)
-            loss = F.cross_entropy(model(x), labels[batch].to(device), weight=weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+    for batch in itertools.islice(_batches(len(labels), config.batch_size, generator), steps):
+        if len(batch) < 2:  # BatchNorm needs two images
+            continue
+        x = _augment(images[batch], generator).to(device)
+        loss = F.cross_entropy(model(x), labels[batch].to(device), weight=weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
     return model.eval()
 
 
@@ -202,6 +211,14 @@ def predict(model: SmallClassifier, images: np.ndarray, device: torch.device, ba
         predictions.append(model.head(embedding).argmax(dim=1).cpu())
         features.append(embedding.double().cpu())
     return torch.cat(predictions).numpy(), torch.cat(features).numpy()
+
+
+@torch.no_grad()
+def class_probabilities(model: SmallClassifier, images: np.ndarray, device: torch.device, batch_size: int = 256) -> np.ndarray:
+    """uint8 (N, C, S, S) -> softmax probabilities (N, classes) float64, rows summing to 1."""
+    chunks = [model(to_float(images[start : start + batch_size], device)).softmax(dim=1).double().cpu()
+              for start in range(0, len(images), batch_size)]
+    return torch.cat(chunks).numpy() if chunks else np.zeros((0, model.head.out_features))
 
 
 def class_accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from ddpm_eval.utility import UtilityConfig
+
 FRECHET_NOTE = (
     "Fréchet distance in the eval classifier's feature space (FCD); NOT Inception FID and not comparable "
     "with published FID numbers, only with other runs against the same shards and cached classifier"
@@ -42,6 +44,7 @@ class EvalConfig:
     classifier_batch_size: int = 32
     copy_ratio: float = 1 / 3  # near-copy: nearest training image this much closer than the 2nd (Yoon et al. 2023)
     blur_sigma: float = 1.0  # px; Gaussian blur of the smoothness-ceiling reference
+    utility: UtilityConfig | None = None  # also test whether the samples help a classifier (None: skip)
 
     def classifier_config(self) -> "ClassifierConfig":
         """The eval classifier's settings (its cache key); with the defaults, the classifier the
@@ -147,6 +150,8 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] | None = None) -> di
     }
     from ddpm_data.redact import scrub
 
+    if config.utility is not None:
+        result["utility"] = _utility(real, samples, config, device, result["copies"], log)
     result = scrub(_finite(result))  # a pipe: --real keeps no secret in results.json or the output
     if config.report is not None:
         from ddpm_eval.report import write_report
@@ -154,6 +159,18 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] | None = None) -> di
         result["report"] = str(write_report(result, real.classes, samples, real.train, candidates["blurred_vs_train"], Path(config.report)))
     result["seconds"] = round(time.perf_counter() - started, 2)
     return result
+
+
+def _utility(real, samples, config: EvalConfig, device, copies: int, log: Callable[[str], None]) -> dict:
+    """The downstream test (ddpm_eval/utility.py), warned when samples copy training images: copies
+    of images in a test fold would show as a gain."""
+    from ddpm_eval.utility import measure_utility
+
+    utility = measure_utility(real, samples, config.utility, config.seed, device, log)
+    if copies:
+        utility["warnings"].append(f"{copies} samples are near-copies of real training images, which sit in the "
+                                   "test folds: part of a gain may be those images leaking into training")
+    return utility
 
 
 class _ClassReference:

@@ -30,15 +30,22 @@ def _to_image(figure) -> Image.Image:
 
 
 def bar_chart(categories: Sequence[str], series: Mapping[str, Sequence[float | None]], title: str,
-              *, x_label: str = "", y_label: str = "") -> Image.Image:
-    """Grouped bars: one group per category, one bar per series (missing values are skipped)."""
+              *, x_label: str = "", y_label: str = "",
+              errors: Mapping[str, Sequence[float | None]] | None = None) -> Image.Image:
+    """Grouped bars: one group per category, one bar per series (missing values are skipped); `errors`
+    gives a series' error bar half-widths (e.g. a 95 % interval's), None for none."""
     figure = _figure()
     axis = figure.add_subplot()
     width = 0.8 / max(len(series), 1)
     for index, (name, values) in enumerate(series.items()):
-        bars = [(group + (index - (len(series) - 1) / 2) * width, value)
-                for group, value in enumerate(values) if value is not None]
-        axis.bar([x for x, _ in bars], [value for _, value in bars], width=width * 0.95, label=name, color=f"C{index}")
+        half = (errors or {}).get(name) or [None] * len(values)
+        bars = [(group + (index - (len(series) - 1) / 2) * width, value, error)
+                for group, (value, error) in enumerate(zip(values, half)) if value is not None]
+        axis.bar([x for x, _, _ in bars], [value for _, value, _ in bars], width=width * 0.95, label=name, color=f"C{index}")
+        whiskers = [(x, value, error) for x, value, error in bars if error is not None]
+        if whiskers:
+            axis.errorbar([x for x, _, _ in whiskers], [v for _, v, _ in whiskers], yerr=[e for _, _, e in whiskers],
+                          fmt="none", ecolor="black", capsize=3, linewidth=1)
     axis.set_xticks(range(len(categories)), list(categories))
     axis.set(title=title, xlabel=x_label, ylabel=y_label)
     axis.grid(True, axis="y", alpha=0.3)

@@ -14,7 +14,7 @@ import numpy as np
 from ddpm_data.grid import save_grid
 from ddpm_eval.images import ImageSet
 from ddpm_eval.plots import bar_chart, line_chart
-from ddpm_eval.summary import format_markdown
+from ddpm_eval.summary import UTILITY_ARMS, format_markdown, format_utility_markdown
 
 GRID_COLUMNS = 8
 SET_NAMES = {"samples": "samples", "val_vs_train": "val (floor)", "blurred_vs_train": "blurred (ceiling)"}
@@ -76,6 +76,21 @@ def write_report(result: dict, classes: tuple[str, ...], samples: ImageSet, trai
                      for c in result["flagged_copies"]]
     else:
         sections.append("None flagged.")
+    if result.get("utility"):
+        sections += ["", *_utility_section(result["utility"], out_dir)]
     index = out_dir / "index.md"
     index.write_text("\n".join(sections) + "\n", encoding="utf-8")
     return index
+
+
+def _utility_section(utility: dict, out_dir: Path) -> list[str]:
+    """The arms' table, verdict and utility.png: each arm's mean with its 95 % interval per metric."""
+    metrics = {"balanced_accuracy": "balanced accuracy", "rare_recall": f"{utility['rare_class']} recall",
+               "rare_auroc": f"{utility['rare_class']} AUROC"}
+    arms = [(name, utility["arms"][key]) for key, name in UTILITY_ARMS if utility["arms"][key] is not None]
+    series = {name: [arm[metric]["mean"] for metric in metrics] for name, arm in arms}
+    errors = {name: [None if arm[metric]["high"] is None else arm[metric]["high"] - arm[metric]["mean"] for metric in metrics]
+              for name, arm in arms}
+    bar_chart(list(metrics.values()), series, "Classifiers tested on held-out real images (95% intervals)",
+              y_label="score (1 = perfect)", errors=errors).save(out_dir / "utility.png")
+    return ["## Do the samples help a classifier?", "", format_utility_markdown(utility), "", "![utility](utility.png)", ""]

@@ -73,7 +73,59 @@ def format_text(result: dict) -> str:
     lines.append(f"eval classifier val accuracy {_number(result['classifier_val_accuracy'])} ({result['classifier']['cache']})")
     lines.append(f"note: {result['frechet_note']}")
     lines += [f"warning: {message}" for message in result["warnings"]]
+    if result.get("utility"):
+        lines += ["", *_utility_text(result["utility"])]
     return "\n".join(lines)
+
+
+UTILITY_ARMS = (("real_only", "real only"), ("real_plus_synthetic", "real + synthetic"), ("synthetic_only", "synthetic only"))
+
+
+def _estimate(value: dict | None, interval: bool = False) -> str:
+    """'mean ± se', with '[low, high]' when `interval`; signed for differences."""
+    if value is None or value["mean"] is None:
+        return "n/a"
+    sign = "+" if interval else ""
+    text = f"{value['mean']:{sign}.3f} ± " + ("n/a" if value["se"] is None else f"{value['se']:.3f}")
+    if interval and value["low"] is not None:
+        text += f" [{value['low']:+.3f}, {value['high']:+.3f}]"
+    return text
+
+
+def _utility_rows(utility: dict) -> list[list[str]]:
+    """Header and one row per arm and for the paired difference: metric 'mean ± se' cells."""
+    rare = utility["rare_class"]
+    rows = [["arm", "balanced accuracy", f"{rare} recall", f"{rare} AUROC"]]
+    metrics = ("balanced_accuracy", "rare_recall", "rare_auroc")
+    for key, name in UTILITY_ARMS:
+        arm = utility["arms"][key]
+        rows.append([name] + [_estimate(None if arm is None else arm[metric]) for metric in metrics])
+    rows.append(["difference (real + synthetic - real only)"]
+                + [_estimate(utility["difference"][metric], interval=True) for metric in metrics])
+    return rows
+
+
+def _utility_notes(utility: dict) -> list[str]:
+    added = ", ".join(f"{name} {count:.0f}" for name, count in utility["synthetic_added"].items())
+    return [f"samples added per fold: {added}; mean ± standard error over {utility['folds']} folds x "
+            f"{len(utility['seeds'])} seeds, [{utility['interval']}]", utility["line"]]
+
+
+def _utility_text(utility: dict) -> list[str]:
+    rows = _utility_rows(utility)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["does adding the samples help a classifier? (each arm tested on held-out real images)"]
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    return lines + _utility_notes(utility) + [f"warning: {message}" for message in utility["warnings"]]
+
+
+def format_utility_markdown(utility: dict) -> str:
+    """The utility table and verdict as Markdown."""
+    rows = _utility_rows(utility)
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
+    notes, line = _utility_notes(utility)
+    return "\n".join(lines + ["", notes, "", f"**{line}**", ""] + [f"- warning: {message}" for message in utility["warnings"]])
 
 
 def format_markdown(result: dict) -> str:

@@ -6,6 +6,7 @@
 set -euo pipefail
 OUT=${1:-demo}
 STEPS=${DEMO_STEPS:-500}   # training steps; DEMO_STEPS=100 for a quicker look
+UTILITY=${DEMO_UTILITY:-0} # DEMO_UTILITY=1: step 6 also asks whether the samples help a classifier (about 2 more minutes)
 mkdir -p "$OUT"
 start=$(date +%s)
 step() { printf '\n== %s (%ss)\n' "$1" "$(( $(date +%s) - start ))"; }
@@ -31,7 +32,8 @@ ddpm-sample --checkpoint "$OUT/run/checkpoints/best-quality.pt" --n 64 --out "$O
 
 step "6. measure the samples against the real 32 px images"
 ddpm-eval --real "$OUT/shards/32" --samples "$OUT/samples" --report "$OUT/eval" \
-  | tee "$OUT/eval.txt"
+  $([ "$UTILITY" = 1 ] && echo --utility) | tee "$OUT/eval.txt"
+[ "$UTILITY" = 1 ] || printf 'do the samples help a classifier? DEMO_UTILITY=1 adds ddpm-eval --utility (about 2 minutes)\n'
 
 printf '\n== done in %ss. Outputs:\n' "$(( $(date +%s) - start ))"
 printf '  sample data      %s/data/{normal,abnormal}/   contact sheet %s/data-sheet.png\n' "$OUT" "$OUT"
