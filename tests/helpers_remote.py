@@ -75,16 +75,8 @@ def faulty_server(folder: Path, failures: int = 0, status: int = 503, chunk: int
     still sleep end with the process (daemon threads), bounded by `stall`."""
     handler = type("Handler", (_FaultyHandler,), {"failures": failures, "status": status, "chunk": chunk,
                                                   "pause": pause, "stall": stall, "seen": {}, "only": frozenset(only)})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with _serving(folder, handler, daemon_threads=True) as url:
+        yield url
 
 
 def free_port() -> int:
@@ -99,7 +91,15 @@ def http_server(folder: Path, truncate: tuple[str, ...] = (), token: str | None 
     """Serve `folder` over HTTP on 127.0.0.1 (a free port); yields its base URL. Files named in
     `truncate` are cut off halfway through their body; with `token`, only requests bearing it are served."""
     handler = type("Handler", (_Handler,), {"truncate": frozenset(truncate), "token": token})
+    with _serving(folder, handler) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _serving(folder: Path, handler: type, daemon_threads: bool = False) -> Iterator[str]:
+    """`handler` serving `folder` on 127.0.0.1 (a free port) in a thread; yields the base URL."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
+    server.daemon_threads = daemon_threads
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
