@@ -50,11 +50,12 @@ class BenchConfig:
     dtype: str = "float32"      # "float32" or "bfloat16" (autocast)
     dropout: float = 0.1        # in both models' residual blocks
     upsample: str = "bilinear"  # our upsampling mode (diffusers: nearest + conv)
+    preset: str = "96"          # the layout both networks take: a preset of ddpm_model/presets.py
     seed: int = 0
 
 
 def ours(config: BenchConfig) -> nn.Module:
-    unet_config = dataclasses.replace(PRESETS["96"], num_classes=NUM_CLASSES, image_size=config.size,
+    unet_config = dataclasses.replace(PRESETS[config.preset], num_classes=NUM_CLASSES, image_size=config.size,
                                       dropout=config.dropout, upsample=config.upsample)
 
     class Ours(nn.Module):
@@ -71,14 +72,15 @@ def ours(config: BenchConfig) -> nn.Module:
 def diffusers_unet(config: BenchConfig) -> nn.Module:
     from diffusers import UNet2DModel
 
-    preset = PRESETS["96"]
+    preset = PRESETS[config.preset]
     channels = tuple(preset.model_channels * m for m in preset.channel_multipliers)
     down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in preset.use_attention)
     up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(preset.use_attention))
     net = UNet2DModel(
         sample_size=config.size, in_channels=3, out_channels=3, block_out_channels=channels,
         layers_per_block=preset.num_res_blocks, down_block_types=down, up_block_types=up,
-        attention_head_dim=64, norm_num_groups=32, resnet_time_scale_shift="scale_shift",
+        attention_head_dim=preset.attention_head_channels, norm_num_groups=preset.norm_groups,
+        resnet_time_scale_shift="scale_shift",
         num_class_embeds=NUM_CLASSES + 1, dropout=config.dropout, add_attention=True)
 
     class Diffusers(nn.Module):
@@ -198,6 +200,8 @@ def parse_args() -> BenchConfig:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = BenchConfig()
     parser.add_argument("--size", type=int, default=defaults.size, help="image size, px")
+    parser.add_argument("--preset", default=defaults.preset, choices=sorted(PRESETS),
+                        help="the layout both networks take (tiny: 3 stages, attention at the last)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--steps", type=int, default=defaults.steps,
                         help="timed steps per model and memory format (median counts)")
@@ -208,13 +212,14 @@ def parse_args() -> BenchConfig:
     parser.add_argument("--upsample", default=defaults.upsample,
                         choices=["bilinear", "bicubic", "nearest", "conv_transpose"])
     args = parser.parse_args()
-    if args.size % 8:
-        parser.error(f"--size: {args.size} must be a multiple of 8 (4 stages)")
+    halvings = 2 ** (len(PRESETS[args.preset].channel_multipliers) - 1)
+    if args.size % halvings:
+        parser.error(f"--size: {args.size} must be a multiple of {halvings} (the {args.preset} preset's stages)")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here; use --device cpu")
     return BenchConfig(size=args.size, batch_size=args.batch_size, steps=args.steps,
                        warmup=args.warmup, device=args.device, dtype=args.dtype,
-                       upsample=args.upsample)
+                       upsample=args.upsample, preset=args.preset)
 
 
 def main() -> None:
