@@ -9,7 +9,7 @@ interpolation (Blu, Thevenaz, Unser 2004) the mirror-padded batch is first turne
 coefficients by a short recursive prefilter, then sampled bilinearly at a grid shifted by
 TAU ~ 0.21 px: the cost of bilinear plus four passes over the batch, and on average every frequency
 keeps its power (bilinear weights halve it near Nyquist). `fourier` turns by three exact
-Fourier-shift shears (about 6x slower); `bilinear`/`bicubic` are `F.grid_sample` modes with
+Fourier-shift shears (3-5x slower); `bilinear`/`bicubic` are `F.grid_sample` modes with
 reflection padding. Rotated corners show mirrored content, never a constant colour. Samples whose
 transform is only an integer crop plus flips are copied by slicing, bit-exact, without resampling.
 Where a zoom shrinks the content (more than one stored pixel per output pixel) the source is first

@@ -32,7 +32,7 @@ class Interpolation(str, Enum):
     """Resampling of rotated/zoomed samples: shifted linear, exact Fourier shifts, or a `F.grid_sample` mode."""
 
     shifted_linear = "shifted-linear"  # prefilter + bilinear at a shifted grid: keeps the high frequencies, fast
-    fourier = "fourier"  # rotation as three Fourier-shift shears: exact, ~10x slower; zoom: shifted linear
+    fourier = "fourier"  # rotation as three Fourier-shift shears: exact, 3-5x slower; zoom: shifted linear
     bilinear = "bilinear"  # halves the power above 0.25 cycles/px at +-10 degrees
     bicubic = "bicubic"  # sharper than bilinear, ~3x slower on the CPU; overshoot is clamped
 
