@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddpm_data.augment import PARAM_NAMES, AugmentConfig, Augmenter, Interpolation, center_crop
+from ddpm_data.augment import (PARAM_NAMES, PREFILTER_STAGES, SHIFT_POLE, SHIFT_TAU, AugmentConfig, Augmenter,
+                                Interpolation, center_crop, shifted_linear_prefilter)
 from ddpm_data.synth import render
 from ddpm_data.spectrum import high_frequency_ratio, radial_power_spectrum
 
@@ -64,22 +65,80 @@ def test_integer_crops_are_exact_and_reported():
         assert torch.allclose(x[i], crop, atol=1e-6)
 
 
-def test_resampling_agrees_with_the_exact_path():
-    """A negligible rotation takes the grid_sample path; it must land on the same pixels."""
+# Shifted linear's prefilter keeps 2**stages taps of its recursion: per axis the samples come back
+# off by POLE^L / (1 - POLE^L) (f[k] - f[k-L]), L = 2**stages, at most 2 of those for two axes in [-1, 1].
+TRUNCATION = 4 * SHIFT_POLE ** 2**PREFILTER_STAGES / (1 - SHIFT_POLE ** 2**PREFILTER_STAGES)
+
+
+@pytest.mark.parametrize("interpolation", list(Interpolation))
+def test_resampling_agrees_with_the_exact_path(interpolation):
+    """A negligible rotation is resampled; it must land on the pixels the exact slicing path copies."""
     images = noise()
-    exact, _ = run(AugmentConfig(**{**OFF, "crop": True, "hflip": 0.5, "vflip": 0.5}), images)
-    resampled, params = run(AugmentConfig(**{**OFF, "crop": True, "hflip": 0.5, "vflip": 0.5, "degrees": 1e-6}), images)
+    flips = {**OFF, "crop": True, "hflip": 0.5, "vflip": 0.5, "interpolation": interpolation}
+    exact, _ = run(AugmentConfig(**flips), images)
+    resampled, params = run(AugmentConfig(**{**flips, "degrees": 1e-6}), images)
     assert bool((column(params, "rot_sin") != 0).all())
-    assert (resampled - exact).abs().max() < 1e-3
+    tolerance = TRUNCATION if interpolation == Interpolation.shifted_linear else 1e-3
+    assert (resampled - exact).abs().max() < tolerance < 0.05
 
 
-def test_rotation_pads_by_reflection_not_a_constant():
+def test_shifted_linear_prefilter_inverts_the_interpolation():
+    """(1 - TAU) c[k] + TAU c[k-1] = f[k] along each axis (Blu et al. 2004), up to the truncation."""
+    f = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    c = shifted_linear_prefilter(f.clone())
+    lag = 2**PREFILTER_STAGES - 1
+    x = (1 - SHIFT_TAU) * c[..., 1:] + SHIFT_TAU * c[..., :-1]
+    xy = (1 - SHIFT_TAU) * x[..., 1:, :] + SHIFT_TAU * x[..., :-1, :]
+    assert (xy - f[..., lag + 1 :, lag + 1 :]).abs().max() < TRUNCATION
+    assert shifted_linear_prefilter(torch.full((1, 1, 9, 9), 0.7)).sub(0.7).abs().max() < 1e-6  # gain 1 at 0
+    # the control: without the prefilter, bilinear weights at the shifted grid are off by ~TAU |f[k] - f[k-1]|
+    x = (1 - SHIFT_TAU) * f[..., 1:] + SHIFT_TAU * f[..., :-1]
+    assert (x - f[..., 1:]).abs().max() > 10 * TRUNCATION
+
+
+@pytest.mark.parametrize("interpolation, tolerance", [(Interpolation.shifted_linear, 8.0), (Interpolation.fourier, 5.0),
+                                                      (Interpolation.bicubic, 8.0), (Interpolation.bilinear, 8.0)])
+def test_rotation_matches_the_analytic_rotation_of_a_band_limited_pattern(interpolation, tolerance):
+    """A plane wave of 0.1 cycles/px, cropped, flipped and turned, against the wave evaluated where the
+    output pixels land (grey levels, amplitude 100). Half a pixel off, or a wrong sign, errs by ~30."""
+    stored, size, n = 72, 48, 16
+    rng = np.random.default_rng(0)
+    direction, phase = rng.uniform(0, np.pi, n), rng.uniform(0, 2 * np.pi, n)
+    frequency = 0.1 * np.stack([np.cos(direction), np.sin(direction)], axis=1)  # (n, 2) cycles/px
+
+    def wave(u: np.ndarray, v: np.ndarray) -> np.ndarray:  # (n, H, W) positions in stored pixels
+        return 127.5 + 100 * np.cos(2 * np.pi * (frequency[:, 0, None, None] * u + frequency[:, 1, None, None] * v)
+                                    + phase[:, None, None])
+
+    ys, xs = np.mgrid[0:stored, 0:stored].astype(float)
+    images = torch.from_numpy(np.round(wave(xs[None], ys[None]))).to(torch.uint8)[:, None]
+    config = AugmentConfig(**{**OFF, "crop": True, "hflip": 0.5, "vflip": 0.5, "degrees": 30.0,
+                              "interpolation": interpolation})
+    x, params = run(config, images, seed=3, size=size)
+    angle = torch.atan2(column(params, "rot_sin"), column(params, "rot_cos_m1") + 1).double().numpy()
+    offset = np.round(params[:, 4:6].double().numpy() * (stored - size - (stored - size) // 2) + (stored - size) // 2)
+    flip_x, flip_y = 1 - 2 * column(params, "hflip").double().numpy(), 1 - 2 * column(params, "vflip").double().numpy()
+    centre = (size - 1) / 2
+    jy, jx = np.mgrid[0:size, 0:size] - centre
+    # output pixel j lands on stored pixel offset + c + R F (j - c), as documented in Augmenter._theta
+    cos, sin = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
+    fx, fy = flip_x[:, None, None] * jx, flip_y[:, None, None] * jy
+    u = offset[:, 0, None, None] + centre + cos * fx - sin * fy
+    v = offset[:, 1, None, None] + centre + sin * fx + cos * fy
+    error = np.abs((x[:, 0].double().numpy() + 1) * 127.5 - wave(u, v))[:, 8:-8, 8:-8]
+    assert float(np.degrees(np.abs(angle)).max()) > 20
+    assert error.max() < tolerance
+
+
+@pytest.mark.parametrize("interpolation", list(Interpolation))
+def test_rotation_pads_by_reflection_not_a_constant(interpolation):
     flat = torch.full((8, 3, STORED, STORED), 200, dtype=torch.uint8)
-    x, params = run(AugmentConfig(**{**OFF, "degrees": 45.0}), flat)
-    assert bool((column(params, "rot_sin").abs() > 0.1).any())
-    assert torch.allclose(x, torch.full_like(x, 200 / 127.5 - 1), atol=1e-5)  # zeros padding would give -1 corners
+    for turn in ({"degrees": 45.0}, {"degrees": 180.0, "zoom": 1.0, "crop": True}):  # the widest reach
+        x, params = run(AugmentConfig(**{**OFF, **turn, "interpolation": interpolation}), flat)
+        assert bool((column(params, "rot_sin").abs() > 0.1).any())
+        assert torch.allclose(x, torch.full_like(x, 200 / 127.5 - 1), atol=1e-5)  # a zero border would give -1
     images = noise(8)
-    x, _ = run(AugmentConfig(**{**OFF, "degrees": 45.0}), images)
+    x, _ = run(AugmentConfig(**{**OFF, "degrees": 45.0, "interpolation": interpolation}), images)
     corners = torch.stack([x[:, :, 0, 0], x[:, :, 0, -1], x[:, :, -1, 0], x[:, :, -1, -1]])
     assert corners.std() > 0.2  # mirrored content, not one fill value
 
@@ -101,12 +160,14 @@ def test_rotation_turns_the_content(interpolation):
         assert math.atan2(cy, cx) == pytest.approx(-float(angle[i]), abs=0.05)
 
 
-def test_fourier_rotation_lands_where_bicubic_does_on_smooth_content():
+@pytest.mark.parametrize("interpolation", [Interpolation.shifted_linear, Interpolation.fourier])
+def test_rotation_lands_where_bicubic_does_on_smooth_content(interpolation):
     """Same angle convention, crop, flips and quarter turns as the grid_sample path."""
     smooth = F.avg_pool2d(noise(16, stored=40).float(), 5, stride=1, padding=2, count_include_pad=False)
     images = smooth.round().to(torch.uint8)
     for degrees in (10.0, 180.0):
-        config = AugmentConfig(**{**OFF, "crop": True, "hflip": 0.5, "vflip": 0.5, "degrees": degrees})
+        config = AugmentConfig(**{**OFF, "crop": True, "hflip": 0.5, "vflip": 0.5, "degrees": degrees,
+                                  "interpolation": interpolation})
         sharp, params = run(config, images, size=24)
         cubic, cubic_params = run(config.replace(interpolation=Interpolation.bicubic), images, size=24)
         assert torch.equal(params, cubic_params)
@@ -126,12 +187,13 @@ def augmented_high_frequency_ratio(config: AugmentConfig, images: torch.Tensor, 
     return high_frequency_ratio(frequency, radial_power_spectrum(x)[1], plain)
 
 
-def test_default_augmentation_keeps_the_high_frequencies():
-    images = tiles()
-    assert augmented_high_frequency_ratio(AugmentConfig(), images) == pytest.approx(1.0, abs=0.1)
-    assert augmented_high_frequency_ratio(AugmentConfig(degrees=180.0), images) == pytest.approx(1.0, abs=0.1)
+@pytest.mark.parametrize("size, stored", [(32, 36), (96, 105)])
+def test_default_augmentation_keeps_the_high_frequencies(size, stored):
+    images = tiles(stored=stored)
+    for config in (AugmentConfig(), AugmentConfig(degrees=180.0), AugmentConfig(zoom=0.1)):
+        assert augmented_high_frequency_ratio(config, images, size) == pytest.approx(1.0, abs=0.1)
     # the control: the same rotations through bilinear weights lose a third or more of that power
-    assert augmented_high_frequency_ratio(AugmentConfig(interpolation=Interpolation.bilinear), images) < 0.75
+    assert augmented_high_frequency_ratio(AugmentConfig(interpolation=Interpolation.bilinear), images, size) < 0.75
 
 
 @pytest.mark.parametrize("interpolation", list(Interpolation))
@@ -197,13 +259,14 @@ def test_grey_images_and_bad_input():
         AugmentConfig(hflip=1.5)
     with pytest.raises(ValueError, match="--degrees"):
         AugmentConfig(degrees=-1)
-    with pytest.raises(ValueError, match="--interpolation 'nearest-ish': unknown; valid: fourier, bilinear, bicubic"):
+    with pytest.raises(ValueError, match="--interpolation 'nearest-ish': unknown; valid: shifted-linear, fourier, bilinear, bicubic"):
         AugmentConfig(interpolation="nearest-ish")
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("config", [AugmentConfig(zoom=0.2), AugmentConfig()], ids=["zoom-bicubic", "fourier"])
+@pytest.mark.parametrize("config", [AugmentConfig(zoom=0.2), AugmentConfig(), AugmentConfig(interpolation="fourier")],
+                         ids=["zoom", "shifted-linear", "fourier"])
 def test_cuda_matches_cpu(config):
     images = noise()
     cpu, pcpu = run(config, images)
