@@ -4,12 +4,12 @@ One call turns a reader batch, uint8 (N, C, S, S) at the stored size, into float
 in [-1, 1]. Per sample: an integer `size` crop out of the stored margin, horizontal/vertical flip,
 rotation about the crop centre, optional zoom, then brightness and contrast jitter (torchvision
 `ColorJitter`'s factors and order, as one affine map per sample). The geometric part is one 2x3
-matrix per sample and the image is resampled once. With the default `shifted-linear`
-interpolation (Blu, Thevenaz, Unser 2004) the mirror-padded batch is first turned into
-coefficients by a short recursive prefilter, then sampled bilinearly at a grid shifted by
-TAU ~ 0.21 px: the cost of bilinear plus four passes over the batch, and on average every frequency
-keeps its power (bilinear weights halve it near Nyquist). `fourier` turns by three exact
-Fourier-shift shears (3-5x slower); `bilinear`/`bicubic` are `F.grid_sample` modes with
+matrix per sample and the image is resampled once. The default `fourier` turns by three exact
+Fourier-shift shears. With `shifted-linear` interpolation (Blu, Thevenaz, Unser 2004; 3-5x
+faster) the mirror-padded batch is first turned into coefficients by a short recursive prefilter,
+then sampled bilinearly at a grid shifted by TAU ~ 0.21 px: the cost of bilinear plus four passes
+over the batch, and on average every frequency keeps its power (bilinear weights halve it near
+Nyquist). `bilinear`/`bicubic` are `F.grid_sample` modes with
 reflection padding. Rotated corners show mirrored content, never a constant colour. Samples whose
 transform is only an integer crop plus flips are copied by slicing, bit-exact, without resampling.
 Where a zoom shrinks the content (more than one stored pixel per output pixel) the source is first
