@@ -42,6 +42,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_data.augment import AugmentConfig, Augmenter  # noqa: E402
+from ddpm_data.config import Interpolation  # noqa: E402
 from ddpm_data.shards import BuildConfig, build  # noqa: E402
 from ddpm_data.stream import ReaderConfig, open_reader  # noqa: E402
 from ddpm_data.synth import SynthConfig, synthesize  # noqa: E402
@@ -100,7 +101,7 @@ def our_source(shards: Path, mode: str, args, device: torch.device, batch_size: 
     config = ReaderConfig(batch_size=batch_size, mode=mode, workers=args.workers if mode == "stream" else 0,
                           device=str(device), seed=0)
     reader = open_reader(shards, config)
-    augmenter = Augmenter(AugmentConfig(), SIZE)
+    augmenter = Augmenter(AugmentConfig(interpolation=args.interpolation or AugmentConfig().interpolation), SIZE)
     generator = torch.Generator(device).manual_seed(0)
 
     def batch():
@@ -167,6 +168,8 @@ def main() -> None:
                         help="torch intra-op threads of our data path: the cores the baseline's workers get "
                              "(1 is steadier when other jobs share the machine)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--interpolation", default=None, choices=[item.value for item in Interpolation],
+                        help="the rotation's resampling on our side (default: the augmentation default's)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
