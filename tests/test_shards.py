@@ -297,7 +297,7 @@ def _tmpfs_build(disk: Path, src: Path) -> subprocess.CompletedProcess | None:
     """The build CLI run on a 512 KiB tmpfs mounted in a private mount namespace (unshare -Urm:
     root or not, nothing outside sees it); None where this machine allows no such mount."""
     command = (f"mount -t tmpfs -o size=512k tmpfs {disk} && cd {disk} && exec {sys.executable} -c "
-               f"'{_DISK_FULL_BUILD}' build --src {src} --size 64 --out 'out/{{size}}'")
+               f"'{_DISK_FULL_BUILD}' build --src {src} --size 64 --out 'out/{{size}}' --workers 0")
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-Urm", "true"], capture_output=True).returncode:
         return None
     return subprocess.run(["unshare", "-Urm", "sh", "-c", command], capture_output=True, text=True, timeout=120,
