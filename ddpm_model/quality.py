@@ -15,7 +15,7 @@ not a replacement for `ddpm-eval`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -40,6 +40,8 @@ class QualityScore:
 
     per_class: dict[str, float]
     accuracy: dict[str, float] | None = None
+    samples: torch.Tensor | None = field(default=None, repr=False, compare=False)  # (N, C, S, S) in [-1, 1], as scored
+    labels: torch.Tensor | None = field(default=None, repr=False, compare=False)   # (N,) int64, their classes
 
     @property
     def mean(self) -> float:
@@ -106,8 +108,9 @@ def make_quality_scorer(val_images: torch.Tensor, val_labels: torch.Tensor, clas
         distances = {classes[label]: float(np.mean(references[label].distances(samples[labels == label])))
                      for label in references}
         if classify is None:
-            return QualityScore(distances)
+            return QualityScore(distances, samples=samples, labels=labels)
         correct = (classify(samples).cpu() == labels).float()
-        return QualityScore(distances, {classes[label]: float(correct[labels == label].mean()) for label in references})
+        return QualityScore(distances, {classes[label]: float(correct[labels == label].mean()) for label in references},
+                            samples, labels)
 
     return score

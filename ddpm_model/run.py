@@ -40,7 +40,7 @@ from .runtime import (
     Distributed, autocast_for, pick_device, resolve_precision, setup_distributed, teardown_distributed,
 )
 from .unet import UNetConfig, count_parameters
-from .quality import Classify, make_quality_scorer
+from .quality import Classify, QualityScore, make_quality_scorer
 from .train import (
     LossModule, QualityScorer, RunIO, TrainParts, TrainResult, TrainState, make_val_set, resume_from, train,
 )
@@ -138,22 +138,33 @@ def plan_run(resolved: Resolved, dist: Distributed, device: torch.device) -> Pla
 # -- training -----------------------------------------------------------------------------------
 
 def make_sample_writer(run_dir: Path, classes: list[str], config: TrainConfig):
-    """Writes samples/step-XXXXXXXX.png: one row of `samples_per_class` per class, fixed noise."""
+    """Writes samples/step-XXXXXXXX.png: one row of `samples_per_class` per class, fixed noise, or
+    the first of a quality score's samples of each class when it drew enough (same sampler settings)."""
     from ddpm_data.grid import save_grid
 
     from .sample import to_uint8
 
-    def write(model: torch.nn.Module, step: int) -> Path:
-        device = next(model.parameters()).device
-        generator = torch.Generator(device).manual_seed(config.seed)
+    def write(model: torch.nn.Module, step: int, scored: QualityScore | None = None) -> Path:
         labels = torch.arange(len(classes)).repeat_interleave(config.samples_per_class)
-        images = to_uint8(model.sample(labels, steps=config.sample_steps, guidance=config.sample_guidance,
-                                       eta=config.sample_eta, generator=generator,
-                                       batch_size=max(config.batch_size, 16)))
+        images = _first_of_each_class(scored, len(classes), config.samples_per_class)
+        if images is None:
+            device = next(model.parameters()).device
+            generator = torch.Generator(device).manual_seed(config.seed)
+            images = model.sample(labels, steps=config.sample_steps, guidance=config.sample_guidance,
+                                  eta=config.sample_eta, generator=generator, batch_size=max(config.batch_size, 16))
+        images = to_uint8(images)
         rows = {name: list(images[labels == label].numpy()) for label, name in enumerate(classes)}
         return save_grid(rows, run_dir / "samples" / f"step-{step:08d}.png", tile=max(images.shape[-1], 64))
 
     return write
+
+
+def _first_of_each_class(scored: QualityScore | None, classes: int, per_class: int) -> torch.Tensor | None:
+    """`per_class` of the scored samples of each class, class by class; None unless every class has them."""
+    if scored is None or scored.samples is None or scored.labels is None:
+        return None
+    rows = [scored.samples[scored.labels == label][:per_class] for label in range(classes)]
+    return torch.cat(rows) if all(len(row) == per_class for row in rows) else None
 
 
 def _val_split(config: RunConfig, manifest: Manifest) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -35,7 +35,7 @@ class BatchSource(Protocol):
 
 
 AugmentFn = Callable[[torch.Tensor, torch.Generator], "tuple[torch.Tensor, torch.Tensor]"]
-SampleWriter = Callable[[nn.Module, int], "Path | None"]
+SampleWriter = Callable[[nn.Module, int, "QualityScore | None"], "Path | None"]  # (model, step, a score's samples)
 QualityScorer = Callable[[nn.Module], QualityScore]
 
 
@@ -101,6 +101,7 @@ class RunIO:
     write_samples: SampleWriter | None = None
     progress: ProgressDisplay | None = None
     score_quality: QualityScorer | None = None   # model -> per-class distance of its samples to real images
+    last_score: tuple[int, QualityScore] | None = None  # (step, score): a grid due at that step reuses its samples
 
     @property
     def metrics(self) -> MetricsLog:
@@ -314,6 +315,7 @@ def maybe_score(parts: TrainParts, io: RunIO | None, config: TrainConfig, state:
         return None
     model = parts.ema.module if parts.ema is not None else parts.model
     score = io.score_quality(model)
+    io.last_score = (state.step, score)
     record = {"step": state.step, "images": state.images_seen, **score.record()}
     io.metrics.append(record)
     if math.isfinite(score.value) and score.value < state.best_quality:
@@ -392,11 +394,14 @@ def maybe_checkpoint(parts: TrainParts, io: RunIO | None, config: TrainConfig, s
 
 def maybe_sample(parts: TrainParts, io: RunIO | None, config: TrainConfig, state: TrainState,
                  final: bool = False) -> Path | None:
-    """Every `sample_every` steps (and at the end) on rank 0: a grid from the EMA weights."""
+    """Every `sample_every` steps (and at the end) on rank 0: a grid from the EMA weights, drawn
+    from the quality score's samples when one was scored at this step (the same sampler settings;
+    sampling is most of both costs)."""
     if io is None or io.write_samples is None or not due(state.step, config.sample_every, final):
         return None
     model = parts.ema.module if parts.ema is not None else parts.model
-    path = io.write_samples(model, state.step)
+    scored = io.last_score[1] if io.last_score is not None and io.last_score[0] == state.step else None
+    path = io.write_samples(model, state.step, scored)
     if path is not None and io.progress is not None:
         io.progress.message(f"step {state.step}: samples {path}")
     return path
@@ -432,10 +437,10 @@ def finish(parts: TrainParts, io: RunIO | None, config: TrainConfig, state: Trai
     record = maybe_log(parts, io, config, state, final=True)
     if state.step % config.val_every:
         maybe_validate(parts, io, config, state, dist, final=True)
-    if config.sample_every == 0 or state.step % config.sample_every:
-        maybe_sample(parts, io, config, state, final=True)
     if config.quality_every and state.step % config.quality_every:
         maybe_score(parts, io, config, state, dist, final=True)
+    if config.sample_every == 0 or state.step % config.sample_every:
+        maybe_sample(parts, io, config, state, final=True)
     return record
 
 

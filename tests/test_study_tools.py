@@ -66,7 +66,8 @@ def test_a_killed_study_takes_its_training_down_with_it(tmp_path):
             open({str(marker)!r}, "w").write("ok")
             sys.exit(0)
         signal.signal(signal.SIGTERM, stop)
-        open({str(pid_file)!r}, "w").write(str(os.getpid()))
+        open({str(pid_file)!r} + ".tmp", "w").write(str(os.getpid()))
+        os.replace({str(pid_file)!r} + ".tmp", {str(pid_file)!r})  # whole, never read half-written
         time.sleep(120)
     """)
     study = subprocess.Popen([sys.executable, "-c", "import sys; from ddpm_study.tools import Subprocesses; "
@@ -81,12 +82,19 @@ def test_a_killed_study_takes_its_training_down_with_it(tmp_path):
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert marker.read_text() == "ok"  # the child was told to stop, and checkpointed
-    while time.monotonic() < deadline:
-        try:
-            os.kill(child, 0)
-        except ProcessLookupError:
-            break
+    while time.monotonic() < deadline and _running(child):
         time.sleep(0.05)
-    else:
+    if _running(child):
         os.kill(child, signal.SIGKILL)
         raise AssertionError("the training child outlived its study")
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` runs; an exited child nobody has reaped yet (a zombie) does not run."""
+    from pathlib import Path
+
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

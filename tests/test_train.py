@@ -9,6 +9,7 @@ import os
 import signal
 
 import pytest
+import numpy as np
 import torch
 
 from ddpm_model import checkpoint as ckpt
@@ -88,7 +89,7 @@ def weights(model) -> dict[str, torch.Tensor]:
 def test_loss_falls_and_run_folder_is_complete(tmp_path):
     config = quick(max_steps=16)
     written = []
-    parts, io = build(tmp_path, config, samples=lambda model, step: written.append(step))
+    parts, io = build(tmp_path, config, samples=lambda model, step, scored: written.append(step))
     result = train(parts, io, config, 16, Distributed())
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
@@ -311,3 +312,28 @@ def test_quality_scorer_counts_each_class_recognised_by_the_classifier():
 
     score = make_quality_scorer(val, labels, ["a", "b"], quick(quality_samples=4), classify=classify)(Fixed())
     assert seen == [(8, 3, 16, 16)] and score.accuracy == {"a": 0.75, "b": 0.0}
+
+
+def test_a_grid_due_at_a_scored_step_is_drawn_from_the_scores_samples(tmp_path):
+    from PIL import Image
+
+    from ddpm_model.quality import QualityScore
+    from ddpm_model.run import make_sample_writer
+
+    config = quick(max_steps=4, quality_every=2, sample_every=4, samples_per_class=2, checkpoint_every=100)
+    drawn = torch.linspace(-1, 1, 3 * SIZE * SIZE).reshape(1, 3, SIZE, SIZE).repeat(6, 1, 1, 1)
+    drawn[3:] = -drawn[3:]  # class 1's samples are the negative of class 0's
+    scored_labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    parts, io = build(tmp_path, config)
+    io.write_samples = make_sample_writer(tmp_path, ["a", "b"], config)
+    io.score_quality = lambda model: QualityScore({"a": 0.5, "b": 0.5}, samples=drawn, labels=scored_labels)
+    calls = []
+    real_sample = parts.ema.module.sample
+    parts.ema.module.sample = lambda *args, **kwargs: calls.append(1) or real_sample(*args, **kwargs)
+    train(parts, io, config, 4, Distributed())
+    assert calls == []  # the grid at step 4 sampled nothing of its own
+    grid = np.asarray(Image.open(tmp_path / "samples" / "step-00000004.png").convert("L"), dtype=np.float64)
+    assert grid.std() > 10  # the ramps, not a blank sheet
+    assert io.write_samples(parts.ema.module, 5, QualityScore({"a": 0.5}, samples=drawn[:1],
+                                                                labels=torch.tensor([0]))).is_file()
+    assert calls == [1]  # too few scored samples of a class: the grid samples its own
