@@ -74,10 +74,11 @@ import os, sys
 import torch.distributed as dist
 from cli import error_line
 rank, port = int(sys.argv[1]), sys.argv[2]
-dist.init_process_group("gloo", rank=rank, world_size=2, init_method=f"tcp://127.0.0.1:{port}")
-if rank == 0:
-    os._exit(3)  # this rank dies, as one does when its server or data fails
 try:
+    dist.init_process_group("gloo", rank=rank, world_size=2, init_method=f"tcp://127.0.0.1:{port}")
+    dist.barrier()  # both ranks are up
+    if rank == 0:
+        os._exit(3)  # this rank dies, as one does when its server or data fails
     dist.barrier()
 except Exception as error:
     print(error_line(error))
