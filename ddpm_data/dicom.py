@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -89,11 +89,11 @@ def _import_pydicom() -> Any:
     return pydicom
 
 
-def read_header(data: bytes, force: bool = False) -> Any:
-    """The dataset of a DICOM file without its pixel data (DicomError when not DICOM)."""
+def read_header(file: BinaryIO, force: bool = False) -> Any:
+    """The dataset of an open DICOM file, read up to its pixel data (DicomError when not DICOM)."""
     pydicom = _import_pydicom()
     try:
-        return pydicom.dcmread(io.BytesIO(data), force=force, stop_before_pixels=True)
+        return pydicom.dcmread(file, force=force, stop_before_pixels=True)
     except Exception as error:  # pydicom raises many kinds; its text may quote header values
         raise DicomError(f"DICOM header unreadable ({type(error).__name__})") from None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -41,9 +42,9 @@ def probe_file(rule: IntensityRule, max_pixels: int, path: str) -> Probe:
         with open_regular(path) as file, pil_bomb_check_disabled(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             head = file.read(dicom.PREAMBLE_END)
-            if dicom.has_preamble(head) or path.lower().endswith(tuple(dicom.DICOM_EXTENSIONS)):
-                return _probe_dicom(head + file.read(), rule, max_pixels, force=not dicom.has_preamble(head))
             file.seek(0)
+            if dicom.has_preamble(head) or path.lower().endswith(tuple(dicom.DICOM_EXTENSIONS)):
+                return _probe_dicom(file, rule, max_pixels, force=not dicom.has_preamble(head))
             image = Image.open(file)
             if image.mode not in HIGH_BIT_MODES:
                 return Probe("8-bit", grey=image.mode in GREY_MODES)
@@ -56,11 +57,13 @@ def probe_file(rule: IntensityRule, max_pixels: int, path: str) -> Probe:
     return Probe("high-bit", grey=True, maximum=float(values.max()), summary=summary, pixels=values.size)
 
 
-def _probe_dicom(data: bytes, rule: IntensityRule, max_pixels: int, force: bool) -> Probe:
+def _probe_dicom(file: BinaryIO, rule: IntensityRule, max_pixels: int, force: bool) -> Probe:
+    """A DICOM file's probe: its header alone (read up to the pixel data), its pixels only under
+    the percentile rule."""
     try:
         if rule is not IntensityRule.percentile:
-            return Probe("dicom", grey=dicom.is_grey(dicom.read_header(data, force)))
-        frame = dicom.read_frame(data, max_pixels, force)
+            return Probe("dicom", grey=dicom.is_grey(dicom.read_header(file, force)))
+        frame = dicom.read_frame(file.read(), max_pixels, force)
     except dicom.DicomError:
         return Probe()
     if frame.rgb is not None:

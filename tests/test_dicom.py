@@ -9,15 +9,9 @@ import pytest
 
 from ddpm_data import dicom
 from ddpm_data.images import BadImage, Intensity, quantize, read_source
-from helpers_dicom import smooth_image, write_dicom
+from helpers_dicom import smooth_image, viewer_window, write_dicom
 
 CT_INTERCEPT, CENTER, WIDTH = -1024.0, 40.0, 400.0
-
-
-def _linear(x, c, w):  # PS3.3 C.11.2.1.2.1 onto [0, 1]
-    below, above = x <= c - 0.5 - (w - 1) / 2, x > c - 0.5 + (w - 1) / 2
-    inside = (x - (c - 0.5)) / (w - 1) + 0.5
-    return np.where(below, 0.0, np.where(above, 1.0, inside))
 
 
 def test_window_functions_match_the_standard_closed_forms():
@@ -28,7 +22,7 @@ def test_window_functions_match_the_standard_closed_forms():
                                [0.5, 1 / (1 + np.exp(-4))])
     rng = np.random.default_rng(0)
     values = rng.uniform(-500, 500, 1000)
-    np.testing.assert_allclose(dicom.window(values, CENTER, WIDTH), _linear(values, CENTER, WIDTH))
+    np.testing.assert_allclose(dicom.window(values, CENTER, WIDTH), viewer_window(values, CENTER, WIDTH))
 
 
 def test_ct_with_rescale_intercept_and_window_is_shown_through_both(tmp_path):
@@ -36,7 +30,7 @@ def test_ct_with_rescale_intercept_and_window_is_shown_through_both(tmp_path):
     path = write_dicom(tmp_path / "ct.dcm", stored, intercept=CT_INTERCEPT, slope=1, window=(CENTER, WIDTH))
     frame = dicom.read_frame(path.read_bytes(), 10**8)
     np.testing.assert_allclose(frame.modality, stored + CT_INTERCEPT)
-    np.testing.assert_allclose(frame.shown, _linear(stored + CT_INTERCEPT, CENTER, WIDTH))
+    np.testing.assert_allclose(frame.shown, viewer_window(stored + CT_INTERCEPT, CENTER, WIDTH))
     assert frame.how == "window" and not frame.inverted
 
 

@@ -19,14 +19,10 @@ from ddpm_data.shardformat import decode_png, iter_shard
 from ddpm_data.shards import BuildConfig, build
 from ddpm_data.stats import collect_stats, format_stats
 from helpers_data import write_image
-from helpers_dicom import PATIENT, smooth_image, write_dicom
+from helpers_dicom import PATIENT, smooth_image, viewer_window, write_dicom
 
 SIDE, SIZE = 48, 32
 CT = dict(intercept=-1024.0, slope=1, window=(40.0, 400.0))
-
-
-def _linear(x, c, w):  # PS3.3 C.11.2.1.2.1 onto [0, 1]
-    return np.clip((x - (c - 0.5)) / (w - 1) + 0.5, 0.0, 1.0)
 
 
 def _png16(path: Path, values: np.ndarray) -> Path:
@@ -42,7 +38,7 @@ def _medical_folder(root: Path) -> dict[str, np.ndarray]:
     for seed in range(3):
         stored = smooth_image(SIDE, SIDE, 900, 1300, seed)  # -124..276 HU around a 40/400 window
         write_dicom(root / "normal" / f"ct{seed}.dcm", stored, **CT)
-        expected[f"normal/ct{seed}.dcm"] = _linear(stored - 1024.0, 40.0, 400.0)
+        expected[f"normal/ct{seed}.dcm"] = viewer_window(stored - 1024.0, 40.0, 400.0)
     stored = smooth_image(SIDE, SIDE, 200, 3800, 7)
     write_dicom(root / "normal" / "cr-mono1.dcm", stored, photometric="MONOCHROME1")
     expected["normal/cr-mono1.dcm"] = 1.0 - stored / 4095
@@ -51,7 +47,7 @@ def _medical_folder(root: Path) -> dict[str, np.ndarray]:
     expected["normal/cine.dcm"] = frames[0] / 4095
     stored = smooth_image(SIDE, SIDE, 900, 1300, 10)
     write_dicom(root / "normal" / "rle.dcm", stored, syntax="1.2.840.10008.1.2.5", **CT)
-    expected["normal/rle.dcm"] = _linear(stored - 1024.0, 40.0, 400.0)
+    expected["normal/rle.dcm"] = viewer_window(stored - 1024.0, 40.0, 400.0)
     stored = smooth_image(SIDE, SIDE, 100, 3900, 11)
     write_dicom(root / "normal" / "1.2.840.99.17", stored)  # DICOM named by its UID: no image extension
     expected["normal/1.2.840.99.17"] = stored / 4095
