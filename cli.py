@@ -680,6 +680,7 @@ def study(
     design: Annotated[Optional[str], typer.Option(help="grid: every combination of the axes; one-at-a-time: every axis' first value, then each other value alone. [default: grid]", show_default=False)] = None,
     budget_images: Annotated[Optional[int], typer.Option(help="Budget: images seen per cell (ddpm-train --max-images).")] = None,
     budget_minutes: Annotated[Optional[float], typer.Option(help="Budget: wall time of training per cell, minutes.")] = None,
+    measure_at: Annotated[Optional[str], typer.Option(help="Images seen at which every cell is also sampled and measured on its way to --budget-images, e.g. 4000,16000 (curves in the report).")] = None,
     src: Annotated[Optional[Path], typer.Option(help="Image folder to build missing shard sizes from.")] = None,
     shards: Annotated[Optional[str], typer.Option(help="Shard folder per size; '{size}' is replaced. [default: shards/{size}]", show_default=False)] = None,
     display_size: Annotated[Optional[int], typer.Option(help="Size in px every cell is evaluated at. [default: the largest size]", show_default=False)] = None,
@@ -701,7 +702,7 @@ def study(
     from ddpm_study.runner import run_study
 
     flags = {"sizes": sizes, "upsample": upsample, "augment": augment, "preset": preset, "model_channels": model_channels,
-             "seeds": seeds, "design": design, "images": budget_images, "minutes": budget_minutes, "src": src and str(src), "shards": shards,
+             "seeds": seeds, "design": design, "images": budget_images, "minutes": budget_minutes, "measure_at": measure_at, "src": src and str(src), "shards": shards,
              "display_size": display_size, "baseline": baseline, "n": samples_per_class, "steps": sample_steps,
              "eta": sample_eta, "guidance": guidance, "launcher": launcher, "train_args": train_args,
              "sample_args": sample_args, "eval_args": eval_args, "eval_bootstrap": eval_bootstrap}

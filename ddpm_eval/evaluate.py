@@ -179,12 +179,14 @@ class _ClassReference:
     def __init__(self, train, features, val_distances, config: EvalConfig):
         from ddpm_eval.edges import edge_statistics
         from ddpm_eval.images import to_float
+        from ddpm_eval.checkerboard import bin_power
         from ddpm_eval.jaggedness import staircase_index
         from ddpm_data.spectrum import radial_power_spectrum
         from ddpm_eval.swd import PyramidSWD
 
         images = to_float(train.images)
         self.staircase = staircase_index(images)
+        self.bins = bin_power(images)
         self.swd = PyramidSWD(images, config.swd_descriptors, config.swd_directions, config.swd_min_level, config.seed)
         self.frequency, self.power = radial_power_spectrum(images)
         self.edges = edge_statistics(images)
@@ -195,6 +197,7 @@ class _ClassReference:
         """Distribution, smoothness and fidelity metrics of one class's candidates; returns (metrics, power spectrum)."""
         import numpy as np
 
+        from ddpm_eval.checkerboard import bin_power, checkerboard
         from ddpm_eval.classifier import class_accuracy
         from ddpm_eval.edges import edge_statistics, orientation_distance
         from ddpm_eval.frechet import frechet_distance
@@ -205,6 +208,7 @@ class _ClassReference:
         images = to_float(candidate.images)
         levels = self.swd.distances(images)
         jagged = jaggedness(staircase_index(images), self.staircase)
+        periodic = checkerboard(bin_power(images), self.bins)
         _, power = radial_power_spectrum(images)
         edges = edge_statistics(images)
         return {
@@ -215,6 +219,7 @@ class _ClassReference:
             "spectrum_distance": log_spectrum_distance(power, self.power),
             "jaggedness": jagged.value,
             "jaggedness_se": jagged.standard_error,
+            "checkerboard": periodic.value,
             "edge_roughness": edges.roughness,
             "edge_orientation_distance": orientation_distance(edges.orientation_histogram, self.edges.orientation_histogram),
             "class_accuracy": class_accuracy(predictions, candidate.labels),
@@ -230,7 +235,7 @@ def _memorization(neighbours, mask, val_distances, config: EvalConfig) -> dict:
             "nn_distance_median": summary.nn_distance_median}
 
 
-_MEAN_OVER_CLASSES = ("swd", "spectrum_hf_ratio", "spectrum_distance", "jaggedness", "edge_roughness",
+_MEAN_OVER_CLASSES = ("swd", "spectrum_hf_ratio", "spectrum_distance", "jaggedness", "checkerboard", "edge_roughness",
                       "edge_orientation_distance", "class_accuracy", "frechet_classifier_distance")
 
 

@@ -10,6 +10,7 @@ ROWS = (
     ("spectrum_hf_ratio", "spectrum high-frequency ratio", "closer to 1; >1 noise or aliasing, <1 blur; blind to staircases"),
     ("spectrum_distance", "spectrum log distance (decades)", "lower"),
     ("jaggedness", "jaggedness (staircase edges, points)", "0 = like real; >0 staircase edges; <0 blur or noise"),
+    ("checkerboard", "checkerboard (stride-2 spectral peaks)", "1 = like real; >1 periodic up-sampling artefacts"),
     ("edge_roughness", "edge roughness (degrees)", "close to real train; wobble of edge directions, not staircases"),
     ("edge_orientation_distance", "edge orientation distance", "lower; edge directions unlike real"),
     ("class_accuracy", "class accuracy (eval classifier)", "higher; trust it only if val accuracy is high"),

@@ -52,6 +52,7 @@ class Budget:
 
     images: int | None = None  # images seen (ddpm-train --max-images): equal data, unequal compute
     minutes: float | None = None  # wall time of ddpm-train per cell: equal compute, unequal data
+    measure_at: tuple[int, ...] = ()  # images seen at which every cell is also sampled and measured on its way
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ def write_toml(config: StudyConfig) -> Path:
            "eval_bootstrap": config.eval_bootstrap}
     for table, items in (("grid", grid), ("budget", dataclasses.asdict(config.budget)),
                          ("sample", dataclasses.asdict(config.sample)), ("run", run)):
-        lines += ["", f"[{table}]"] + [f"{key} = {value(item)}" for key, item in items.items() if item not in (None, [], "")]
+        lines += ["", f"[{table}]"] + [f"{key} = {value(item)}" for key, item in items.items() if item not in (None, [], (), "")]
     path = config.root / TOML_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -175,6 +176,8 @@ def load_study(root: Path, flags: dict[str, Any]) -> tuple[StudyConfig, bool]:
     if given.keys() & {"images", "minutes"}:  # a budget flag replaces the file's budget, whichever kind
         for key in ("images", "minutes"):
             settings.pop(key, None)
+        if "minutes" in given:  # stages are images seen: a wall-time budget has none
+            settings.pop("measure_at", None)
     for key, item in given.items():
         settings[key], where[key] = item, flag_name(key)
     config = _build(root, settings, where, path)
@@ -226,6 +229,11 @@ def _build(root: Path, settings: dict[str, Any], where: dict[str, str], path: Pa
         state = "both given" if images is not None else "missing"
         raise StudyError(f"budget: {state}; pass exactly one of --budget-images N (images seen per cell) or "
                          f"--budget-minutes M (wall time per cell), or set [budget] images = N in {path}")
+    measure_at = tuple(sorted(get("measure_at", int, (), True, lambda n: n >= 1, "must be >= 1")))
+    if measure_at and (images is None or measure_at[-1] >= images):
+        raise StudyError(f"{where['measure_at']}: needs --budget-images above every value (each cell trains to each value "
+                         f"in turn, is sampled and measured there, and goes on); e.g. --budget-images 40000 "
+                         f"--measure-at 4000,16000")
     sample = SampleSettings(
         n=get("n", int, SampleSettings.n, check=lambda n: n >= 2, need="need at least 2 images per class (ddpm-eval)"),
         steps=get("steps", int, SampleSettings.steps, check=lambda n: n >= 1, need="must be >= 1"),
@@ -241,7 +249,7 @@ def _build(root: Path, settings: dict[str, Any], where: dict[str, str], path: Pa
         raise StudyError(str(error)) from None
     src = get("src", str)
     return StudyConfig(
-        root=root, grid=grid, budget=Budget(images, minutes),
+        root=root, grid=grid, budget=Budget(images, minutes, measure_at),
         src=Path(src).absolute() if src else None, shards=shards,
         display_size=get("display_size", int, check=lambda s: s >= MIN_SIZE, need=f"must be at least {MIN_SIZE} px"),
         baseline=get("baseline", str), sample=sample,

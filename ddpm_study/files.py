@@ -22,6 +22,12 @@ def cell_dir(config: StudyConfig, cell: Cell) -> Path:
     return config.root / CELLS_DIR / cell.name
 
 
+def stage_dir(config: StudyConfig, cell: Cell, stage: int | None = None) -> Path:
+    """The study's files of a cell: at the budget (stage None) study/, on its way (--measure-at N) study/at-N/."""
+    folder = cell_dir(config, cell) / "study"
+    return folder if stage is None else folder / f"at-{stage}"
+
+
 def read_json(path: Path, on_damage: Callable[[str], None] | None = None) -> dict:
     """The JSON object in `path`; {} when it is missing, unreadable or not an object.
     `on_damage(line)` hears of a file that exists but cannot be read as an object."""
@@ -53,9 +59,18 @@ def latest_checkpoint(run_dir: Path) -> str | None:
     return names[-1] if names else None
 
 
-def sample_marker(config: StudyConfig, cell: Cell) -> dict | None:
-    """What the cell's samples must have been drawn from and with; None without a checkpoint."""
+def sample_marker(config: StudyConfig, cell: Cell, stage: int | None = None) -> dict | None:
+    """What the cell's samples must have been drawn from and with; None without a checkpoint.
+
+    At the budget: the latest checkpoint. On the way (`stage` N): the images seen, as the checkpoint
+    of that moment is replaced once the cell trains on."""
     checkpoint = latest_checkpoint(cell_dir(config, cell))
     if checkpoint is None:
         return None
-    return {"checkpoint": checkpoint, **asdict(config.sample), "seed": cell.seed, "sample_args": list(config.sample_args)}
+    origin = {"checkpoint": checkpoint} if stage is None else {"images": stage}
+    return {**origin, **asdict(config.sample), "seed": cell.seed, "sample_args": list(config.sample_args)}
+
+
+def matches(marker: dict, wanted: dict) -> bool:
+    """Whether a stored marker records every item of `wanted` (it may record more, e.g. the checkpoint used)."""
+    return bool(marker) and all(marker.get(key) == value for key, value in wanted.items())

@@ -22,11 +22,11 @@ REPORT_DIR = "report"
 FIGURE_IMAGES = 4  # sample tiles per row, spread over the classes
 
 
-def collect(config: StudyConfig, cells: list[Cell]) -> tuple[list[dict], list[Cell]]:
-    """(metric documents in grid order, cells without current metrics)."""
+def collect(config: StudyConfig, cells: list[Cell], stage: int | None = None) -> tuple[list[dict], list[Cell]]:
+    """(metric documents in grid order, cells without current metrics) at the budget or at `stage` images."""
     documents, pending = [], []
     for cell in cells:
-        document = read_json(metrics_path(config, cell))
+        document = read_json(metrics_path(config, cell, stage))
         (documents.append(document) if document.get("metrics") else pending.append(cell))
     return documents, pending
 
@@ -51,13 +51,17 @@ def write_report(config: StudyConfig, cells: list[Cell], failures: dict[str, str
                          "then crops of the strongest edges of the first two, enlarged (nearest neighbour) so that "
                          "single pixels show; the last crop is the first sample's window as a plain viewer shows the "
                          "small image enlarged (nearest neighbour from its trained size).", "", f"![samples]({figure.name})", ""]
+    curves = {stage: collect(config, cells, stage)[0] for stage in config.budget.measure_at}
+    if config.budget.measure_at:
+        sections += _curves_section(config, curves, documents, out)
     sections += ["## Status", ""]
     sections += [f"- pending (no results yet): {', '.join(cell.name for cell in pending)}" if pending else "- every cell measured"]
     sections += [f"- failed {name}: {error}" for name, error in failures.items()]
     warnings = sorted({warning for document in documents for warning in document.get("warnings", [])})
     sections += [f"- ddpm-eval warning: {warning}" for warning in warnings]
     write_json(out / "study.json", {"display_size": config.display, "real": str(real_dir), "settings": _jsonable(config),
-                                    "table": table, "pending": [cell.name for cell in pending], "failures": failures})
+                                    "table": table, "pending": [cell.name for cell in pending], "failures": failures,
+                                    "curves": _all_curves(config, curves, documents)})
     path = out / "study.md"
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text("\n".join(sections) + "\n", encoding="utf-8")
@@ -66,10 +70,41 @@ def write_report(config: StudyConfig, cells: list[Cell], failures: dict[str, str
     return path
 
 
+def _all_curves(config: StudyConfig, curves: dict[int, list[dict]], final: list[dict]) -> dict:
+    from ddpm_study.curves import curve_rows
+
+    if not config.budget.measure_at:
+        return {}
+    return curve_rows({**curves, config.budget.images: final})
+
+
+def _curves_section(config: StudyConfig, curves: dict[int, list[dict]], final: list[dict], out: Path) -> list[str]:
+    """The metrics at every --measure-at stage and at the budget: a table and curves.png."""
+    from ddpm_study.curves import curves_figure, format_curves
+
+    rows = _all_curves(config, curves, final)
+    measured = {stage: len(documents) for stage, documents in curves.items()}
+    section = ["## Along training", "",
+               f"Every cell measured on its way at {', '.join(f'{n:,}' for n in config.budget.measure_at)} images seen "
+               f"and at the budget ({config.budget.images:,}); value ± standard error over the seeds. 'checkerboard' "
+               "is measured at each cell's own size (1 = like real). Cells measured per stage: "
+               + ", ".join(f"{stage:,}: {count}" for stage, count in measured.items()) + f", budget: {len(final)}.", "",
+               format_curves(rows) if rows else "No stage has results yet.", ""]
+    documents = final or next((docs for docs in curves.values() if docs), [])
+    real = dict((documents[0].get("real_val") or {}) if documents else {})
+    real["checkerboard"] = 1.0  # the real train images against themselves, by definition
+    figure = curves_figure(rows, out / "curves.png", real)
+    if figure is not None:
+        section += [f"![measures against images seen]({figure.name})", ""]
+    return section
+
+
 def _settings(config: StudyConfig) -> str:
     grid = config.grid
     budget = (f"{config.budget.images:,} images seen per cell" if config.budget.images is not None
               else f"{config.budget.minutes:g} min of training per cell")
+    if config.budget.measure_at:
+        budget += f", measured on the way at {', '.join(f'{n:,}' for n in config.budget.measure_at)}"
     widths = ", ".join("preset's" if width is None else str(width) for width in grid.model_channels)
     return (f"Grid: sizes {', '.join(map(str, grid.sizes))} px; up-sampling {', '.join(grid.upsample)}; augmentation "
             f"{', '.join(grid.augment)}; preset {', '.join(grid.preset)}; width {widths}; seeds "

@@ -11,6 +11,12 @@ training has made the run folder. Every step is skipped when its result is alrea
 | sample  | study/samples.json names the latest checkpoint and settings    | `ddpm-sample --overwrite`              |
 | measure | study/metrics-<D>.json was made from these samples and inputs | `ddpm-eval --json` + jaggedness        |
 
+With `--measure-at N1,N2` every cell is first trained to N1 images, sampled and measured there
+(files in study/at-N1/), then N2, then the budget: stage by stage over all cells, so the early
+stages of every cell are in the report first. The steps are the same; a cell is resumed from one
+stage to the next, and its learning rate is constant after the warm-up (ddpm-train), so the
+stages do not change the training.
+
 A stopped cell (pre-empted, Ctrl-C, out of time) resumes from its checkpoint by rerunning the
 same ddpm-train command with `--resume`. A cell whose run folder has no checkpoint yet starts
 over. A cell that fails is reported, and the study continues with the other cells.
@@ -28,7 +34,8 @@ from ddpm_data.manifest import MANIFEST_NAME
 from ddpm_data.remote import exists, is_url, join
 from ddpm_study.cells import Cell, find_configuration, grid_cells, split_cells
 from ddpm_study.config import StudyConfig, StudyError
-from ddpm_study.files import STATE_NAME, cell_dir, latest_checkpoint, read_json, sample_marker, write_json
+from ddpm_study.files import (STATE_NAME, cell_dir, latest_checkpoint, matches, read_json, sample_marker, stage_dir,
+                               write_json)
 from ddpm_study.tools import Subprocesses, TerminationAsInterrupt, Tools
 
 UNBOUNDED_STEPS = 10**9  # duration for a wall-time budget: the study stops the run, not ddpm-train
@@ -52,8 +59,8 @@ class Outcome:
 
 
 
-def training_state(config: StudyConfig, cell: Cell) -> str:
-    """'new', 'resume', 'restart' (a run folder without a checkpoint) or 'done' for this budget."""
+def training_state(config: StudyConfig, cell: Cell, stage: int | None = None) -> str:
+    """'new', 'resume', 'restart' (a run folder without a checkpoint) or 'done' for this budget (or `stage` images)."""
     run = cell_dir(config, cell)
     if not run.is_dir() or not any(run.iterdir()):
         return "new"
@@ -63,7 +70,7 @@ def training_state(config: StudyConfig, cell: Cell) -> str:
         return "restart"
     summary, state = read_json(run / "summary.json"), read_json(run / STATE_NAME)
     if config.budget.images is not None:
-        done = summary.get("status") == "finished" and summary.get("images_seen", 0) >= config.budget.images
+        done = summary.get("status") == "finished" and summary.get("images_seen", 0) >= (stage or config.budget.images)
     else:
         done = bool(summary) and state.get("train_seconds", 0.0) >= config.budget.minutes * 60
     return "done" if done else "resume"
@@ -105,10 +112,10 @@ class TrainingClock:
         self._book(self.seconds if self.seconds is not None else time.monotonic() - self.started)
 
 
-def train_command(config: StudyConfig, cell: Cell, state: str) -> list[str]:
-    """The one ddpm-train command of a cell; a stopped cell reruns it with --resume."""
+def train_command(config: StudyConfig, cell: Cell, state: str, stage: int | None = None) -> list[str]:
+    """The one ddpm-train command of a cell (to `stage` images on its way); a stopped cell reruns it with --resume."""
     if config.budget.images is not None:
-        duration = ["--max-images", str(config.budget.images)]
+        duration = ["--max-images", str(stage or config.budget.images)]
     else:
         duration = ["--max-steps", str(UNBOUNDED_STEPS)]
     command = ["ddpm-train", *config.train_args, "--shards", str(config.shard_dir(cell.size)),
@@ -166,9 +173,10 @@ def check_options(config: StudyConfig, cells: list[Cell], tools: Tools) -> None:
                              "fix the grid in study.toml or the flags")
 
 
-def train_cell(config: StudyConfig, cell: Cell, tools: Tools, log: Callable[[str], None]) -> str | None:
-    """Train (or resume) one cell up to the budget; returns an error line or None."""
-    state = training_state(config, cell)
+def train_cell(config: StudyConfig, cell: Cell, tools: Tools, log: Callable[[str], None],
+               stage: int | None = None) -> str | None:
+    """Train (or resume) one cell up to the budget (or `stage` images); returns an error line or None."""
+    state = training_state(config, cell, stage)
     if state == "done":
         return None
     run_dir = cell_dir(config, cell)
@@ -177,38 +185,60 @@ def train_cell(config: StudyConfig, cell: Cell, tools: Tools, log: Callable[[str
     limit = None
     if config.budget.minutes is not None:
         limit = max(1.0, config.budget.minutes * 60 - book.get("train_seconds", 0.0))
-    log(f"study: {cell.name}: {state} training" + (f" ({limit / 60:.1f} min left)" if limit else ""))
+    target = f" to {stage:,} images" if stage else ""
+    log(f"study: {cell.name}: {state} training{target}" + (f" ({limit / 60:.1f} min left)" if limit else ""))
     with TrainingClock(run_dir, book) as clock:  # books the time while it runs: a killed study loses little
-        run = tools(train_command(config, cell, state), launcher=config.launcher, time_limit=limit)
+        run = tools(train_command(config, cell, state, stage), launcher=config.launcher, time_limit=limit)
         clock.stop(run.seconds)
     if run.returncode != 0 and not run.stopped:
         advice = f"; in a study, delete {run_dir} to train the cell anew" if "another --out" in run.error_line else ""
         return f"train: {run.error_line}{advice}"
-    if training_state(config, cell) != "done":
+    if training_state(config, cell, stage) != "done":
         summary = read_json(run_dir / "summary.json")
-        seen = f"{summary.get('images_seen', 0)} of {config.budget.images} images" if config.budget.images else "early"
+        seen = f"{summary.get('images_seen', 0)} of {stage or config.budget.images} images" if config.budget.images else "early"
         return f"train: stopped at {seen}; rerun to resume"
     return None
 
 
-def sample_cell(config: StudyConfig, cell: Cell, tools: Tools, log: Callable[[str], None]) -> str | None:
-    """Draw the cell's samples from its latest checkpoint unless they are already drawn; error line or None."""
-    run_dir = cell_dir(config, cell)
-    wanted = sample_marker(config, cell)
+def sample_cell(config: StudyConfig, cell: Cell, tools: Tools, log: Callable[[str], None],
+                stage: int | None = None) -> str | None:
+    """Draw the cell's samples from its latest checkpoint unless they are already drawn; error line or None.
+
+    On the way (`stage` N), the latest checkpoint must be the one at N images: samples missed there
+    (new sampling settings after the cell trained on) cannot be drawn again."""
+    run_dir, folder = cell_dir(config, cell), stage_dir(config, cell, stage)
+    wanted = sample_marker(config, cell, stage)
     if wanted is None:
         return "sample: no checkpoint to sample from"
-    marker = run_dir / "study" / "samples.json"
-    if read_json(marker) == wanted:
+    marker = folder / "samples.json"
+    if matches(read_json(marker), wanted):
         return None
-    log(f"study: {cell.name}: sampling {config.sample.n} images per class from {wanted['checkpoint']}")
+    seen = read_json(run_dir / "summary.json").get("images_seen", 0)
+    if stage is not None and not _at_stage(read_json(run_dir / "summary.json"), stage):
+        return (f"sample: the cell trained past {stage:,} images ({seen:,}) before its samples there were drawn with "
+                f"these settings; keep the sampling settings of the first run, or delete {run_dir} to measure it anew")
+    checkpoint = latest_checkpoint(run_dir)
+    log(f"study: {cell.name}: sampling {config.sample.n} images per class from {checkpoint} ({seen:,} images seen)")
     settings = config.sample
-    run = tools(["ddpm-sample", *config.sample_args, "--checkpoint", str(run_dir), "--out", str(run_dir / "study" / "samples"),
+    run = tools(["ddpm-sample", *config.sample_args, "--checkpoint", str(run_dir / "checkpoints" / checkpoint),
+                 "--out", str(folder / "samples"),
                  "--n", str(settings.n), "--sampler", "ddim", "--steps", str(settings.steps), "--eta", str(settings.eta),
                  "--guidance", str(settings.guidance), "--seed", str(cell.seed), "--overwrite"])
     if run.returncode != 0:
         return f"sample: {run.error_line}"
-    write_json(marker, wanted)
+    write_json(marker, {**wanted, "checkpoint": checkpoint, "images_seen": seen})
     return None
+
+
+def _at_stage(summary: dict, stage: int) -> bool:
+    """Whether a run stopped at `stage` images: seen >= stage, by less than one optimizer step more."""
+    seen, step = summary.get("images_seen", 0), summary.get("step") or 0
+    return step > 0 and stage <= seen < stage + seen / step
+
+
+def stages(config: StudyConfig) -> list[int | None]:
+    """The --measure-at stages in order, then the budget (None)."""
+    return [*config.budget.measure_at, None]
 
 
 
@@ -246,13 +276,16 @@ def run_study(config: StudyConfig, split: tuple[int, int] | None = None, dry_run
         check_options(config, [cell for cell in mine if states[cell] in ("new", "restart")], tools)
         from ddpm_study.measure import measure_cell
 
-        for cell in mine:
-            for step in (train_cell, sample_cell, measure_cell):
-                failure = step(config, cell, tools, log)
-                if failure:
-                    outcome.failures[cell.name] = failure
-                    log(f"study: {cell.name}: {failure}")
-                    break
+        for stage in stages(config):
+            for cell in mine:
+                if cell.name in outcome.failures:
+                    continue
+                for step in (train_cell, sample_cell, measure_cell):
+                    failure = step(config, cell, tools, log, stage)
+                    if failure:
+                        outcome.failures[cell.name] = failure if stage is None else f"at {stage:,} images: {failure}"
+                        log(f"study: {cell.name}: {outcome.failures[cell.name]}")
+                        break
         outcome.report = write_report(config, cells, outcome.failures, log)
     return outcome
 

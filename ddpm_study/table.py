@@ -52,6 +52,7 @@ class Metric:
 METRICS = (
     Metric("jaggedness", "jaggedness", "lower", 1, signed=True),
     Metric("jaggedness_nearest", "jagg. (nearest view)", "lower", 1, signed=True),
+    Metric("checkerboard", "checkerboard", "real", 2),
     Metric("swd", "SWD", "lower"),
     Metric("swd_finest", "SWD finest", "lower"),
     Metric("spectrum_hf_ratio", "HF ratio", "real", 2),

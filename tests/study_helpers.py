@@ -81,7 +81,9 @@ class FakeTools:
 
     def _sample(self, argv):
         out, n, seed = Path(option(argv, "--out")), int(option(argv, "--n")), int(option(argv, "--seed"))
-        size = json.loads((Path(option(argv, "--checkpoint")) / "config.json").read_text()).get("size", 16)
+        checkpoint = Path(option(argv, "--checkpoint"))
+        run = checkpoint if checkpoint.is_dir() else checkpoint.parent.parent  # RUN or RUN/checkpoints/step-*.pt
+        size = json.loads((run / "config.json").read_text()).get("size", 16)
         rng = np.random.default_rng(seed)
         for name in CLASSES:
             (out / name).mkdir(parents=True, exist_ok=True)

@@ -170,3 +170,21 @@ def test_an_unknown_design_is_refused_naming_the_choices(tmp_path):
     assert config.grid.design == "one-at-a-time"
     assert 'design = "one-at-a-time"' in write_toml(config).read_text()
     assert load_study(tmp_path, {})[0].grid.design == "one-at-a-time"  # read back from study.toml
+
+
+def test_measure_at_needs_an_image_budget_above_every_stage(tmp_path):
+    config, _ = load_study(tmp_path / "s", {"sizes": "40", "images": 40000, "measure_at": "16000,4000"})
+    assert config.budget.measure_at == (4000, 16000)
+    for flags in ({"images": 4000, "measure_at": "4000"}, {"minutes": 5.0, "measure_at": "100"}):
+        with pytest.raises(StudyError, match="--measure-at: needs --budget-images above every value"):
+            load_study(tmp_path / "s", {"sizes": "40", **flags})
+
+
+def test_measure_at_survives_the_toml_and_a_raised_budget(tmp_path):
+    config, _ = load_study(tmp_path / "s", {"sizes": "40", "images": 40000, "measure_at": "4000"})
+    write_toml(config)
+    raised, _ = load_study(tmp_path / "s", {"images": 64000})
+    assert raised.budget == Budget(images=64000, measure_at=(4000,))
+    plain, _ = load_study(tmp_path / "t", {"sizes": "40", "images": 100})
+    write_toml(plain)
+    assert "measure_at" not in (tmp_path / "t" / "study.toml").read_text()

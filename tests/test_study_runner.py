@@ -6,6 +6,7 @@ the report run for real.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -225,3 +226,38 @@ def test_training_advice_a_study_cannot_follow_is_translated(study):
     (failure,) = outcome.failures.values()
     run = cell_dir(config, grid_cells(config.grid)[0])
     assert failure.endswith(f"; in a study, delete {run} to train the cell anew"), failure
+
+
+def test_measure_at_trains_every_cell_stage_by_stage_and_measures_each_stage(study):
+    config, tools = study(budget=Budget(images=64, measure_at=(16, 32))), FakeTools()
+    outcome = run_study(config, tools=tools)
+    assert outcome.failures == {}
+    trains = [(option(call.argv, "--seed"), option(call.argv, "--max-images"), "--resume" in call.argv)
+              for call in tools.tools("ddpm-train")]
+    assert trains == [("0", "16", False), ("1", "16", False), ("0", "32", True), ("1", "32", True),
+                      ("0", "64", True), ("1", "64", True)]  # stage by stage over all cells
+    cell = cell_dir(config, grid_cells(config.grid)[0])
+    for stage in (16, 32):
+        measured = json.loads((cell / "study" / f"at-{stage}" / "metrics-16.json").read_text())
+        assert measured["training"]["images_seen"] == stage and measured["stage"] == stage
+        assert measured["metrics"]["checkerboard"] > 0
+    assert json.loads((cell / "study" / "metrics-16.json").read_text())["training"]["images_seen"] == 64
+    report = json.loads((config.root / "report" / "study.json").read_text())
+    points = report["curves"]["16px-bilinear-aug-auto"]
+    assert [point["images"] for point in points] == [16, 32, 64] and all(point["seeds"] == 2 for point in points)
+    text = (config.root / "report" / "study.md").read_text()
+    assert "## Along training" in text and "| 16px-bilinear-aug-auto | 32 | 2 |" in text
+    assert (config.root / "report" / "curves.png").is_file()
+    again = FakeTools()
+    assert run_study(config, tools=again).failures == {} and again.calls == []
+
+
+def test_a_stage_whose_samples_were_missed_is_named_not_drawn_from_a_later_checkpoint(study):
+    config = study(grid=Grid(sizes=(16,)), budget=Budget(images=64, measure_at=(16,)))
+    run_study(config, tools=FakeTools())
+    changed = study(grid=Grid(sizes=(16,)), budget=Budget(images=64, measure_at=(16,)),
+                    sample=dataclasses.replace(config.sample, steps=7))  # new settings after the cell trained on
+    tools = FakeTools()
+    outcome = run_study(changed, tools=tools)
+    assert "trained past 16 images (64)" in outcome.failures["16px-bilinear-aug-auto-s0"]
+    assert tools.tools("ddpm-sample") == []

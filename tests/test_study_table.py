@@ -58,7 +58,7 @@ def test_one_seed_uses_the_images_or_bootstrap_noise_and_says_when_there_is_none
     assert cell["values"]["swd"]["noise"] is None
     assert cell["vs_baseline"]["swd"]["within_noise"] is None  # no estimate for one side: shown as '?'
     markdown = format_markdown(table, 128, "shards/128")
-    assert "| 96px | +0% ≈ | – | +0% ? |" in markdown  # no nearest-view jaggedness in these documents
+    assert "| 96px | +0% ≈ | – | – | +0% ? |" in markdown  # no nearest-view jaggedness or checkerboard in these documents
 
 
 def test_markdown_shows_counts_the_floor_and_the_baseline_and_json_round_trips():
