@@ -122,6 +122,8 @@ class TrainState:
     wait_s: float = 0.0
     interval_start: float = field(default_factory=time.perf_counter)
     interval_images: int = 0
+    settled_step: int = 0                 # the step up to which the device's numbers were read
+    last_loss: float = math.nan           # mean train loss at the last read
 
 
 @dataclass(frozen=True)
@@ -177,13 +179,48 @@ class StopRequest:
         return self.signal_name is not None
 
 
-def train_step(parts: TrainParts, config: TrainConfig, state: TrainState, dist: Distributed,
-               stop: StopRequest) -> tuple[float, bool, bool]:
-    """One optimizer step over `grad_accum` micro-batches.
+class StepTally:
+    """What each step reports, kept on the device until a metrics line, a checkpoint, a score or
+    the end needs it: a step never waits for the device (on a GPU, a read-back per step stalls the
+    queue of kernels). Holds the loss sum since the last read, the last gradient norm, and the
+    first step whose loss or gradient was not finite (0 = none) with that loss."""
 
-    Returns (loss averaged over ranks, non-finite on any rank, stop requested on any rank). On a
-    non-finite loss or gradient the optimizer does not step, so the weights stay the last good ones.
-    """
+    def __init__(self, device: torch.device, step: int) -> None:
+        zeros = lambda dtype=torch.float32: torch.zeros((), device=device, dtype=dtype)  # noqa: E731
+        self.step = torch.full((), step, device=device, dtype=torch.int64)
+        self.loss_sum, self.grad_norm, self.bad_loss = zeros(), zeros(), zeros()
+        self.first_bad = zeros(torch.int64)
+        self.steps = 0  # steps added since the last read (host side)
+
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor, bad: torch.Tensor) -> None:
+        self.step += 1
+        self.loss_sum += loss
+        self.grad_norm.copy_(grad_norm)
+        first = bad & (self.first_bad == 0)
+        self.first_bad.copy_(torch.where(first, self.step, self.first_bad))
+        self.bad_loss.copy_(torch.where(first, loss, self.bad_loss))
+        self.steps += 1
+
+    def read(self, dist: Distributed, stop_requested: bool) -> tuple[float, float, int, float, bool]:
+        """One read-back (and one collective): (loss mean over steps and ranks, gradient norm, first
+        non-finite step or 0 on any rank, its loss, stop requested on any rank); resets the sums."""
+        flags = torch.stack([self.loss_sum, (self.first_bad > 0).float(), torch.full_like(self.loss_sum, float(stop_requested))])
+        flags = dist.all_reduce_sum(flags)
+        values = torch.cat([flags, torch.stack([self.grad_norm, self.first_bad.float(), self.bad_loss])]).cpu().tolist()
+        loss_sum, bad_ranks, stop_ranks, grad_norm, first_bad, bad_loss = values
+        steps, self.steps = self.steps, 0
+        self.loss_sum.zero_()
+        first = int(first_bad) or (int(self.step.item()) if bad_ranks > 0 else 0)  # another rank's: this step
+        loss = loss_sum / max(steps, 1) / dist.world_size
+        return loss, grad_norm, first, bad_loss if first_bad else loss, stop_ranks > 0
+
+
+def train_step(parts: TrainParts, config: TrainConfig, state: TrainState, dist: Distributed, tally: StepTally) -> None:
+    """One optimizer step over `grad_accum` micro-batches, with nothing read back from the device.
+
+    The loss and the gradient norm go into `tally`. A non-finite loss or gradient is only recorded
+    there: the run stops at the next read (`settle`), before anything is written, so the last
+    checkpoint on disk stays the last good one."""
     parts.step_model.train()
     parts.optimizer.zero_grad(set_to_none=True)
     device = next(parts.model.parameters()).device
@@ -210,11 +247,6 @@ def train_step(parts: TrainParts, config: TrainConfig, state: TrainState, dist: 
     bad = ~torch.isfinite(loss_total)
     if not parts.scaler.is_enabled():  # with fp16 the scaler skips inf-gradient steps itself
         bad = bad | ~torch.isfinite(grad_norm)
-    flags = torch.stack([loss_total / config.grad_accum, bad.float(), torch.tensor(float(stop.requested), device=device)])
-    flags = dist.all_reduce_sum(flags).cpu()
-    loss_value, non_finite, stop_any = flags[0].item() / dist.world_size, flags[1].item() > 0, flags[2].item() > 0
-    if non_finite:
-        return loss_value, True, stop_any
     for group in parts.optimizer.param_groups:
         group["lr"] = config.lr_at(state.step)
     parts.scaler.step(parts.optimizer)
@@ -225,10 +257,31 @@ def train_step(parts: TrainParts, config: TrainConfig, state: TrainState, dist: 
     state.step += 1
     state.images_seen += batch_images
     state.interval_images += batch_images
-    state.loss_sum += loss_value
-    state.loss_count += 1
-    state.grad_norm = grad_norm.item()
-    return loss_value, False, stop_any
+    tally.add(loss_total / config.grad_accum, grad_norm, bad)
+
+
+def settle(tally: StepTally, state: TrainState, dist: Distributed, stop: StopRequest, io: RunIO | None) -> bool:
+    """Read the tally into `state` (loss sums, gradient norm); raise TrainingDiverged if a step since
+    the last read was not finite. Returns whether any rank was asked to stop."""
+    loss, grad_norm, first_bad, bad_loss, stop_any = tally.read(dist, stop.requested)
+    if first_bad:
+        raise TrainingDiverged(diverged_message(bad_loss, first_bad, io))
+    steps = state.step - state.settled_step
+    if steps:
+        state.loss_sum += loss * steps
+        state.loss_count += steps
+        state.grad_norm = grad_norm
+        state.last_loss = loss
+    state.settled_step = state.step
+    return stop_any
+
+
+def needs_settling(config: TrainConfig, state: TrainState, dist: Distributed, stop: StopRequest, total_steps: int) -> bool:
+    """Whether anything at this step reads the numbers or writes the weights: a metrics line,
+    validation, a score, a checkpoint, a grid, the end, or (one rank) a stop request."""
+    everies = (config.log_every, config.val_every, config.quality_every, config.checkpoint_every, config.sample_every)
+    return (state.step >= total_steps or any(every > 0 and state.step % every == 0 for every in everies)
+            or (dist.world_size == 1 and stop.requested))
 
 
 def due(step: int, every: int, final: bool) -> bool:
@@ -465,21 +518,23 @@ def train(parts: TrainParts, io: RunIO | None, config: TrainConfig, total_steps:
     state = state or TrainState()
     started, first_step, final_loss, status = time.perf_counter(), state.step, math.nan, "finished"
     saved_step = state.step if state.step > 0 else -1  # a resumed run's checkpoint exists already
+    state.settled_step = state.step
+    tally = StepTally(next(parts.model.parameters()).device, state.step)
     with StopRequest() as stop:
         while state.step < total_steps:
-            loss, non_finite, stop_any = train_step(parts, config, state, dist, stop)
-            if non_finite:
-                raise TrainingDiverged(diverged_message(loss, state.step + 1, io))
+            train_step(parts, config, state, dist, tally)
+            if io is not None and io.progress is not None:
+                io.progress.update(state.step)
+            if not needs_settling(config, state, dist, stop, total_steps):
+                continue
+            stop_any = settle(tally, state, dist, stop, io)
             record = maybe_log(parts, io, config, state)
-            if record or math.isnan(final_loss):  # before the first metrics line: the last step's
-                final_loss = record["loss"] if record else loss
+            final_loss = record["loss"] if record else state.last_loss
             maybe_validate(parts, io, config, state, dist)
             maybe_score(parts, io, config, state, dist)
             if maybe_checkpoint(parts, io, config, state, dist):
                 saved_step = state.step
             maybe_sample(parts, io, config, state)
-            if io is not None and io.progress is not None:
-                io.progress.update(state.step)
             if stop_any:
                 status = "interrupted"
                 break

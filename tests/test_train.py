@@ -137,7 +137,10 @@ def test_nan_loss_stops_without_overwriting_the_last_good_checkpoint(tmp_path):
     with pytest.raises(TrainingDiverged, match=r"nan at step 6.*step-00000004\.pt.*--lr"):
         train(parts, io, config, 10, Distributed())
     assert [p.name for p in ckpt.step_checkpoints(tmp_path)] == ["step-00000004.pt"]
-    assert all(torch.isfinite(v).all() for v in parts.model.state_dict().values())
+    kept = torch.load(ckpt.latest_checkpoint(tmp_path), weights_only=True)
+    assert all(torch.isfinite(v).all() for v in kept["model"].values())
+    assert not (tmp_path / "checkpoints" / "best.pt").exists() or all(
+        torch.isfinite(v).all() for v in torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)["model"].values())
 
 
 def test_nan_before_the_first_checkpoint_does_not_advise_resume(tmp_path):
@@ -337,3 +340,28 @@ def test_a_grid_due_at_a_scored_step_is_drawn_from_the_scores_samples(tmp_path):
     assert io.write_samples(parts.ema.module, 5, QualityScore({"a": 0.5}, samples=drawn[:1],
                                                                 labels=torch.tensor([0]))).is_file()
     assert calls == [1]  # too few scored samples of a class: the grid samples its own
+
+
+def test_the_device_is_read_only_where_a_number_is_needed_and_the_logged_loss_is_the_mean(tmp_path, monkeypatch):
+    from ddpm_model import train as train_module
+
+    reads, losses = [], []
+    original_read, original_add = train_module.StepTally.read, train_module.StepTally.add
+
+    def read(self, dist, stop_requested):
+        reads.append(int(self.step))
+        return original_read(self, dist, stop_requested)
+
+    def add(self, loss, grad_norm, bad):
+        losses.append(float(loss))
+        return original_add(self, loss, grad_norm, bad)
+
+    monkeypatch.setattr(train_module.StepTally, "read", read)
+    monkeypatch.setattr(train_module.StepTally, "add", add)
+    config = quick(max_steps=10, log_every=5, val_every=100, checkpoint_every=100)
+    parts, io = build(tmp_path, config)
+    train(parts, io, config, 10, Distributed())
+    assert reads == [5, 10]  # the two metrics lines (10 is also the end); no read in between
+    logged = [row for row in io.metrics.read() if "loss" in row]
+    assert [row["step"] for row in logged] == [5, 10]
+    assert logged[0]["loss"] == pytest.approx(np.mean(losses[:5])) and logged[1]["loss"] == pytest.approx(np.mean(losses[5:]))
