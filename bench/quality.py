@@ -1,5 +1,6 @@
-"""Sample quality of `ddpm-train`'s default recipe against diffusers' example recipe, at a fixed
-budget of training images, scored by `ddpm-eval` against the same shards.
+"""Sample quality of `ddpm-train`'s default recipe against diffusers' example recipe and against
+two other libraries' U-Nets trained our way (diffusers', MONAI's), at a fixed budget of training
+images, scored by `ddpm-eval` against the same shards.
 
     python bench/quality.py                                   # 16,000 images at 32 px, CPU
     python bench/quality.py --images 8000 --ours-args "--lr 1e-3 --warmup-steps 50" \\
@@ -7,8 +8,9 @@ budget of training images, scored by `ddpm-eval` against the same shards.
     python bench/quality.py --prototype min-snr --ours-args "--lr 1e-3"   # a code change, prototyped
     python bench/quality.py --device cuda --images 64000
     python bench/quality.py --no-baseline --samplers ddim:50,dpmpp-2m:25,dpmpp-2m:15   # samplers on our run
+    python bench/quality.py --twins monai --no-example-recipe   # ours against the MONAI twin alone
 
-Both sides train on the same batches: our reader (same images, batch size, class balance and
+Every side trains on the same batches: our reader (same images, batch size, class balance and
 order) and our Augmenter, with one generator drawn in the same order as `DDPM.loss` draws it, so
 augmentation, timesteps, noise and label dropout are identical; only the model and the recipe
 differ.
@@ -18,34 +20,48 @@ differ.
   with `ddpm-sample` (defaults plus `--sample-args`) and scored, so the last line carries the
   convergence curve. `--prototype min-snr` trains our model in a small loop here instead (the
   trainer's own `train()` with min-SNR-gamma loss weights, Hang et al. 2023, arXiv 2303.09556).
-- baseline: diffusers' `UNet2DModel` in our preset's layout (parameter count within 15%), with a
-  class embedding plus a null class and label dropout 0.1 (classifier-free guidance), trained
-  twice. "example recipe": as diffusers' examples/unconditional_image_generation/
+- baselines ("twins"): another library's U-Net built from our model's configuration in its layout
+  (stage channels, blocks per stage, attention stages, GroupNorm groups, head size; parameter
+  count within 15% of ours, checked and printed), with a class embedding plus a null class and
+  label dropout 0.1 (classifier-free guidance), called through a `Twin` adapter as ours is,
+  twin(x, t, labels) -> prediction, so one training loop and one sampler serve them all.
+  `--twins` picks the tuned twins (default both):
+  - diffusers: `UNet2DModel`, with our scale-shift conditioning; trained twice, with the
+    example recipe and tuned.
+  - monai: MONAI's `DiffusionModelUNet` (2-D); tuned only. MONAI has no scale-shift
+    conditioning (its residual blocks add the embedding), so it has a few % fewer parameters
+    than ours (6.7% at the default 32 px, 2.5-4.5% at the 40-128 px presets).
+  "example recipe": as diffusers' examples/unconditional_image_generation/
   train_unconditional.py does: epsilon MSE on `DDPMScheduler`'s linear schedule, AdamW (betas
   0.95/0.999, weight decay 1e-6, eps 1e-8), lr 1e-4 with 500 warm-up steps then cosine, gradient
-  clip 1, `EMAModel` (max 0.9999, warm-up power 3/4). "tuned": diffusers trained the way ours is
+  clip 1, `EMAModel` (max 0.9999, warm-up power 3/4). "tuned" (each twin): trained the way ours is
   (`tuned_recipe`): v-prediction on the cosine schedule, AdamW with our learning rate, warm-up,
   weight decay and clip, a constant rate after the warm-up, our EMA; the learning rate swept over
-  `--tuned-lr-factors` times ours, the run with the lowest SWD kept (picked on the evaluation
-  itself, which favours the baseline). Both sampled with diffusers' scheduler for our `ddpm-sample`
-  default sampler (`DDIMScheduler` for ddim, eta `--baseline-eta`, diffusers' default 0;
-  `DPMSolverMultistepScheduler`, DPM-Solver++ 2M, for dpmpp-2m), its steps and guidance.
+  `--tuned-lr-factors` times ours, the run with the lowest SWD kept, per twin (picked on the
+  evaluation itself, which favours the baseline). All sampled with diffusers' scheduler for our
+  `ddpm-sample` default sampler (`DDIMScheduler` for ddim, eta `--baseline-eta`, diffusers' default
+  0; `DPMSolverMultistepScheduler`, DPM-Solver++ 2M, for dpmpp-2m), its steps and guidance.
 - samplers (`--samplers`): our last checkpoint sampled once per `sampler:steps`, each scored and
   timed; the first is the named baseline the others are compared with (network evaluations per
   image and excess SWD over the floor, as ratios).
 
 Everything lands in `--work` (default runs/bench-quality): sample data, shards, runs, samples and
-evaluations, each reused when its settings match (`--no-reuse` redoes them). The last line is
-JSON: per side the headline metrics, mean colour per channel against the data's, our SWD per
-checkpoint, the tuned baseline's sweep, and, against the better baseline (lower SWD), `ratio` =
-(baseline swd - floor) / (ours swd - floor) and `frechet_ratio` = baseline / ours classifier
-Fréchet distance. Deterministic for a seed on a given device. diffusers is a benchmark-only dependency (`pip install -e .[bench]`).
+evaluations, each reused when its settings match (`--no-reuse` redoes them). The table has a
+column per side ("example recipe", "tuned" for the diffusers twin, "monai tuned"). The last line is
+JSON: per side the headline metrics (`baseline`, `baseline_tuned`, `baseline_monai`; null when
+not run), mean colour per channel against the data's, our SWD per checkpoint, each tuned twin's
+sweep; against each baseline separately (`ratios`, by side) and against the better of all
+(lower SWD; `against`, `ratio`, `frechet_ratio`): `ratio` = (baseline swd - floor) / (ours swd -
+floor) and `frechet_ratio` = baseline / ours classifier Fréchet distance. Deterministic for a
+seed on a given device. diffusers, MONAI and einops (MONAI's attention) are benchmark-only
+dependencies (`pip install -e '.[bench]'`); the bench stops naming that when one it needs is missing.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -53,7 +69,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -87,7 +103,8 @@ class QualityConfig:
     baseline: bool = True             # False: our side only (screening)
     example_recipe: bool = True       # False: no "example recipe" row (the tuned row alone)
     baseline_eta: float = 0.0         # DDIM eta of the baseline (DDIMPipeline's default)
-    tuned_lr_factors: tuple[float, ...] = (0.5, 1.0, 2.0)  # the tuned baseline's lr sweep, times ours; () = no tuned row
+    tuned_lr_factors: tuple[float, ...] = (0.5, 1.0, 2.0)  # each tuned twin's lr sweep, times ours; () = no tuned rows
+    twins: tuple[str, ...] = field(default_factory=lambda: tuple(TWINS))  # tuned twins to train: diffusers, monai
     samplers: tuple[tuple[str, int], ...] = ()  # (sampler, steps) for our last checkpoint; the first is the reference
     prototype: str | None = None      # a code change tried in this script ("min-snr")
     min_snr_gamma: float = 5.0        # gamma of min-SNR-gamma weighting (Hang et al. 2023: 5)
@@ -173,14 +190,46 @@ def compare_samplers(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
              "excess_ratio": round(excess_ratio(first["swd"], row["swd"], row["swd_floor"]), 3)} for row in rows]
 
 
-def compare(ours: dict[str, Any], baselines: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Ours against the better baseline (lower SWD): its name, the excess-SWD ratio over the floor
-    and the Fréchet ratio (baseline / ours; both goals are >= 2)."""
-    against = min(baselines, key=lambda name: baselines[name]["swd"])
-    theirs = baselines[against]
-    return {"against": against,
-            "ratio": round(excess_ratio(theirs["swd"], ours["swd"], ours["swd_floor"]), 3),
+def ratios(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float]:
+    """Ours against one baseline: the excess-SWD ratio over the floor and the Fréchet ratio
+    (baseline / ours; both goals are >= 2)."""
+    return {"ratio": round(excess_ratio(theirs["swd"], ours["swd"], ours["swd_floor"]), 3),
             "frechet_ratio": round(theirs["frechet_classifier_distance"] / max(ours["frechet_classifier_distance"], 1e-9), 3)}
+
+
+def compare(ours: dict[str, Any], baselines: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Ours against the better baseline (lower SWD) of all of them: its name and `ratios`."""
+    against = min(baselines, key=lambda name: baselines[name]["swd"])
+    return {"against": against, **ratios(ours, baselines[against])}
+
+
+def compare_each(ours: dict[str, Any], baselines: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Ours against each baseline separately: {name: `ratios`}."""
+    return {name: ratios(ours, theirs) for name, theirs in baselines.items()}
+
+
+def parse_twins(text: str) -> tuple[str, ...]:
+    """`--twins` "diffusers,monai" -> ("diffusers", "monai"): the tuned twins to train, in order."""
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [name for name in names if name not in TWINS]
+    if unknown or not names:
+        raise ValueError(f"--twins {text!r}: give one or more of {', '.join(TWINS)}, comma-separated, e.g. "
+                         f"{','.join(TWINS)} (--tuned-lr-factors '' leaves every tuned twin out)")
+    return names
+
+
+def missing_libraries(config: QualityConfig) -> str | None:
+    """The line to stop on when a library the asked-for baselines need is not installed, else None."""
+    needed = {"diffusers": "the baselines"} if config.baseline else {}
+    if config.baseline and config.tuned_lr_factors:
+        for name in config.twins:
+            for module in TWINS[name].requires:
+                needed.setdefault(module, f"--twins {name}")
+    missing = [module for module in needed if importlib.util.find_spec(module) is None]
+    if not missing:
+        return None
+    users = ", ".join(dict.fromkeys(needed[module] for module in missing))
+    return f"{' and '.join(missing)} not installed (needed by {users}): pip install -e '.[bench]'"
 
 
 def settings_key(*parts: Any) -> str:
@@ -434,12 +483,17 @@ def tuned_recipe(train: Any, lr_factor: float) -> dict[str, Any]:
             "prediction_type": "v_prediction"}
 
 
+def stage_channels(model_config: dict[str, Any]) -> tuple[int, ...]:
+    """Channels of each stage of our model: model_channels times its multiplier."""
+    return tuple(model_config["model_channels"] * m for m in model_config["channel_multipliers"])
+
+
 def diffusers_unet(model_config: dict[str, Any]) -> nn.Module:
     """UNet2DModel in our model's layout: same stage channels, blocks per stage, attention
     stages, GroupNorm groups, head size and scale-shift conditioning, plus a null class."""
     from diffusers import UNet2DModel
 
-    channels = tuple(model_config["model_channels"] * m for m in model_config["channel_multipliers"])
+    channels = stage_channels(model_config)
     attention = model_config["use_attention"]
     return UNet2DModel(
         sample_size=model_config["image_size"], in_channels=model_config["in_channels"],
@@ -451,10 +505,71 @@ def diffusers_unet(model_config: dict[str, Any]) -> nn.Module:
         resnet_time_scale_shift="scale_shift", num_class_embeds=model_config["num_classes"] + 1)
 
 
+def monai_unet(model_config: dict[str, Any]) -> nn.Module:
+    """MONAI's DiffusionModelUNet (2-D) in our model's layout: same stage channels, blocks per
+    stage (one more per up stage, as ours), attention stages (and the middle's), GroupNorm groups
+    and heads (channels / head size, at least one, as ours), plus a null class. MONAI has no
+    scale-shift conditioning: its residual blocks add the embedding, so it has a few % fewer
+    parameters than ours."""
+    from monai.networks.nets import DiffusionModelUNet
+
+    channels = stage_channels(model_config)
+    head = model_config["attention_head_channels"]
+    return DiffusionModelUNet(
+        spatial_dims=2, in_channels=model_config["in_channels"], out_channels=model_config["in_channels"],
+        num_res_blocks=model_config["num_res_blocks"], channels=channels,
+        attention_levels=tuple(model_config["use_attention"]), norm_num_groups=model_config["norm_groups"],
+        num_head_channels=tuple(min(c, head) for c in channels), num_class_embeds=model_config["num_classes"] + 1)
+
+
+class Twin(nn.Module):
+    """A baseline network called as ours is: prediction = twin(x, t, labels), x (N, C, H, W), t
+    (N,) or one timestep for the batch, labels (N,) with num_classes the null class. `net` is the
+    library's own module (its state dict is what a run saves)."""
+
+    library = ""    # --twins name
+    label = ""      # printed with its parameter count
+    side = ""       # its tuned run's name in the table and in `against`
+    runs = ""       # folder prefix of its tuned runs
+    json_key = ""   # its tuned run's key in the last line
+    requires: tuple[str, ...] = ()  # modules it imports (`pip install -e '.[bench]'`)
+
+    def __init__(self, net: nn.Module, model_config: dict[str, Any]):
+        super().__init__()
+        self.net = net
+        self.image_size, self.in_channels = model_config["image_size"], model_config["in_channels"]
+
+
+class DiffusersTwin(Twin):
+    library, label, side, runs, json_key = "diffusers", "diffusers UNet2DModel", "tuned", "baseline-tuned", "baseline_tuned"
+    requires = ("diffusers",)
+
+    def __init__(self, model_config: dict[str, Any]):
+        super().__init__(diffusers_unet(model_config), model_config)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.net(x, t, class_labels=labels).sample
+
+
+class MonaiTwin(Twin):
+    library, label, side, runs, json_key = "monai", "MONAI DiffusionModelUNet", "monai tuned", "monai-tuned", "baseline_monai"
+    requires = ("monai", "einops")  # einops: MONAI's attention blocks
+
+    def __init__(self, model_config: dict[str, Any]):
+        super().__init__(monai_unet(model_config), model_config)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        timesteps = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])  # MONAI takes (N,) only
+        return self.net(x, timesteps, class_labels=labels)
+
+
+TWINS: dict[str, type[Twin]] = {twin.library: twin for twin in (DiffusersTwin, MonaiTwin)}
+
+
 def train_baseline(config: QualityConfig, shards: Path, plan: dict[str, Any], recipe: dict[str, Any],
-                   name: str = "baseline") -> tuple[nn.Module, Path, float | None]:
-    """(UNet2DModel with the EMA weights, run folder, seconds or None when reused), trained with `recipe`
-    (BASELINE_RECIPE's keys; `prediction_type` and `ema_warmup` default to the example's)."""
+                   name: str = "baseline", library: str = "diffusers") -> tuple[Twin, Path, float | None]:
+    """(the `library`'s twin with the EMA weights, run folder, seconds or None when reused), trained
+    with `recipe` (BASELINE_RECIPE's keys; `prediction_type` and `ema_warmup` default to the example's)."""
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
@@ -465,10 +580,10 @@ def train_baseline(config: QualityConfig, shards: Path, plan: dict[str, Any], re
                        plan["run"]["reader"], plan["run"]["augment"], recipe)
     run_dir = config.work / "runs" / f"{name}-{config.images}-{key}"
     torch.manual_seed(config.seed)
-    net = diffusers_unet(plan["model"]["unet"])
+    net = TWINS[library](plan["model"]["unet"])
     weights = run_dir / "ema.pt"
     if config.reuse and weights.is_file():
-        net.load_state_dict(torch.load(weights, weights_only=True))
+        net.net.load_state_dict(torch.load(weights, weights_only=True))
         return net.eval(), run_dir, None
     r = recipe
     device, total = torch.device(config.device), config.total_steps()
@@ -495,7 +610,7 @@ def train_baseline(config: QualityConfig, shards: Path, plan: dict[str, Any], re
         noise = torch.randn(tuple(x0.shape), generator=generator, device=source).to(device)
         dropped = torch.rand((n,), generator=generator, device=source).to(device) < r["class_dropout"]
         labels = torch.where(dropped, torch.full_like(labels, null), labels)
-        prediction = net(noise_schedule.add_noise(x0, noise, t), t, class_labels=labels).sample
+        prediction = net(noise_schedule.add_noise(x0, noise, t), t, labels)
         if noise_schedule.config.prediction_type == "v_prediction":
             target = noise_schedule.get_velocity(x0, noise, t)
         else:
@@ -509,12 +624,12 @@ def train_baseline(config: QualityConfig, shards: Path, plan: dict[str, Any], re
         lr_schedule.step()
         ema.step(net.parameters())
         if (step + 1) % max(1, total // 10) == 0:
-            print(f"  baseline step {step + 1}/{total}  loss {loss.item():.4f}  "
+            print(f"  {name} step {step + 1}/{total}  loss {loss.item():.4f}  "
                   f"lr {lr_schedule.get_last_lr()[0]:.2e}", flush=True)
     seconds = time.perf_counter() - started
     ema.copy_to(net.parameters())
     run_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), weights)
+    torch.save(net.net.state_dict(), weights)  # the library's own keys
     (run_dir / "bench.json").write_text(json.dumps({"recipe": recipe, "steps": total,
                                                     "seconds": seconds}, indent=2))
     return net.eval(), run_dir, seconds
@@ -560,7 +675,7 @@ def baseline_scheduler(recipe: dict[str, Any], sampler: str, steps: int) -> Any:
 
 
 @torch.no_grad()
-def sample_baseline(config: QualityConfig, shards: Path, net: nn.Module, run_dir: Path, classes: Sequence[str],
+def sample_baseline(config: QualityConfig, shards: Path, net: Twin, run_dir: Path, classes: Sequence[str],
                     sampler: dict[str, Any], recipe: dict[str, Any]) -> dict[str, Any]:
     """Samples with classifier-free guidance and `sampler` (ddpm-sample's defaults), seeded per
     class as ddpm-sample seeds them."""
@@ -577,7 +692,7 @@ def sample_baseline(config: QualityConfig, shards: Path, net: nn.Module, run_dir
     guidance = sampler["guidance"]
     options = {"eta": config.baseline_eta} if sampler["sampler"] == "ddim" else {}  # DDIM's eta; the solver has none
     started = time.perf_counter()
-    size, null = net.config.sample_size, len(classes)
+    size, null = net.image_size, len(classes)
     for label, name in enumerate(classes):
         generator = torch.Generator(device).manual_seed(config.seed * 1_000_003 + label)
         folder = samples / name
@@ -586,12 +701,12 @@ def sample_baseline(config: QualityConfig, shards: Path, net: nn.Module, run_dir
             old.unlink()
         for start in range(0, config.n, SAMPLE_BATCH):
             count = min(SAMPLE_BATCH, config.n - start)
-            x = torch.randn((count, net.config.in_channels, size, size), generator=generator, device=device)
+            x = torch.randn((count, net.in_channels, size, size), generator=generator, device=device)
             wanted = torch.full((count,), label, device=device)
             both_labels = torch.cat([wanted, torch.full_like(wanted, null)])
             scheduler.set_timesteps(sampler["steps"])  # a multistep solver keeps state per chain
             for t in scheduler.timesteps:
-                cond, uncond = net(torch.cat([x, x]), t, class_labels=both_labels).sample.chunk(2)
+                cond, uncond = net(torch.cat([x, x]), t, both_labels).chunk(2)
                 guided = uncond + guidance * (cond - uncond)  # eps or v: guidance is linear in either
                 x = scheduler.step(guided, t, x, generator=generator, **options).prev_sample
             for offset, image in enumerate(to_uint8(x.clamp(-1, 1))):
@@ -601,35 +716,46 @@ def sample_baseline(config: QualityConfig, shards: Path, net: nn.Module, run_dir
     return {**score(config, shards, samples, classes), **json.loads(timing.read_text())}
 
 
+MAX_PARAMETERS_APART = 0.15  # a twin's parameter count may differ from ours by this fraction
+
+
 def run_baseline(config: QualityConfig, shards: Path, plan: dict[str, Any], recipe: dict[str, Any],
-                 name: str) -> dict[str, Any]:
+                 name: str, library: str = "diffusers") -> dict[str, Any]:
     """Train (or reuse), check the parameter count against ours, sample and score one baseline run."""
-    net, run_dir, seconds = train_baseline(config, shards, plan, recipe, name)
+    net, run_dir, seconds = train_baseline(config, shards, plan, recipe, name, library)
     params = sum(p.numel() for p in net.parameters())
     apart = abs(params - plan["parameters"]) / plan["parameters"]
-    print(f"{name}: diffusers UNet2DModel {params:,} parameters vs ours {plan['parameters']:,} ({apart:.1%} apart); "
+    print(f"{name}: {net.label} {params:,} parameters vs ours {plan['parameters']:,} ({apart:.1%} apart); "
           f"lr {recipe['lr']:.1e}; {'reused ' + run_dir.name if seconds is None else f'trained in {seconds:.0f} s'}",
           flush=True)
-    if apart > 0.15:
-        raise SystemExit("configurations are not matched: parameter counts differ by > 15%")
+    if apart > MAX_PARAMETERS_APART:
+        raise SystemExit(f"{name}: configurations are not matched: {net.label}'s parameter count is {apart:.1%} "
+                         f"from ours (limit {MAX_PARAMETERS_APART:.0%}); leave it out (--twins, --no-example-recipe)")
     sampler = {key: value for key, value in sample_defaults().items() if key != "eta"}
     figures = sample_baseline(config, shards, net, run_dir, plan["classes"], sampler, recipe)
-    return {**figures, "parameters": params, "recipe": recipe, "train_seconds": seconds,
+    return {**figures, "parameters": params, "network": net.label, "recipe": recipe, "train_seconds": seconds,
             "sampler": {**sampler, "eta": config.baseline_eta if sampler["sampler"] == "ddim" else 0.0}}
 
 
+def run_tuned(config: QualityConfig, shards: Path, plan: dict[str, Any], library: str) -> dict[str, Any]:
+    """One twin trained with `tuned_recipe` at each `--tuned-lr-factors`: the run with the lowest
+    SWD, with the sweep's figures."""
+    train, twin = resolved_run(plan).train, TWINS[library]
+    sweep = [run_baseline(config, shards, plan, tuned_recipe(train, factor), f"{twin.runs}-x{factor:g}", library)
+             for factor in config.tuned_lr_factors]
+    return {**best_run(sweep), "sweep": [
+        {"lr": run["recipe"]["lr"], "swd": run["swd"], "frechet_classifier_distance": run["frechet_classifier_distance"]}
+        for run in sweep]}
+
+
 def run_baselines(config: QualityConfig, shards: Path, plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """{"example recipe": ..., "tuned": the best of the learning-rate sweep, with the sweep's figures}."""
+    """{"example recipe": ..., then per `--twins` its side ("tuned" for diffusers, "monai tuned"):
+    the best of its learning-rate sweep}."""
     baselines = {}
     if config.example_recipe:
         baselines["example recipe"] = run_baseline(config, shards, plan, BASELINE_RECIPE, "baseline")
-    if config.tuned_lr_factors:
-        train = resolved_run(plan).train
-        sweep = [run_baseline(config, shards, plan, tuned_recipe(train, factor), f"baseline-tuned-x{factor:g}")
-                 for factor in config.tuned_lr_factors]
-        baselines["tuned"] = {**best_run(sweep), "sweep": [
-            {"lr": run["recipe"]["lr"], "swd": run["swd"], "frechet_classifier_distance": run["frechet_classifier_distance"]}
-            for run in sweep]}
+    for library in config.twins if config.tuned_lr_factors else ():
+        baselines[TWINS[library].side] = run_tuned(config, shards, plan, library)
     return baselines
 
 
@@ -643,30 +769,37 @@ def fmt(value: Any, digits: int = 3) -> str:
         return "(" + ", ".join(f"{v:.2f}" for v in value) + ")"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
     return str(value)
 
 
 def print_table(ours: dict[str, Any], baselines: dict[str, dict[str, Any]], colour: list[float],
                 curve: list[dict[str, Any]]) -> None:
-    """Ours beside each baseline, the goals, our SWD along the run and the ratios against the better baseline."""
+    """Ours beside each baseline, the goals, our SWD along the run and the ratios against each
+    baseline and against the better one."""
     rows = [("swd", "swd", "<= 2.5 x floor"), ("swd floor (real val)", "swd_floor", ""),
             ("frechet classifier dist.", "frechet_classifier_distance", "<= baseline / 2"),
             ("class accuracy", "class_accuracy", ">= 0.9"), ("spectrum hf ratio", "spectrum_hf_ratio", "0.8-1.25"),
             ("near-copies", "copies", "0"), ("nn ratio", "nn_ratio", ">= 0.9"),
-            ("mean colour (R, G, B)", "mean_colour", f"data {fmt(colour)} +- 0.02")]
+            ("mean colour (R, G, B)", "mean_colour", f"data {fmt(colour)} +- 0.02"),
+            ("parameters", "parameters", f"within {MAX_PARAMETERS_APART:.0%} of ours")]
     names = list(baselines)
     print(f"\n{'':26} {'ours':>20} " + " ".join(f"{name:>20}" for name in names) + "   goal")
     for label, key, goal in rows:
         theirs = " ".join(f"{fmt(baselines[name].get(key)):>20}" for name in names)
         print(f"{label:26} {fmt(ours.get(key)):>20} {theirs}   {goal}")
-    if "tuned" in baselines:
-        print("\ntuned baseline's lr sweep: " + ", ".join(
-            f"lr {run['lr']:.1e} swd {run['swd']:.3f}" for run in baselines["tuned"]["sweep"]))
+    print()
+    for name in (name for name in names if "sweep" in baselines[name]):
+        print(f"{name} baseline's lr sweep: " + ", ".join(
+            f"lr {run['lr']:.1e} swd {run['swd']:.3f}" for run in baselines[name]["sweep"]))
     print("\nour SWD along the run: " + ", ".join(f"{p['images']:,} img {p['swd']:.3f}" for p in curve))
+    for name, each in compare_each(ours, baselines).items():
+        print(f"against {name}: excess SWD ratio {each['ratio']:.2f}, Fréchet ratio {each['frechet_ratio']:.2f}")
     if baselines:
-        ratios = compare(ours, baselines)
-        print(f"against the better baseline ({ratios['against']}): excess SWD ratio {ratios['ratio']:.2f} (goal >= 2), "
-              f"Fréchet ratio {ratios['frechet_ratio']:.2f} (goal >= 2)")
+        better = compare(ours, baselines)
+        print(f"against the better baseline ({better['against']}): excess SWD ratio {better['ratio']:.2f} (goal >= 2), "
+              f"Fréchet ratio {better['frechet_ratio']:.2f} (goal >= 2)")
 
 
 def print_samplers(rows: Sequence[dict[str, Any]]) -> None:
@@ -705,7 +838,9 @@ def parse_args() -> QualityConfig:
     parser.add_argument("--baseline-eta", type=float, default=defaults.baseline_eta,
                         help="DDIM eta of the baseline (diffusers' default 0)")
     parser.add_argument("--tuned-lr-factors", default=",".join(f"{f:g}" for f in defaults.tuned_lr_factors),
-                        help="the tuned baseline's learning rates, times ours, comma-separated; '' = no tuned row")
+                        help="each tuned twin's learning rates, times ours, comma-separated; '' = no tuned rows")
+    parser.add_argument("--twins", default=",".join(defaults.twins),
+                        help=f"tuned twins to train, comma-separated subset of {','.join(TWINS)}")
     parser.add_argument("--samplers", default="",
                         help="sample our last checkpoint with each sampler:steps, the first as reference, "
                              "e.g. ddim:50,dpmpp-2m:25")
@@ -727,7 +862,7 @@ def parse_args() -> QualityConfig:
     if args.no_example_recipe and not factors and not args.no_baseline:
         parser.error("--no-example-recipe with --tuned-lr-factors '': no baseline left; pass --no-baseline instead")
     try:
-        samplers = parse_samplers(args.samplers)
+        samplers, twins = parse_samplers(args.samplers), parse_twins(args.twins)
     except ValueError as error:
         parser.error(str(error))
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -737,12 +872,15 @@ def parse_args() -> QualityConfig:
         device=args.device, checkpoints=args.checkpoints, n=args.n, n_curve=args.n_curve,
         ours_args=tuple(shlex.split(args.ours_args)), sample_args=tuple(shlex.split(args.sample_args)),
         baseline=not args.no_baseline, example_recipe=not args.no_example_recipe, baseline_eta=args.baseline_eta,
-        tuned_lr_factors=factors, samplers=samplers, prototype=args.prototype, min_snr_gamma=args.min_snr_gamma,
+        tuned_lr_factors=factors, twins=twins, samplers=samplers, prototype=args.prototype, min_snr_gamma=args.min_snr_gamma,
         threads=args.threads, classifier_epochs=args.classifier_epochs, reuse=not args.no_reuse)
 
 
 def main() -> None:
     config = parse_args()
+    missing = missing_libraries(config)
+    if missing:
+        raise SystemExit(missing)
     torch.set_num_threads(config.threads)
     load_start = [round(v, 2) for v in os.getloadavg()]
     print(f"load average at start: {load_start}", flush=True)
@@ -783,14 +921,15 @@ def main() -> None:
 def result_json(config: QualityConfig, colour: list[float], ours: dict[str, Any], curve: list[dict[str, Any]],
                 baselines: dict[str, dict[str, Any]], load_average: dict[str, list[float]],
                 samplers: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-    """The last line: both sides' figures and, with baselines, the ratios against the better one;
-    the sampler comparison when `--samplers` was given."""
+    """The last line: every side's figures and, with baselines, the ratios against each
+    (`ratios`, by name) and against the better one; the sampler comparison when `--samplers` was given."""
     result = {"images": config.images, "size": config.size, "batch_size": config.batch_size, "seed": config.seed,
               "device": config.device, "data_colour": colour, "ours": ours, "ours_curve": curve,
-              "baseline": baselines.get("example recipe"), "baseline_tuned": baselines.get("tuned"),
+              "baseline": baselines.get("example recipe"),
+              **{twin.json_key: baselines.get(twin.side) for twin in TWINS.values()},
               "samplers": list(samplers), "load_average": load_average}
     if baselines:
-        result.update(compare(ours, baselines))
+        result.update({**compare(ours, baselines), "ratios": compare_each(ours, baselines)})
     return result
 
 

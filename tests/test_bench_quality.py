@@ -104,6 +104,14 @@ def test_ours_is_compared_with_the_better_baseline():
     assert quality.compare(ours, {"example recipe": example})["ratio"] == pytest.approx(10.0)
 
 
+def test_each_twin_is_compared_with_ours_separately():
+    ours = figures(0.3, 2.0)
+    baselines = {"tuned": figures(0.9, 5.0), "monai tuned": figures(0.5, 8.0)}
+    assert quality.compare_each(ours, baselines) == {"tuned": {"ratio": 4.0, "frechet_ratio": 2.5},
+                                                     "monai tuned": {"ratio": 2.0, "frechet_ratio": 4.0}}
+    assert quality.compare(ours, baselines)["against"] == "monai tuned"  # the better of all twins (lower SWD)
+
+
 def test_tuned_recipe_takes_our_learning_rate_warmup_and_ema():
     from ddpm_model.config import TrainConfig
 
@@ -130,6 +138,7 @@ def test_report_prints_both_baselines_and_the_ratio_against_the_better(capsys):
     result = quality.result_json(config, [0.5] * 3, ours, curve, baselines, {"start": [1.0], "end": [1.0]})
     assert result["baseline"]["swd"] == 2.1 and result["baseline_tuned"]["swd"] == 0.9
     assert (result["against"], result["ratio"], result["frechet_ratio"]) == ("tuned", 4.0, 2.5)
+    assert result["baseline_monai"] is None and set(result["ratios"]) == {"example recipe", "tuned"}
     assert "ratio" not in quality.result_json(config, [0.5] * 3, ours, curve, {}, {})  # --no-baseline
     quality.print_table(ours, {}, [0.5] * 3, curve)
     assert "against" not in capsys.readouterr().out
@@ -171,3 +180,84 @@ def test_the_baseline_samples_with_diffusers_scheduler_for_our_sampler():
     torch.testing.assert_close(solver._threshold_sample(x0), x0.clamp(-1, 1))  # thresholding at 1 is the clip
     with pytest.raises(ValueError, match="ddim or dpmpp-2m"):
         quality.baseline_scheduler(recipe, "ddpm", 10)
+
+
+def test_the_monai_twin_has_a_side_of_its_own(capsys):
+    ours, tuned = figures(0.3, 2.0), figures(0.9, 5.0)
+    monai = {**figures(0.5, 8.0), "sweep": [{"lr": 1e-3, "swd": 0.5, "frechet_classifier_distance": 8.0}]}
+    baselines = {"tuned": tuned, "monai tuned": monai}
+    quality.print_table(ours, baselines, [0.5] * 3, [{"step": 4, "images": 64, "swd": 0.3, "n": 4}])
+    out = capsys.readouterr().out
+    assert "monai tuned" in next(line for line in out.splitlines() if "ours" in line)
+    assert "monai tuned baseline's lr sweep: lr 1.0e-03 swd 0.500" in out
+    assert "against tuned: excess SWD ratio 4.00, Fréchet ratio 2.50" in out
+    assert "against monai tuned: excess SWD ratio 2.00, Fréchet ratio 4.00" in out
+    assert "against the better baseline (monai tuned)" in out
+    result = quality.result_json(quality.QualityConfig(), [0.5] * 3, ours, [], baselines, {})
+    assert result["baseline_monai"]["swd"] == 0.5 and result["baseline_tuned"]["swd"] == 0.9
+    assert result["ratios"]["monai tuned"] == {"ratio": 2.0, "frechet_ratio": 4.0}
+
+
+def test_twins_parse_as_a_subset_of_the_libraries():
+    assert quality.QualityConfig().twins == ("diffusers", "monai")
+    assert quality.parse_twins("monai") == ("monai",)
+    assert quality.parse_twins(" monai, diffusers,monai ") == ("monai", "diffusers")
+    for bad in ("", "monai,torch", "MONAI", "diffusers;monai"):
+        with pytest.raises(ValueError, match="--twins .*diffusers, monai"):
+            quality.parse_twins(bad)
+
+
+def test_a_missing_twin_library_names_the_flag_and_the_fix(monkeypatch):
+    absent = {"monai", "einops"}
+    real = quality.importlib.util.find_spec
+    monkeypatch.setattr(quality.importlib.util, "find_spec", lambda name: None if name in absent else real(name))
+    config = quality.QualityConfig(twins=("diffusers", "monai"))
+    message = quality.missing_libraries(config)
+    assert message == "monai and einops not installed (needed by --twins monai): pip install -e '.[bench]'"
+    assert quality.missing_libraries(quality.QualityConfig(twins=("diffusers",))) is None
+    assert quality.missing_libraries(quality.QualityConfig(tuned_lr_factors=())) is None  # no tuned twin
+    assert quality.missing_libraries(quality.QualityConfig(baseline=False)) is None
+
+
+def small_model_config() -> dict:
+    """Our UNetConfig as the bench reads it (the resolved plan's model.unet), small enough for a test."""
+    from ddpm_model.unet import UNetConfig
+
+    return UNetConfig(image_size=16, model_channels=16, channel_multipliers=(1, 2, 2), num_res_blocks=1,
+                      use_attention=(False, True, True), norm_groups=8, attention_head_channels=16,
+                      aug_dim=9).to_dict()
+
+
+def test_the_monai_twin_is_built_in_our_layout():
+    pytest.importorskip("monai")
+    pytest.importorskip("einops")
+    from ddpm_model.unet import UNet, UNetConfig
+
+    model_config = small_model_config()
+    torch.manual_seed(0)
+    twin = quality.MonaiTwin(model_config)
+    kinds = [type(block).__name__ for block in twin.net.down_blocks]
+    assert kinds == ["DownBlock", "AttnDownBlock", "AttnDownBlock"]  # attention where use_attention is true
+    assert [type(block).__name__ for block in twin.net.up_blocks] == ["AttnUpBlock", "AttnUpBlock", "UpBlock"]
+    assert tuple(twin.net.block_out_channels) == (16, 32, 32)
+    assert [len(block.resnets) for block in twin.net.up_blocks] == [2, 2, 2]  # one more per up stage, as ours
+    assert twin.net.class_embedding.num_embeddings == model_config["num_classes"] + 1  # the null class
+    ours = sum(p.numel() for p in UNet(UNetConfig(**model_config)).parameters())
+    params = sum(p.numel() for p in twin.parameters())
+    assert abs(params - ours) / ours <= quality.MAX_PARAMETERS_APART
+
+
+@pytest.mark.parametrize("library", ["diffusers", "monai"])
+@pytest.mark.parametrize("timesteps", ["per image", "one for the batch"])
+def test_a_twin_maps_x_t_labels_to_a_prediction_of_x_shape(library, timesteps):
+    for module in quality.TWINS[library].requires:
+        pytest.importorskip(module)
+    model_config = small_model_config()
+    torch.manual_seed(0)
+    twin = quality.TWINS[library](model_config).eval()
+    x = torch.randn(3, model_config["in_channels"], 16, 16)
+    t = torch.tensor([10, 500, 999]) if timesteps == "per image" else torch.tensor(500)  # sampling passes one
+    null = model_config["num_classes"]
+    with torch.no_grad():
+        out = twin(x, t, torch.tensor([0, 1, null]))
+    assert isinstance(out, torch.Tensor) and out.shape == x.shape and torch.isfinite(out).all()
