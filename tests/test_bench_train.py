@@ -42,8 +42,9 @@ def test_steady_figures_name_the_fix_when_nothing_is_left():
 
 
 def test_ratios_and_goals():
-    values = bench.ratios(trainer_img_s=45.0, ours_img_s=50.0, twin_img_s=40.0)
-    assert values == pytest.approx({"ours_over_twin": 1.25, "trainer_over_ours": 0.9})
+    values = bench.ratios(trainer_img_s=45.0, ours_img_s=50.0, twin_img_s=40.0, ours_trainer_format_img_s=47.0)
+    assert values == pytest.approx({"ours_over_twin": 1.25, "trainer_over_ours": 45.0 / 47.0})  # the trainer's format
+    values = bench.ratios(trainer_img_s=45.0, ours_img_s=50.0, twin_img_s=40.0, ours_trainer_format_img_s=50.0)
     assert bench.verdicts(values) == {"ours_over_twin": True, "trainer_over_ours": False}
     assert bench.verdicts({"ours_over_twin": 1.0, "trainer_over_ours": 0.95}) == {
         "ours_over_twin": True, "trainer_over_ours": True}
@@ -51,7 +52,7 @@ def test_ratios_and_goals():
 
 def test_ratios_refuse_a_zero_throughput():
     with pytest.raises(ValueError, match="> 0"):
-        bench.ratios(0.0, 1.0, 1.0)
+        bench.ratios(0.0, 1.0, 1.0, 1.0)
 
 
 def test_trainer_args_time_only_steps():
@@ -96,7 +97,7 @@ def test_layout_mismatch():
 
 
 def test_format_table_shows_the_figures_and_verdicts():
-    values = bench.ratios(45.0, 50.0, 40.0)
+    values = bench.ratios(45.0, 50.0, 40.0, 50.0)
     row = {"size": 32, "preset": "tiny", "batch_size": 16, "trainer_img_s": 45.0, "trainer_steps": 5,
            "trainer_data_wait": 0.02, "ours_img_s": 50.0, "ours_format": "channels_last", "twin_img_s": 40.0,
            "twin_format": "contiguous", **values, "meets": bench.verdicts(values)}
