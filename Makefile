@@ -33,6 +33,7 @@ bench: install-test
 	$(BIN)/python bench/build.py
 	$(BIN)/python bench/data_path.py
 	$(BIN)/python bench/unet.py
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

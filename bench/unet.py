@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_model.presets import PRESETS  # noqa: E402
 from ddpm_model.schedule import NoiseSchedule  # noqa: E402
-from ddpm_model.unet import UNet  # noqa: E402
+from ddpm_model.unet import UNet, UNetConfig  # noqa: E402
 
 NUM_CLASSES = 2
 
@@ -54,9 +54,15 @@ class BenchConfig:
     seed: int = 0
 
 
-def ours(config: BenchConfig) -> nn.Module:
-    unet_config = dataclasses.replace(PRESETS[config.preset], num_classes=NUM_CLASSES, image_size=config.size,
-                                      dropout=config.dropout, upsample=config.upsample)
+def our_unet_config(config: BenchConfig) -> UNetConfig:
+    """Our U-Net in the bench's layout: the preset at the bench's size, dropout and upsampling."""
+    return dataclasses.replace(PRESETS[config.preset], num_classes=NUM_CLASSES, image_size=config.size,
+                               dropout=config.dropout, upsample=config.upsample)
+
+
+def ours(config: BenchConfig, unet_config: UNetConfig | None = None) -> nn.Module:
+    """Our U-Net: `unet_config` when given (e.g. the one a trainer resolved), else the bench's layout."""
+    unet_config = unet_config or our_unet_config(config)
 
     class Ours(nn.Module):
         def __init__(self):
@@ -142,9 +148,9 @@ def time_steps(step: Callable[[], None], count: int, device: torch.device) -> fl
 FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
-def throughputs(builders: dict[str, Callable[[BenchConfig], nn.Module]], config: BenchConfig,
-                device: torch.device) -> dict[str, tuple[float, str]]:
-    """{model: (images/s, memory format)} in each model's faster format.
+def median_step_seconds(builders: dict[str, Callable[[BenchConfig], nn.Module]], config: BenchConfig,
+                        device: torch.device) -> dict[tuple[str, str], float]:
+    """{(model, memory format): median seconds per step} over every model and format.
 
     Every (model, format) pair is warmed up, then the pairs take turns, one step each, for
     `steps` rounds; the median step time per pair counts. Interleaving spreads a shared
@@ -161,14 +167,25 @@ def throughputs(builders: dict[str, Callable[[BenchConfig], nn.Module]], config:
     for _ in range(config.steps):
         for key, step in steps.items():
             times[key].append(time_steps(step, 1, device))
+    return {key: statistics.median(values) for key, values in times.items()}
+
+
+def best_formats(medians: dict[tuple[str, str], float], batch_size: int) -> dict[str, tuple[float, str]]:
+    """{model: (images/s, memory format)} in each model's faster format; prints every format's."""
     result = {}
-    for name in builders:
-        medians = {fmt: statistics.median(times[name, fmt]) for fmt in FORMATS}
-        for fmt, seconds in medians.items():
-            print(f"{name}: {fmt} {config.batch_size / seconds:.3f} img/s", flush=True)
-        best = min(medians, key=medians.get)
-        result[name] = (config.batch_size / medians[best], best)
+    for name in dict.fromkeys(name for name, _ in medians):
+        by_format = {fmt: medians[name, fmt] for fmt in FORMATS}
+        for fmt, seconds in by_format.items():
+            print(f"{name}: {fmt} {batch_size / seconds:.3f} img/s", flush=True)
+        best = min(by_format, key=by_format.get)
+        result[name] = (batch_size / by_format[best], best)
     return result
+
+
+def throughputs(builders: dict[str, Callable[[BenchConfig], nn.Module]], config: BenchConfig,
+                device: torch.device) -> dict[str, tuple[float, str]]:
+    """{model: (images/s, memory format)} in each model's faster format (`median_step_seconds`)."""
+    return best_formats(median_step_seconds(builders, config, device), config.batch_size)
 
 
 def count_flops_per_image(config: BenchConfig, device: torch.device) -> float:
