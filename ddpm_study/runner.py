@@ -266,6 +266,9 @@ def run_study(config: StudyConfig, split: tuple[int, int] | None = None, dry_run
         raise error
     outcome = Outcome(mine)
     if dry_run:
+        if config.budget.measure_at:
+            log(f"stages: every cell is trained to {', '.join(f'{n:,}' for n in config.budget.measure_at)} images "
+                "in turn (sampled and measured at each, resumed between), then to the budget:")
         for cell in mine:
             log(f"{cell.name}: {states[cell]}  {' '.join(train_command(config, cell, states[cell]))}")
         return outcome

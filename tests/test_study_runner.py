@@ -177,6 +177,9 @@ def test_a_dry_run_lists_the_cells_and_writes_nothing(study):
     run_study(config, dry_run=True, tools=FakeTools(), log=lines.append)
     assert lines[0].startswith("16px-bilinear-aug-auto-s0: new  ddpm-train --shards")
     assert not config.root.exists()
+    staged = []
+    run_study(study(budget=Budget(images=64, measure_at=(16, 32))), dry_run=True, tools=FakeTools(), log=staged.append)
+    assert staged[0].startswith("stages: every cell is trained to 16, 32 images in turn") and staged[1:] == lines
 
 
 def test_an_interrupted_launch_still_counts_its_wall_time(study):
