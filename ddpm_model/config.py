@@ -58,9 +58,10 @@ class TrainConfig:
     checkpoint_every: int = 1000        # steps between checkpoints
     sample_every: int = 2000            # steps between sample grids; 0 = only at the end
     samples_per_class: int = 8          # images per class row of a sample grid
-    sample_steps: int = 50              # DDIM steps for the grids
-    sample_guidance: float = 2.0        # classifier-free guidance scale for the grids
-    sample_eta: float = 0.0             # DDIM eta for the grids and quality scores, as ddpm-sample's default
+    sample_sampler: Sampler = Sampler.DPMPP_2M  # the grids' and quality scores' sampler, as ddpm-sample's default
+    sample_steps: int = 25              # its steps, as ddpm-sample's default
+    sample_guidance: float = 2.0        # classifier-free guidance scale for the grids and quality scores
+    sample_eta: float = 0.0             # DDIM eta (with --sample-sampler ddim), as ddpm-sample's default
     val_images: int = 256               # at most this many validation images (fixed t, noise)
     quality_every: int = 1000           # steps between sample-quality scores (SWD to val); 0 = off
     quality_samples: int = 16           # images per class drawn (fixed seed) for each score
@@ -93,6 +94,15 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')}: {getattr(self, name)} must be >= 0")
         check_guidance(self.sample_guidance, "--sample-guidance")
+        object.__setattr__(self, "sample_sampler", Sampler(self.sample_sampler))
+        if self.sample_sampler is Sampler.DPMPP_2M and self.sample_eta != 0:
+            raise ValueError(f"--sample-eta {self.sample_eta}: the dpmpp-2m sampler is deterministic; pass "
+                             "--sample-eta 0 or --sample-sampler ddim")
+
+    def sampling_evaluations(self, images: int, num_timesteps: int) -> int:
+        """Network evaluations (one image each) to draw `images` with the grids' sampler settings."""
+        steps = num_timesteps if self.sample_sampler is Sampler.DDPM else self.sample_steps
+        return images * steps * (1 if self.sample_guidance == 1 else 2)  # guidance adds the unconditional pass
 
     def total_steps(self, steps_per_epoch: float, images_per_step: int) -> int:
         """Optimizer steps for the chosen duration: max_steps, else max_images, else epochs."""

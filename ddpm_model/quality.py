@@ -77,7 +77,7 @@ class QualityScore:
 # Stored beside best_quality: scores under another rule do not compare. Without a classifier every
 # class's accuracy counts as 1, which is the same rule.
 QUALITY_RULE = "worst_class_swd_over_accuracy"
-Classify = Callable[[torch.Tensor], torch.Tensor]  # (N, C, S, S) in [-1, 1] -> (N,) predicted class indices
+Classify = Callable[[torch.Tensor], "torch.Tensor | None"]  # (N, C, S, S) in [-1, 1] -> (N,) class indices; None: none
 
 
 def make_quality_scorer(val_images: torch.Tensor, val_labels: torch.Tensor, classes: list[str],
@@ -102,14 +102,15 @@ def make_quality_scorer(val_images: torch.Tensor, val_labels: torch.Tensor, clas
         device = next(model.parameters()).device
         generator = torch.Generator(device).manual_seed(config.seed + 1)
         labels = torch.tensor(sorted(references)).repeat_interleave(config.quality_samples)
-        samples = model.sample(labels, steps=config.sample_steps, guidance=config.sample_guidance,
+        samples = model.sample(labels, sampler=config.sample_sampler.value, steps=config.sample_steps, guidance=config.sample_guidance,
                                eta=config.sample_eta, generator=generator,
                                batch_size=max(config.batch_size or 1, 16)).float().cpu()
         distances = {classes[label]: float(np.mean(references[label].distances(samples[labels == label])))
                      for label in references}
-        if classify is None:
+        predicted = None if classify is None else classify(samples)
+        if predicted is None:  # no classifier, or it could not be made (said once, where it failed)
             return QualityScore(distances, samples=samples, labels=labels)
-        correct = (classify(samples).cpu() == labels).float()
+        correct = (predicted.cpu() == labels).float()
         return QualityScore(distances, {classes[label]: float(correct[labels == label].mean()) for label in references},
                             samples, labels)
 

@@ -150,7 +150,7 @@ def make_sample_writer(run_dir: Path, classes: list[str], config: TrainConfig):
         if images is None:
             device = next(model.parameters()).device
             generator = torch.Generator(device).manual_seed(config.seed)
-            images = model.sample(labels, steps=config.sample_steps, guidance=config.sample_guidance,
+            images = model.sample(labels, sampler=config.sample_sampler.value, steps=config.sample_steps, guidance=config.sample_guidance,
                                   eta=config.sample_eta, generator=generator, batch_size=max(config.batch_size, 16))
         images = to_uint8(images)
         rows = {name: list(images[labels == label].numpy()) for label, name in enumerate(classes)}
@@ -280,10 +280,11 @@ MAX_CLASSIFIER_IMAGES = 50_000  # train images the eval classifier is fitted on,
 
 
 def _quality_classifier(config: RunConfig, manifest: Manifest, device: torch.device) -> Classify | None:
-    """ddpm-eval's classifier for these shards (from its cache, or trained once and cached where
-    ddpm-eval looks for it) as a function images -> predicted classes; None when the quality score
-    is off, there is one class, --no-quality-classifier, the train split is too large to hold, or
-    a shard cannot be read (said in a warning)."""
+    """ddpm-eval's classifier for these shards as a function images -> predicted classes, made at
+    the first score (from its cache, or trained once and cached where ddpm-eval looks for it), so a
+    run that never scores never fits it; None when the quality score is off, there is one class,
+    --no-quality-classifier, or the train split is too large to hold. A shard that cannot be read
+    is said in a warning, and the scores go on without class accuracy (the function returns None)."""
     cfg = config.train
     if not cfg.quality_classifier or cfg.quality_every == 0 or len(manifest.classes) < 2:
         return None
@@ -291,13 +292,30 @@ def _quality_classifier(config: RunConfig, manifest: Manifest, device: torch.dev
         print(f"note: {manifest.num_samples('train'):,} train images: the quality score is the distance alone, "
               f"without class accuracy (at most {MAX_CLASSIFIER_IMAGES:,}); measure it with ddpm-eval", flush=True)
         return None
+    made: dict[str, Any] = {}
+
+    def classify(images: torch.Tensor) -> torch.Tensor | None:
+        if "classifier" not in made:  # fitted outside no_grad: it may have to be trained
+            made["classifier"] = _fit_classifier(config, device)
+        classifier = made["classifier"]
+        if classifier is None:
+            return None
+        with torch.no_grad():
+            return classifier(images.to(device)).argmax(dim=1).cpu()
+
+    return classify
+
+
+def _fit_classifier(config: RunConfig, device: torch.device) -> torch.nn.Module | None:
+    """The eval classifier from ddpm-eval's cache (found from the manifest alone), else trained on the
+    train images and cached; None, with a warning, when a shard cannot be read."""
     from ddpm_eval.classifier import ClassifierConfig, cached_classifier, train_and_cache
     from ddpm_eval.images import load_real
 
     def log(message: str) -> None:
         print(f"quality score: {message}", flush=True)
 
-    try:  # the cache is found from the manifest alone; the train images are read only to fit it
+    try:
         classifier = cached_classifier(load_real(config.shards, splits=()), ClassifierConfig(), device, log)
         if classifier is None:
             classifier = train_and_cache(load_real(config.shards, splits=("train",)), ClassifierConfig(), device, log)[0]
@@ -305,12 +323,7 @@ def _quality_classifier(config: RunConfig, manifest: Manifest, device: torch.dev
         print(f"warning: the quality score goes without class accuracy: the eval classifier cannot read the train "
               f"images ({error}); 'ddpm-data verify' names what to rebuild", flush=True)
         return None
-
-    @torch.no_grad()
-    def classify(images: torch.Tensor) -> torch.Tensor:
-        return classifier(images.to(device)).argmax(dim=1).cpu()
-
-    return classify
+    return classifier
 
 
 def _resume(plan: Plan, parts: TrainParts, state: TrainState, dist: Distributed,

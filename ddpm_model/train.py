@@ -483,15 +483,35 @@ def resume_from(checkpoint: dict[str, Any], parts: TrainParts, state: TrainState
     return None
 
 
+QUALITY_END_COST = 0.1  # an end-of-run quality score off the --quality-every schedule may cost this share of the steps since the last
+
+
+def end_score_share(parts: TrainParts, config: TrainConfig, state: TrainState, dist: Distributed) -> float:
+    """Network evaluations of one quality score over those of the training steps since the last
+    scheduled score (a training step costs about three per image: the forward pass and the backward)."""
+    images = config.quality_samples * parts.model.unet_config.num_classes
+    score = config.sampling_evaluations(images, parts.model.diffusion_config.num_timesteps)
+    steps = state.step % config.quality_every
+    return score / max(1, 3 * steps * (config.batch_size or 1) * config.grad_accum * dist.world_size)
+
+
 def finish(parts: TrainParts, io: RunIO | None, config: TrainConfig, state: TrainState,
            dist: Distributed) -> dict[str, Any] | None:
     """At the end of a completed run: the last metrics line, validation and samples, unless the
-    final step already produced them. Returns the last metrics record, if one was due."""
+    final step already produced them; a quality score off the schedule only where it costs at most
+    QUALITY_END_COST of the steps since the last one. Returns the last metrics record, if one was due."""
     record = maybe_log(parts, io, config, state, final=True)
     if state.step % config.val_every:
         maybe_validate(parts, io, config, state, dist, final=True)
     if config.quality_every and state.step % config.quality_every:
-        maybe_score(parts, io, config, state, dist, final=True)
+        share = end_score_share(parts, config, state, dist)
+        if share <= QUALITY_END_COST:
+            maybe_score(parts, io, config, state, dist, final=True)
+        elif io is not None and io.score_quality is not None:
+            print(f"note: no quality score at the end (step {state.step}): it would cost {share:.0%} of the "
+                  f"{state.step % config.quality_every} steps since the last scheduled one (at most "
+                  f"{QUALITY_END_COST:.0%}); --quality-every {state.step} scores this run, ddpm-eval measures any "
+                  "checkpoint", flush=True)
     if config.sample_every == 0 or state.step % config.sample_every:
         maybe_sample(parts, io, config, state, final=True)
     return record

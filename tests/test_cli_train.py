@@ -288,3 +288,44 @@ def test_a_run_scores_its_samples_and_keeps_the_best_quality_checkpoint(tmp_path
 
     shared = EvalConfig(real=tmp_path / "shards", samples=tmp_path / "samples").classifier_config()  # ddpm-eval's defaults
     assert shared == ClassifierConfig() and cached == [cache_path(load_real(tmp_path / "shards"), shared)]
+
+
+def test_an_end_score_off_the_schedule_is_taken_only_when_cheap_and_the_classifier_only_when_scored(tmp_path):
+    synthesize(SynthConfig(out=tmp_path / "src", normal=10, abnormal=8, size=32, seed=1))
+    build(BuildConfig(src=tmp_path / "src", size=(16,), out=str(tmp_path / "shards"), workers=0, val_fraction=0.5))
+    costly = invoke(cli.train_app, "--shards", tmp_path / "shards", "--out", tmp_path / "costly", "--max-steps", "3",
+                    "--quality-every", "1000", "--quality-samples", "2", *FAST, "--sample-steps", "20")
+    assert costly.exit_code == 0, costly.output
+    # 2 classes x 2 images x 20 steps x 2 (guidance) = 160 evaluations against 3 steps x batch x 3
+    assert "no quality score at the end (step 3)" in costly.output and "--quality-every 3" in costly.output
+    records = [json.loads(line) for line in (tmp_path / "costly" / "metrics.jsonl").read_text().splitlines()]
+    assert not any("quality_swd" in record for record in records)
+    assert not list((tmp_path / "shards").glob("eval-classifier-*.pt"))  # never scored: never fitted
+    cheap = invoke(cli.train_app, "--shards", tmp_path / "shards", "--out", tmp_path / "cheap", "--max-steps", "3",
+                   "--quality-every", "1000", "--quality-samples", "2", *FAST, "--sample-steps", "1",
+                   "--sample-guidance", "1", "--batch-size", "8")
+    assert cheap.exit_code == 0, cheap.output  # 4 evaluations against 3 x 8 x 3 = 72: 6 %
+    records = [json.loads(line) for line in (tmp_path / "cheap" / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records if "quality_swd" in record] == [3]
+    assert list((tmp_path / "shards").glob("eval-classifier-*.pt"))
+
+
+def test_grids_and_scores_draw_with_the_sample_sampler(tmp_path, monkeypatch):
+    from ddpm_model.diffusion import DDPM
+
+    synthesize(SynthConfig(out=tmp_path / "src", normal=10, abnormal=8, size=32, seed=1))
+    build(BuildConfig(src=tmp_path / "src", size=(16,), out=str(tmp_path / "shards"), workers=0, val_fraction=0.5))
+    drawn = []
+    original = DDPM.sample
+
+    def spy(self, labels, sampler="ddim", steps=50, **options):
+        drawn.append((sampler, steps))
+        return original(self, labels, sampler=sampler, steps=steps, **options)
+
+    monkeypatch.setattr(DDPM, "sample", spy)
+    train_ok("--shards", tmp_path / "shards", "--out", tmp_path / "run", "--max-steps", "2", "--quality-every", "2",
+             "--quality-samples", "2", "--no-quality-classifier", *FAST, "--sample-steps", "3")
+    assert drawn == [("dpmpp-2m", 3)]  # the score; the grid reuses its samples
+    failed = invoke(cli.train_app, "--shards", tmp_path / "shards", "--out", tmp_path / "eta", "--max-steps", "2",
+                    "--sample-eta", "1", *FAST)
+    assert failed.exit_code == 2 and "--sample-sampler ddim" in failed.output
