@@ -33,9 +33,15 @@ torch thread count of this process and OMP_NUM_THREADS of the trainer, so a seco
 with something else does not distort a ratio. The last line is JSON: every figure per size, the
 torch version, the thread count and the load averages at start and end.
 
-Expected time with the defaults, one thread of the 2-core development machine: about 4 min,
-most of it the 96 px bare steps (4 model/format pairs x 7 steps x ~4.5 s at batch 16), plus
-about half a minute the first time for the sample data. CPU only. diffusers is a benchmark-only
+Fixed costs (`--fixed-cost-steps`, default 100; 0 = skip): `ddpm-train` with every default
+(validation, checkpoints, quality score, grids, the preset's batch size) for that many steps at
+the largest size; its wall time, start-up to exit, over its steps' time (from its metrics lines),
+goal <= 1.25: what a short run pays beyond its steps.
+
+Expected time with the defaults, one thread of the 2-core development machine: about 4 min for
+the throughputs, most of it the 96 px bare steps (4 model/format pairs x 7 steps x ~4.5 s at batch
+16), plus about 6 min for the fixed-cost run at 96 px, plus about half a minute the first time for
+the sample data. CPU only. diffusers is a benchmark-only
 dependency (`pip install -e .[bench]`).
 """
 from __future__ import annotations
@@ -47,6 +53,7 @@ import json
 import os
 import statistics
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -64,6 +71,7 @@ from ddpm_model.presets import PRESETS  # noqa: E402
 from ddpm_model.unet import UNetConfig  # noqa: E402
 
 GOALS = {"ours_over_twin": 1.0, "trainer_over_ours": 0.95}  # ratio -> the least it should be
+FIXED_COST_GOAL = 1.25  # a default run's wall time over its steps' time: the most it should be
 END_VAL_IMAGES = 4  # the one validation the trainer runs after its last step, kept small
 LAYOUT_FIELDS = ("model_channels", "channel_multipliers", "num_res_blocks", "use_attention", "norm_groups",
                  "attention_head_channels", "in_channels")
@@ -81,6 +89,7 @@ class TrainBenchConfig:
     warmup: int = 1                             # untimed steps per side after the first
     threads: int = 1                            # torch threads here, OMP_NUM_THREADS of the trainer
     seed: int = 0
+    fixed_cost_steps: int = 100                 # a run with every default for this many steps, at the largest size; 0 = none
 
     def trainer_steps(self) -> int:
         """The trainer's --max-steps: the first step, the warm-up, the timed steps."""
@@ -130,6 +139,25 @@ def steady_figures(records: Sequence[dict[str, Any]], skip: int) -> dict[str, An
     seconds_per_image = statistics.median(1 / record["img_per_s"] for record in lines)
     return {"img_s": 1 / seconds_per_image, "steps": len(lines),
             "data_wait": statistics.median(record["data_wait"] for record in lines)}
+
+
+def fixed_cost_args(config: TrainBenchConfig, shards: Path, run_dir: Path) -> list[str]:
+    """`ddpm-train` with every default (validation, checkpoints, quality score, grids, batch size) but
+    the device, the preset, the seed and `fixed_cost_steps` steps."""
+    return ["--shards", str(shards), "--out", str(run_dir), "--overwrite", "--no-progress", "--device", "cpu",
+            "--preset", config.preset, "--seed", str(config.seed), "--max-steps", str(config.fixed_cost_steps)]
+
+
+def steps_seconds(records: Sequence[dict[str, Any]]) -> float:
+    """The trainer's time in its steps, from its metrics lines: each line's images since the one
+    before over its `img_per_s` (the line's interval holds the steps, the read-back and the line)."""
+    total, before = 0.0, 0
+    for record in (record for record in records if "img_per_s" in record):
+        total += (record["images"] - before) / record["img_per_s"]
+        before = record["images"]
+    if total <= 0:
+        raise ValueError("the trainer logged no step; check its log")
+    return total
 
 
 def ratios(trainer_img_s: float, ours_img_s: float, twin_img_s: float, ours_trainer_format_img_s: float) -> dict[str, float]:
@@ -224,6 +252,21 @@ def bare_steps(config: TrainBenchConfig, size: int, unet: UNetConfig, batch_size
     }
 
 
+def fixed_cost(config: TrainBenchConfig, size: int, shards: Path) -> dict[str, Any]:
+    """A default run of `fixed_cost_steps` steps: its wall time (the process, start-up to exit) over its
+    steps' time; start-up, validation, the end's grid and checkpoint are the rest."""
+    from ddpm_model.metrics import MetricsLog
+
+    run_dir = config.work / "runs" / f"defaults-{size}"
+    print(f"{size} px: ddpm-train with its defaults, {config.fixed_cost_steps} steps -> {run_dir}", flush=True)
+    started = time.perf_counter()
+    run(cli("train", *fixed_cost_args(config, shards, run_dir)), config.threads, log=run_dir.with_suffix(".log"))
+    wall = time.perf_counter() - started
+    steps = steps_seconds(MetricsLog(run_dir / "metrics.jsonl").read())
+    return {"size": size, "steps": config.fixed_cost_steps, "wall_s": wall, "steps_s": steps,
+            "wall_over_steps": wall / steps, "meets": wall / steps <= FIXED_COST_GOAL}
+
+
 def bench_size(config: TrainBenchConfig, size: int, shards: Path) -> dict[str, Any]:
     """Every figure of one size."""
     from ddpm_model.diffusion import configs_from_dict
@@ -268,8 +311,12 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainBenchConfig:
     parser.add_argument("--work", type=Path, default=defaults.work,
                         help="folder for the sample data, shards (reused) and the trainer's runs")
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--fixed-cost-steps", type=int, default=defaults.fixed_cost_steps,
+                        help="also run ddpm-train with every default for this many steps at the largest size and "
+                             "print its wall time over its steps' time (0 = skip)")
     args = parser.parse_args(argv)
-    minimums = {"--steps": (args.steps, 1), "--warmup": (args.warmup, 0), "--threads": (args.threads, 1)}
+    minimums = {"--steps": (args.steps, 1), "--warmup": (args.warmup, 0), "--threads": (args.threads, 1),
+                "--fixed-cost-steps": (args.fixed_cost_steps, 0)}
     for flag, (value, least) in minimums.items():
         if value < least:
             parser.error(f"{flag} {value}: must be >= {least}")
@@ -280,7 +327,8 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainBenchConfig:
     except ValueError as error:
         parser.error(str(error))
     return TrainBenchConfig(work=args.work.resolve(), sizes=sizes, preset=args.preset, batch_size=args.batch_size,
-                            steps=args.steps, warmup=args.warmup, threads=args.threads, seed=args.seed)
+                            steps=args.steps, warmup=args.warmup, threads=args.threads, seed=args.seed,
+                            fixed_cost_steps=args.fixed_cost_steps)
 
 
 def main() -> None:
@@ -295,13 +343,20 @@ def main() -> None:
         row = bench_size(config, size, shards[size])
         print(format_table(row), flush=True)
         rows.append(row)
+    fixed = None
+    if config.fixed_cost_steps:
+        size = max(config.sizes)
+        fixed = fixed_cost(config, size, shards[size])
+        print(f"{size} px, {config.fixed_cost_steps} steps with every default: {fixed['wall_s']:.1f} s in all, "
+              f"{fixed['steps_s']:.1f} s of steps, ratio {fixed['wall_over_steps']:.3f} "
+              f"(goal <= {FIXED_COST_GOAL:g}: {'met' if fixed['meets'] else 'not met'})", flush=True)
     load_end = os.getloadavg()
     print(f"load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end")
     print(json.dumps({
         "torch": torch.__version__, "threads": config.threads, "device": DEVICE.type,
         "steps": config.steps, "warmup": config.warmup, "goals": GOALS,
         "load_start": [round(value, 2) for value in load_start], "load_end": [round(value, 2) for value in load_end],
-        "sizes": [rounded(row) for row in rows],
+        "sizes": [rounded(row) for row in rows], "fixed_cost": rounded(fixed) if fixed else None,
         "config": {key: str(value) if isinstance(value, Path) else value
                    for key, value in dataclasses.asdict(config).items()},
     }))

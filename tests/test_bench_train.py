@@ -104,3 +104,18 @@ def test_format_table_shows_the_figures_and_verdicts():
     table = bench.format_table(row)
     assert "45.00 img/s" in table and "1.250" in table and "0.900" in table
     assert "goal >= 0.95: not met" in table and "goal >= 1: met" in table
+
+
+def test_steps_seconds_sums_each_metrics_line_interval():
+    records = [{"step": 50, "images": 800, "img_per_s": 8.0}, {"step": 50, "images": 800, "val_loss": 0.1},
+               {"step": 100, "images": 1600, "img_per_s": 16.0}]
+    assert bench.steps_seconds(records) == pytest.approx(800 / 8.0 + 800 / 16.0)
+    with pytest.raises(ValueError, match="logged no step"):
+        bench.steps_seconds([{"step": 1, "images": 16, "val_loss": 0.2}])
+
+
+def test_fixed_cost_args_keep_every_default_but_the_length():
+    args = bench.fixed_cost_args(bench.TrainBenchConfig(fixed_cost_steps=100), Path("shards/96"), Path("runs/d"))
+    flags = dict(zip(args, args[1:]))
+    assert flags["--max-steps"] == "100" and flags["--preset"] == "tiny"
+    assert not {"--val-every", "--checkpoint-every", "--quality-every", "--sample-every", "--batch-size"} & set(args)
