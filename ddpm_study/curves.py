@@ -5,40 +5,71 @@ Each stage of each configuration is the mean over its seeds, with the standard e
 """
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
+
+import numpy as np
 
 from ddpm_study.table import METRICS, compare
 
+TRAIN_LOSS_LINES = 4  # metrics lines averaged for the train loss at a stage (a line is a mean over --log-every steps)
+LOSSES = (("train_loss", "train loss"), ("val_loss", "val loss"))  # the run's own, from its metrics.jsonl
+
 CURVE_METRICS = ("jaggedness", "jaggedness_nearest", "checkerboard", "swd", "swd_finest", "frechet_classifier_distance",
                  "class_accuracy", "nn_ratio")
-PANELS = ("jaggedness", "jaggedness_nearest", "swd", "checkerboard", "class_accuracy", "nn_ratio")
+PANELS = ("jaggedness", "jaggedness_nearest", "swd", "checkerboard", "class_accuracy", "nn_ratio", "train_loss", "val_loss")
+
+
+def losses_at(metrics_path: Path, images: int) -> dict[str, float | None]:
+    """A run's train loss (mean of its last TRAIN_LOSS_LINES metrics lines up to `images` seen) and
+    validation loss of the training weights (its last line up to `images`) from its metrics.jsonl."""
+    try:
+        lines = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return {"train_loss": None, "val_loss": None}
+    seen = [line for line in lines if line.get("images", math.inf) <= images]
+    train = [line["loss"] for line in seen if "loss" in line][-TRAIN_LOSS_LINES:]
+    val = [line["val_loss"] for line in seen if "val_loss" in line]
+    return {"train_loss": float(np.mean(train)) if train else None, "val_loss": val[-1] if val else None}
 
 
 def curve_rows(documents_by_stage: dict[int, list[dict]]) -> dict[str, list[dict]]:
-    """{configuration: [{images, values: {metric: {mean, noise, per_seed}}}] in stage order}."""
+    """{configuration: [{images, values: {metric: {mean, noise, per_seed}}}] in stage order}; a
+    document's `losses` (losses_at) become the train and val loss values."""
     curves: dict[str, list[dict]] = {}
     for images, documents in sorted(documents_by_stage.items()):
         for row in compare(documents, None)["configurations"]:
+            group = [document for document in documents if document["configuration"] == row["configuration"]]
+            values = {**row["values"], **{key: _spread([(d.get("losses") or {}).get(key) for d in group])
+                                          for key, _ in LOSSES}}
             curves.setdefault(row["configuration"], []).append({"images": images, "seeds": len(row["cells"]),
-                                                                "values": row["values"]})
+                                                                "values": values})
     return curves
+
+
+def _spread(per_seed: list) -> dict:
+    known = [value for value in per_seed if value is not None]
+    noise = float(np.std(known, ddof=1) / math.sqrt(len(known))) if len(known) >= 2 else None
+    return {"mean": float(np.mean(known)) if known else None, "noise": noise, "per_seed": per_seed}
 
 
 def format_curves(curves: dict[str, list[dict]]) -> str:
     """Markdown: one row per configuration and stage."""
-    metrics = [metric for metric in METRICS if metric.key in CURVE_METRICS]
-    lines = ["| configuration | images seen | seeds | " + " | ".join(metric.label for metric in metrics) + " |",
+    metrics = [(metric.key, metric.label, metric.digits, metric.signed) for metric in METRICS if metric.key in CURVE_METRICS]
+    metrics += [(key, label, 4, False) for key, label in LOSSES]
+    lines = ["| configuration | images seen | seeds | " + " | ".join(label for _, label, _, _ in metrics) + " |",
              "|---" * (3 + len(metrics)) + "|"]
     for name, points in curves.items():
         for point in points:
             cells = []
-            for metric in metrics:
-                value = point["values"][metric.key]
+            for key, _, digits, signed in metrics:
+                value = point["values"].get(key) or {"mean": None}
                 if value["mean"] is None:
                     cells.append("–")
                     continue
-                text = f"{value['mean']:+.{metric.digits}f}" if metric.signed else f"{value['mean']:.{metric.digits}f}"
-                cells.append(text + (f" ± {value['noise']:.{metric.digits}f}" if value["noise"] is not None else ""))
+                text = f"{value['mean']:+.{digits}f}" if signed else f"{value['mean']:.{digits}f}"
+                cells.append(text + (f" ± {value['noise']:.{digits}f}" if value.get("noise") is not None else ""))
             lines.append(f"| {name} | {point['images']:,} | {point['seeds']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -53,13 +84,13 @@ def curves_figure(curves: dict[str, list[dict]], path: Path, real: dict | None =
         return None
     if not curves:
         return None
-    labels = {metric.key: metric.label for metric in METRICS}
-    figure = Figure(figsize=(12, 6.5), dpi=100)
+    labels = {metric.key: metric.label for metric in METRICS} | dict(LOSSES)
+    figure = Figure(figsize=(15, 6.5), dpi=100)
     FigureCanvasAgg(figure)
-    axes = figure.subplots(2, 3).ravel()
+    axes = figure.subplots(2, 4).ravel()
     for axis, key in zip(axes, PANELS):
         for name, points in curves.items():
-            known = [p for p in points if p["values"][key]["mean"] is not None]
+            known = [p for p in points if (p["values"].get(key) or {}).get("mean") is not None]
             if not known:
                 continue
             x = [p["images"] for p in known]

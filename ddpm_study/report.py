@@ -15,7 +15,7 @@ import numpy as np
 from ddpm_study.cells import Cell, find_configuration
 from ddpm_study.config import StudyConfig
 from ddpm_study.measure import display_dir, metrics_path
-from ddpm_study.files import read_json, write_json
+from ddpm_study.files import CELLS_DIR, read_json, write_json
 from ddpm_study.table import compare, format_markdown
 
 REPORT_DIR = "report"
@@ -71,11 +71,17 @@ def write_report(config: StudyConfig, cells: list[Cell], failures: dict[str, str
 
 
 def _all_curves(config: StudyConfig, curves: dict[int, list[dict]], final: list[dict]) -> dict:
-    from ddpm_study.curves import curve_rows
+    from ddpm_study.curves import curve_rows, losses_at
 
     if not config.budget.measure_at:
         return {}
-    return curve_rows({**curves, config.budget.images: final})
+    stages = {**curves, config.budget.images: final}
+    for documents in stages.values():
+        for document in documents:
+            seen = (document.get("training") or {}).get("images_seen")
+            if seen is not None:
+                document["losses"] = losses_at(config.root / CELLS_DIR / document["cell"] / "metrics.jsonl", seen)
+    return curve_rows(stages)
 
 
 def _curves_section(config: StudyConfig, curves: dict[int, list[dict]], final: list[dict], out: Path) -> list[str]:
