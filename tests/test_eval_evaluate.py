@@ -7,7 +7,8 @@ from eval_helpers import CLASSES, FAST, blur, fresh_real, jaggy, make_shards, no
 from ddpm_eval.evaluate import EvalConfig, evaluate
 from ddpm_eval.images import EvalInputError, load_real
 
-METRICS = ("swd", "swd_levels", "spectrum_hf_ratio", "spectrum_distance", "jaggedness", "jaggedness_se", "edge_roughness",
+METRICS = ("swd", "swd_levels", "spectrum_hf_ratio", "spectrum_distance", "jaggedness", "jaggedness_se", "checkerboard",
+           "edge_roughness",
            "edge_orientation_distance",
            "class_accuracy", "classifier_val_accuracy", "frechet_classifier_distance", "copies", "copy_fraction", "nn_ratio")
 
@@ -46,6 +47,7 @@ def test_a_fresh_real_set_scores_like_the_val_floor(results):
     assert 0.6 < result["spectrum_hf_ratio"] < 1.5
     assert result["copies"] == 0 and 0.7 < result["nn_ratio"] < 1.4
     assert abs(result["jaggedness"]) < 3 * result["jaggedness_se"] + 1
+    assert 0.7 < result["checkerboard"] < 1.4
 
 
 def test_jaggedness_is_reported_per_class_with_its_standard_error(results):
