@@ -168,20 +168,24 @@ class Augmenter:
         quarter = np.round(draw["angle"] / (np.pi / 2)).astype(int)
         phi = draw["angle"] - quarter * (np.pi / 2)
         a, b = -np.tan(phi / 2), np.sin(phi)
-        pad = _shear_reach(self.size, float(np.abs(a).max()), float(np.abs(b).max())) + FOURIER_GUARD
-        side = self.size + 2 * pad
+        reach = _shear_reach(self.size, float(np.abs(a).max()), float(np.abs(b).max())) + FOURIER_GUARD
+        side = fast_fft_length(self.size + 2 * reach)  # more mirrored margin, where the transforms run fastest
+        pad = (side - self.size) // 2
         source = _reflect_pad(images.float(), pad)
         windows = _crops(source, draw["offset"].astype(int).tolist(), side)  # centred on each crop centre
+        square = side - (side - self.size) % 2  # centred on the crop (an odd crop leaves one far row and column)
         for turns in (1, 2, 3):
             rows = np.flatnonzero(quarter % 4 == turns)
             if len(rows):
                 index = torch.from_numpy(rows).to(images.device)
-                windows.index_copy_(0, index, windows.index_select(0, index).rot90(turns, dims=(-2, -1)))
-        for amount, dim in ((a, -1), (b, -2), (a, -1)):
-            windows = _shear(windows, torch.from_numpy(amount).to(images.device, torch.float32), dim)
-        size = self.size
-        centre = windows[..., pad : pad + size, pad : pad + size]
-        return _crops(centre, [(0, 0)] * len(centre), size, draw["vflip"], draw["hflip"])
+                turned = windows.index_select(0, index)[..., :square, :square].rot90(turns, dims=(-2, -1))
+                windows[..., :square, :square].index_copy_(0, index, turned)
+        centre, size = pad + (self.size - 1) / 2, self.size  # the crop's centre, where the shears turn
+        a, b = (torch.from_numpy(amount).to(images.device, torch.float32) for amount in (a, b))
+        windows = _shear(_shear(windows, a, -1, centre), b, -2, centre)
+        rows = _shear(windows[..., pad : pad + size, :], a, -1, centre, first_line=pad)  # rows shift alone: the crop's
+        crop = rows[..., pad : pad + size]
+        return _crops(crop, [(0, 0)] * len(crop), size, draw["vflip"], draw["hflip"])
 
     def _resample(self, images: torch.Tensor, draw: dict[str, np.ndarray]) -> torch.Tensor:
         """One resampling of the composed crop/flip/rotation/zoom map: float (N, C, size, size) in [0, 255]."""
@@ -305,6 +309,14 @@ def _crops(images: torch.Tensor, offsets: list, size: int, vflip=None, hflip=Non
     return torch.stack(crops)
 
 
+def fast_fft_length(least: int) -> int:
+    """The smallest even length >= `least` of the form 2^k or 3 * 2^k: the lengths whose FFTs run
+    fastest (a length with a large prime factor, e.g. 124 = 4 * 31, runs 4x slower than 128)."""
+    power = 1 << max(1, (least - 1).bit_length())
+    three = 3 << max(0, (least - 1) // 3).bit_length()
+    return min(length for length in (power, three) if length >= least and length % 2 == 0)
+
+
 def _shear_reach(size: int, a: float, b: float) -> int:
     """Pixels beyond a `size` crop that the shears Sx(a) Sy(b) Sx(a) read from (worst case)."""
     half = size / 2
@@ -342,15 +354,16 @@ def shifted_linear_prefilter(x: torch.Tensor, out: torch.Tensor | None = None) -
     return x.mul_(1 / gain)
 
 
-def _shear(x: torch.Tensor, amount: torch.Tensor, dim: int) -> torch.Tensor:
+def _shear(x: torch.Tensor, amount: torch.Tensor, dim: int, centre: float, first_line: int = 0) -> torch.Tensor:
     """Shift each line along `dim` by amount[n] * (its position across - centre), exactly (phase ramp).
 
-    x (N, C, L, L); dim -1: row y is read at x + amount (y - c); dim -2: column x at y + amount (x - c).
+    x (N, C, H, W); dim -1: row y is read at x + amount (y - c); dim -2: column x at y + amount (x - c).
+    `first_line`: the position across of x's first line (x may hold only some lines of a window).
     """
     if dim == -2:
-        return _shear(x.transpose(-1, -2), amount, -1).transpose(-1, -2)
+        return _shear(x.transpose(-1, -2), amount, -1, centre, first_line).transpose(-1, -2)
     length = x.shape[-1]
-    across = torch.arange(length, device=x.device, dtype=torch.float32) - (length - 1) / 2
+    across = torch.arange(x.shape[-2], device=x.device, dtype=torch.float32) + first_line - centre
     shift = amount[:, None] * across  # (N, L): per line
     frequency = torch.fft.rfftfreq(length, device=x.device)
     ramp = torch.polar(torch.ones((), device=x.device), 2 * math.pi * shift[:, None, :, None] * frequency)

@@ -273,3 +273,11 @@ def test_cuda_matches_cpu(config):
     gpu, pgpu = run(config, images.cuda())
     assert torch.allclose(pcpu, pgpu.cpu(), atol=1e-6)
     assert (cpu - gpu.cpu()).abs().max() < 1e-3
+
+
+def test_fast_fft_length_is_the_smallest_power_of_two_or_three_times_one():
+    from ddpm_data.augment import fast_fft_length
+
+    fast = sorted({2**k for k in range(1, 12)} | {3 * 2**k for k in range(1, 11)})
+    for least in range(1, 1500):
+        assert fast_fft_length(least) == next(length for length in fast if length >= least)
