@@ -66,7 +66,8 @@ def write_report(config: StudyConfig, cells: list[Cell], failures: dict[str, str
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text("\n".join(sections) + "\n", encoding="utf-8")
     temporary.replace(path)
-    log(f"study: report {path} ({len(documents)} of {len(cells)} cells measured)")
+    staged = "".join(f", {len(docs)} at {stage:,} images" for stage, docs in curves.items())
+    log(f"study: report {path} ({len(documents)} of {len(cells)} cells measured{staged})")
     return path
 
 

@@ -289,6 +289,8 @@ def run_study(config: StudyConfig, split: tuple[int, int] | None = None, dry_run
                         outcome.failures[cell.name] = failure if stage is None else f"at {stage:,} images: {failure}"
                         log(f"study: {cell.name}: {outcome.failures[cell.name]}")
                         break
+            if stage is not None:  # a long study shows each stage as it completes
+                write_report(config, cells, outcome.failures, log)
         outcome.report = write_report(config, cells, outcome.failures, log)
     return outcome
 

@@ -233,7 +233,11 @@ def test_training_advice_a_study_cannot_follow_is_translated(study):
 
 def test_measure_at_trains_every_cell_stage_by_stage_and_measures_each_stage(study):
     config, tools = study(budget=Budget(images=64, measure_at=(16, 32))), FakeTools()
-    outcome = run_study(config, tools=tools)
+    reports = []
+    outcome = run_study(config, tools=tools, log=lambda line: reports.append(line) if "report" in line else None)
+    assert [line.split("(")[1] for line in reports] == ["0 of 2 cells measured, 2 at 16 images, 0 at 32 images)",
+                                                        "0 of 2 cells measured, 2 at 16 images, 2 at 32 images)",
+                                                        "2 of 2 cells measured, 2 at 16 images, 2 at 32 images)"]
     assert outcome.failures == {}
     trains = [(option(call.argv, "--seed"), option(call.argv, "--max-images"), "--resume" in call.argv)
               for call in tools.tools("ddpm-train")]
