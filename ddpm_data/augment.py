@@ -168,18 +168,15 @@ class Augmenter:
         quarter = np.round(draw["angle"] / (np.pi / 2)).astype(int)
         phi = draw["angle"] - quarter * (np.pi / 2)
         a, b = -np.tan(phi / 2), np.sin(phi)
-        reach = _shear_reach(self.size, float(np.abs(a).max()), float(np.abs(b).max())) + FOURIER_GUARD
-        side = fast_fft_length(self.size + 2 * reach)  # more mirrored margin, where the transforms run fastest
-        pad = (side - self.size) // 2
+        pad = _shear_reach(self.size, float(np.abs(a).max()), float(np.abs(b).max())) + FOURIER_GUARD
+        side = self.size + 2 * pad
         source = _reflect_pad(images.float(), pad)
         windows = _crops(source, draw["offset"].astype(int).tolist(), side)  # centred on each crop centre
-        square = side - (side - self.size) % 2  # centred on the crop (an odd crop leaves one far row and column)
         for turns in (1, 2, 3):
             rows = np.flatnonzero(quarter % 4 == turns)
             if len(rows):
                 index = torch.from_numpy(rows).to(images.device)
-                turned = windows.index_select(0, index)[..., :square, :square].rot90(turns, dims=(-2, -1))
-                windows[..., :square, :square].index_copy_(0, index, turned)
+                windows.index_copy_(0, index, windows.index_select(0, index).rot90(turns, dims=(-2, -1)))
         centre, size = pad + (self.size - 1) / 2, self.size  # the crop's centre, where the shears turn
         a, b = (torch.from_numpy(amount).to(images.device, torch.float32) for amount in (a, b))
         windows = _shear(_shear(windows, a, -1, centre), b, -2, centre)
@@ -307,14 +304,6 @@ def _crops(images: torch.Tensor, offsets: list, size: int, vflip=None, hflip=Non
         dims = [d for d, flip in ((-2, flip_y), (-1, flip_x)) if flip]
         crops.append(crop.flip(dims) if dims else crop)
     return torch.stack(crops)
-
-
-def fast_fft_length(least: int) -> int:
-    """The smallest even length >= `least` of the form 2^k or 3 * 2^k: the lengths whose FFTs run
-    fastest (a length with a large prime factor, e.g. 124 = 4 * 31, runs 4x slower than 128)."""
-    power = 1 << max(1, (least - 1).bit_length())
-    three = 3 << max(0, (least - 1) // 3).bit_length()
-    return min(length for length in (power, three) if length >= least and length % 2 == 0)
 
 
 def _shear_reach(size: int, a: float, b: float) -> int:

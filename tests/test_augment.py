@@ -275,9 +275,15 @@ def test_cuda_matches_cpu(config):
     assert (cpu - gpu.cpu()).abs().max() < 1e-3
 
 
-def test_fast_fft_length_is_the_smallest_power_of_two_or_three_times_one():
-    from ddpm_data.augment import fast_fft_length
 
-    fast = sorted({2**k for k in range(1, 12)} | {3 * 2**k for k in range(1, 11)})
-    for least in range(1, 1500):
-        assert fast_fft_length(least) == next(length for length in fast if length >= least)
+def test_the_last_shear_on_the_crop_rows_alone_equals_the_whole_window():
+    from ddpm_data.augment import _shear
+
+    window = torch.rand(4, 3, 52, 52) * 255
+    a, b = torch.tensor([0.05, -0.1, 0.2, 0.0]), torch.tensor([-0.1, 0.19, -0.38, 0.0])
+    pad, size = 10, 32
+    centre = pad + (size - 1) / 2
+    sheared = _shear(_shear(window, a, -1, centre), b, -2, centre)
+    whole = _shear(sheared, a, -1, centre)[..., pad : pad + size, pad : pad + size]
+    rows = _shear(sheared[..., pad : pad + size, :], a, -1, centre, first_line=pad)[..., pad : pad + size]
+    assert torch.equal(rows, whole)
