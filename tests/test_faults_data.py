@@ -316,7 +316,8 @@ def test_second_build_into_a_locked_output_fails_naming_the_first(proj):
 
 
 _SLOW_CLI = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises even where the caller ignores it
 from ddpm_data import shards
 original = shards._decode_one
 def slow(settings, item):

@@ -202,7 +202,8 @@ def test_interrupt_removes_temp_and_keeps_previous_output(tmp_path, monkeypatch)
 
 
 _SLOW_BUILD = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises even where the caller ignores it
 from pathlib import Path
 from ddpm_data import shards
 original = shards._decode_one
