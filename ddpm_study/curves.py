@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm_study.table import METRICS, compare
+from ddpm_study.table import METRICS, compare, seed_mean
 
 TRAIN_LOSS_LINES = 4  # metrics lines averaged for the train loss at a stage (a line is a mean over --log-every steps)
 LOSSES = (("train_loss", "train loss"), ("val_loss", "val loss"))  # the run's own, from its metrics.jsonl
@@ -49,9 +49,8 @@ def curve_rows(documents_by_stage: dict[int, list[dict]]) -> dict[str, list[dict
 
 
 def _spread(per_seed: list) -> dict:
-    known = [value for value in per_seed if value is not None]
-    noise = float(np.std(known, ddof=1) / math.sqrt(len(known))) if len(known) >= 2 else None
-    return {"mean": float(np.mean(known)) if known else None, "noise": noise, "per_seed": per_seed}
+    mean, noise = seed_mean(per_seed)
+    return {"mean": mean, "noise": noise, "per_seed": per_seed}
 
 
 def format_curves(curves: dict[str, list[dict]]) -> str:

@@ -52,8 +52,9 @@ def write_report(config: StudyConfig, cells: list[Cell], failures: dict[str, str
                          "single pixels show; the last crop is the first sample's window as a plain viewer shows the "
                          "small image enlarged (nearest neighbour from its trained size).", "", f"![samples]({figure.name})", ""]
     curves = {stage: collect(config, cells, stage)[0] for stage in config.budget.measure_at}
+    rows = _all_curves(config, curves, documents)  # each run's metrics.jsonl read once
     if config.budget.measure_at:
-        sections += _curves_section(config, curves, documents, out)
+        sections += _curves_section(config, curves, rows, documents, out)
     sections += ["## Status", ""]
     sections += [f"- pending (no results yet): {', '.join(cell.name for cell in pending)}" if pending else "- every cell measured"]
     sections += [f"- failed {name}: {error}" for name, error in failures.items()]
@@ -61,7 +62,7 @@ def write_report(config: StudyConfig, cells: list[Cell], failures: dict[str, str
     sections += [f"- ddpm-eval warning: {warning}" for warning in warnings]
     write_json(out / "study.json", {"display_size": config.display, "real": str(real_dir), "settings": _jsonable(config),
                                     "table": table, "pending": [cell.name for cell in pending], "failures": failures,
-                                    "curves": _all_curves(config, curves, documents)})
+                                    "curves": rows})
     path = out / "study.md"
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text("\n".join(sections) + "\n", encoding="utf-8")
@@ -85,11 +86,11 @@ def _all_curves(config: StudyConfig, curves: dict[int, list[dict]], final: list[
     return curve_rows(stages)
 
 
-def _curves_section(config: StudyConfig, curves: dict[int, list[dict]], final: list[dict], out: Path) -> list[str]:
+def _curves_section(config: StudyConfig, curves: dict[int, list[dict]], rows: dict, final: list[dict],
+                    out: Path) -> list[str]:
     """The metrics at every --measure-at stage and at the budget: a table and curves.png."""
     from ddpm_study.curves import curves_figure, format_curves
 
-    rows = _all_curves(config, curves, final)
     measured = {stage: len(documents) for stage, documents in curves.items()}
     section = ["## Along training", "",
                f"Every cell measured on its way at {', '.join(f'{n:,}' for n in config.budget.measure_at)} images seen "

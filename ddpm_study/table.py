@@ -93,14 +93,23 @@ def _metric_list() -> list[dict]:
     return [{"key": m.key, "label": m.label, "better": m.better} for m in METRICS]
 
 
+def seed_mean(per_seed: list) -> tuple[float | None, float | None]:
+    """(mean, standard error std / sqrt(n)) of the seeds' known values; the error needs two or more."""
+    known = [value for value in per_seed if value is not None]
+    if not known:
+        return None, None
+    noise = float(np.std(known, ddof=1) / math.sqrt(len(known))) if len(known) >= 2 else None
+    return float(np.mean(known)), noise
+
+
 def _aggregate(name: str, cells: list[dict]) -> dict:
     values = {}
     for metric in METRICS:
         per_seed = [cell["metrics"].get(metric.key) for cell in cells]
         known = [value for value in per_seed if value is not None]
-        mean = float(np.mean(known)) if known else None
-        if len(known) >= 2:
-            noise, source = float(np.std(known, ddof=1) / math.sqrt(len(known))), f"seeds ({len(known)})"
+        mean, seed_noise = seed_mean(per_seed)
+        if seed_noise is not None:
+            noise, source = seed_noise, f"seeds ({len(known)})"
         elif len(cells) == 1 and (cells[0].get("noise") or {}).get(metric.key) is not None:
             noise = cells[0]["noise"][metric.key]
             source = "images" if metric.key.startswith("jaggedness") else "bootstrap"
