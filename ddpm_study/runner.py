@@ -213,8 +213,9 @@ def sample_cell(config: StudyConfig, cell: Cell, tools: Tools, log: Callable[[st
     marker = folder / "samples.json"
     if matches(read_json(marker), wanted):
         return None
-    seen = read_json(run_dir / "summary.json").get("images_seen", 0)
-    if stage is not None and not _at_stage(read_json(run_dir / "summary.json"), stage):
+    summary = read_json(run_dir / "summary.json")
+    seen = summary.get("images_seen", 0)
+    if stage is not None and not _at_stage(summary, stage):
         return (f"sample: the cell trained past {stage:,} images ({seen:,}) before its samples there were drawn with "
                 f"these settings; keep the sampling settings of the first run, or delete {run_dir} to measure it anew")
     checkpoint = latest_checkpoint(run_dir)
