@@ -63,7 +63,8 @@ def test_a_killed_study_takes_its_training_down_with_it(tmp_path):
     tool = script(tmp_path, "long-train", f"""
         import os, signal, sys, time
         def stop(signum, frame):
-            open({str(marker)!r}, "w").write("ok")
+            open({str(marker)!r} + ".tmp", "w").write("ok")
+            os.replace({str(marker)!r} + ".tmp", {str(marker)!r})  # the test polls for it: whole or absent
             sys.exit(0)
         signal.signal(signal.SIGTERM, stop)
         open({str(pid_file)!r} + ".tmp", "w").write(str(os.getpid()))
