@@ -20,7 +20,8 @@ both cached in `--work`):
 - ours: our U-Net built from the trainer's own resolved model (config.json of its run folder:
   preset, size, dropout, upsampling, augmentation input; the input is built but not fed) and the
   trainer's batch size, doing forward + MSE loss + backward + AdamW on a fixed batch: bench/unet.py's
-  step (`make_step`), in each memory format.
+  step (`make_step`), in each memory format. This process keeps freed host memory for reuse as
+  ddpm-train does on the CPU (ddpm_model/host_memory.py), so the two sides allocate alike.
 - twin: diffusers' `UNet2DModel` in the same layout (bench/unet.py's `diffusers_unet`), same step.
 The two bare steps take turns, one step each, after a warm-up, and the median per (model, memory
 format) counts, each model in its faster format, as bench/unet.py does; the trainer runs before
@@ -67,6 +68,7 @@ from bench.quality import cli, run  # noqa: E402
 from bench.unet import (  # noqa: E402
     FORMATS, NUM_CLASSES, BenchConfig, best_formats, count_parameters, diffusers_unet, median_step_seconds, ours,
 )
+from ddpm_model.host_memory import keep_freed_host_memory  # noqa: E402
 from ddpm_model.presets import PRESETS  # noqa: E402
 from ddpm_model.unet import UNetConfig  # noqa: E402
 
@@ -334,9 +336,10 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainBenchConfig:
 def main() -> None:
     config = parse_args()
     torch.set_num_threads(config.threads)
+    host_memory = keep_freed_host_memory()  # as ddpm-train does on the CPU, so both bare steps match it
     load_start = os.getloadavg()
     print(f"torch {torch.__version__}, {config.threads} thread(s) per side, load average "
-          f"{load_start[0]:.2f} at start", flush=True)
+          f"{load_start[0]:.2f} at start; {host_memory}", flush=True)
     shards = prepare_shards(config)
     rows = []
     for size in config.sizes:

@@ -33,6 +33,7 @@ from . import checkpoint as ckpt
 from .codec import to_jsonable
 from .config import ModelOptions, Precision, RunConfig, TrainConfig
 from .runfolder import CONFIG_NAME, Resolved, RunError, claim_run_dir, resolve
+from .host_memory import keep_freed_host_memory
 from .diffusion import DDPM, DiffusionConfig, configs_to_dict
 from .memory import estimate_step_memory, format_memory, measure_step_memory
 from .presets import Architecture, resolve_architecture
@@ -207,6 +208,8 @@ def _train(plan: Plan, manifest: Any, dist: Distributed, device: torch.device) -
     """Build everything that can fail on the data, the options or the checkpoint, then claim the
     run folder (lock, config.json) and train."""
     cfg = plan.config.train
+    if device.type == "cpu":
+        keep_freed_host_memory()  # ~9 % of a 96 px CPU step was page faults on buffers freed the step before
     parts, reader, scorer = _build_parts(plan, manifest, dist, device)
     try:
         state = TrainState()
