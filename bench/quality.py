@@ -830,8 +830,9 @@ def parse_args() -> QualityConfig:
     parser.add_argument("--n", type=int, default=defaults.n, help="samples per class at the end")
     parser.add_argument("--n-curve", type=int, default=defaults.n_curve,
                         help="samples per class at intermediate checkpoints")
-    parser.add_argument("--ours-args", default="", help='extra ddpm-train flags, e.g. "--lr 1e-3 --prediction v"')
-    parser.add_argument("--sample-args", default="", help='extra ddpm-sample flags for our side, e.g. "--eta 1"')
+    parser.add_argument("--ours-args", default="", help='extra ddpm-train flags, e.g. "--lr 1e-3 --prediction v"; a lone flag '
+                        'takes "=": --ours-args=--no-aug-conditioning')
+    parser.add_argument("--sample-args", default="", help='extra ddpm-sample flags for our side, e.g. "--eta 1" (a lone flag: --sample-args=--no-ema)')
     parser.add_argument("--no-baseline", action="store_true", help="our side only (screening)")
     parser.add_argument("--no-example-recipe", action="store_true",
                         help="no row for diffusers' example recipe (the tuned baseline alone; needs --tuned-lr-factors)")
