@@ -26,7 +26,7 @@ from typer.exceptions import TyperException  # typer vendors click: its usage er
 from ddpm_data.config import AugmentConfig, Fit, IntensityRule, Interpolation, ReaderConfig, ReaderMode
 from ddpm_data.redact import redact
 from ddpm_data.transfer import TransferConfig
-from ddpm_model.choices import BetaSchedule, Prediction, Sampler, UpsampleMode
+from ddpm_model.choices import BetaSchedule, NoiseDistribution, Prediction, Sampler, UpsampleMode
 from ddpm_model.config import ModelOptions, Precision, RunConfig, SampleConfig, TrainConfig
 
 # ---------------------------------------------------------------- the one error path
@@ -471,6 +471,9 @@ def train(
     num_timesteps: Annotated[Optional[int], typer.Option(help="Diffusion steps T. [default: 1000]", show_default=False)] = None,
     beta_schedule: Annotated[Optional[BetaSchedule], typer.Option(help="Noise schedule. [default: cosine]", show_default=False)] = None,
     prediction: Annotated[Optional[Prediction], typer.Option(help="Network target (eps: the original DDPM objective). [default: v]", show_default=False)] = None,
+    noise_distribution: Annotated[Optional[NoiseDistribution], typer.Option(help="Noise levels training draws: uniform over the steps, or EDM's log-normal in sigma (more weight on low noise, fine detail). [default: uniform]", show_default=False)] = None,
+    lognormal_mean: Annotated[Optional[float], typer.Option(help="With --noise-distribution lognormal: mean of ln sigma (EDM's P_mean). [default: -1.2]", show_default=False)] = None,
+    lognormal_std: Annotated[Optional[float], typer.Option(help="With --noise-distribution lognormal: std of ln sigma (EDM's P_std). [default: 1.2]", show_default=False)] = None,
     aug_conditioning: Annotated[bool, typer.Option(help="Condition the model on the augmentation parameters (non-leaking augmentation).")] = ModelOptions.aug_conditioning,
     data_normalization: Annotated[bool, typer.Option(help="Run the diffusion on zero-mean data of std 0.5, from the manifest's per-channel statistics (--no-data-normalization: on the images in [-1, 1] as they are).")] = ModelOptions.data_normalization,
     # reader
@@ -535,7 +538,8 @@ def train(
     use_transfer(retries, stall_timeout)
     params = ctx.params
     model_fields = ("model_channels", "num_res_blocks", "upsample", "dropout", "class_dropout",
-                    "num_timesteps", "beta_schedule", "prediction")
+                    "num_timesteps", "beta_schedule", "prediction", "noise_distribution", "lognormal_mean",
+                    "lognormal_std")
     overrides = {name: params[name] for name in model_fields if params[name] is not None}
     if channel_multipliers is not None:
         overrides["channel_multipliers"] = int_list(channel_multipliers, "--channel-multipliers")

@@ -65,6 +65,13 @@ class Prediction(str, Enum):
     V = "v"      # v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0 (Salimans & Ho 2022, sec. 4)
 
 
+class NoiseDistribution(str, Enum):
+    """Which noise levels training draws."""
+
+    UNIFORM = "uniform"      # t uniform over the T steps (Ho et al. 2020, algorithm 1)
+    LOGNORMAL = "lognormal"  # ln sigma ~ N(P_mean, P_std^2), nearest step (Karras et al. 2022, sec. 5)
+
+
 class Sampler(str, Enum):
     DDPM = "ddpm"  # ancestral sampling over all T steps (Ho et al. 2020, algorithm 2)
     DDIM = "ddim"  # `steps` evenly spaced steps, stochasticity eta (Song et al. 2021, eq. 12)

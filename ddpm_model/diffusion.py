@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .choices import Prediction, Sampler, parse_choice, plain_dict  # noqa: F401 (re-exported)
+from .choices import NoiseDistribution, Prediction, Sampler, parse_choice, plain_dict  # noqa: F401 (re-exported)
 from .schedule import BetaSchedule, NoiseSchedule
 from .unet import UNet, UNetConfig
 
@@ -40,6 +40,12 @@ class DiffusionConfig:
     # large colour offset first. ddpm-train fills both from the manifest (--data-normalization).
     data_mean: tuple[float, ...] = ()
     data_std: tuple[float, ...] = ()
+    # Noise levels training draws: uniform over the T steps, or EDM's log-normal in sigma_t
+    # (NoiseSchedule.sigmas) with mean and std of ln sigma, mapped to the nearest step; EDM's
+    # -1.2 and 1.2 are for data of std 0.5 and weigh low noise (fine detail) more than uniform t
+    noise_distribution: NoiseDistribution = NoiseDistribution.UNIFORM
+    lognormal_mean: float = -1.2
+    lognormal_std: float = 1.2
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_mean", tuple(float(m) for m in self.data_mean))
@@ -51,6 +57,12 @@ class DiffusionConfig:
                            parse_choice(BetaSchedule, self.beta_schedule, "beta_schedule"))
         object.__setattr__(self, "prediction",
                            parse_choice(Prediction, self.prediction, "prediction"))
+        object.__setattr__(self, "noise_distribution",
+                           parse_choice(NoiseDistribution, self.noise_distribution, "noise_distribution"))
+        if not (math.isfinite(self.lognormal_mean) and math.isfinite(self.lognormal_std)
+                and self.lognormal_std > 0):
+            raise ValueError(f"lognormal_mean {self.lognormal_mean} / lognormal_std {self.lognormal_std}: "
+                             f"finite, std > 0 (EDM's -1.2 and 1.2 are usual)")
         if self.num_timesteps < 1:
             raise ValueError(f"num_timesteps: {self.num_timesteps} must be >= 1 (1000 is usual)")
         if not 0.0 <= self.class_dropout < 1.0:
@@ -172,8 +184,7 @@ class DDPM(nn.Module):
         n, device = images.shape[0], images.device
         labels = self._check_labels(labels, n, device)
         if t is None:
-            t = _random(torch.randint, 0, self.diffusion_config.num_timesteps, (n,),
-                        generator=generator, device=device)
+            t = self.draw_timesteps(n, generator, device)
         if noise is None:
             noise = _random(torch.randn, tuple(images.shape), generator=generator,
                             device=device).to(images.dtype)
@@ -188,6 +199,15 @@ class DDPM(nn.Module):
         else:
             target = self.schedule.v_target(x0, t, noise)
         return F.mse_loss(self.unet(x_t, t, labels, aug_params).float(), target.float())
+
+    def draw_timesteps(self, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+        """(n,) long training timesteps from `noise_distribution` (one draw per sample)."""
+        config = self.diffusion_config
+        if config.noise_distribution is NoiseDistribution.UNIFORM:
+            return _random(torch.randint, 0, config.num_timesteps, (n,), generator=generator, device=device)
+        normal = _random(torch.randn, (n,), generator=generator, device=device)
+        sigma = torch.exp(config.lognormal_mean + config.lognormal_std * normal)
+        return self.schedule.nearest_timesteps(sigma).to(device)
 
     @torch.no_grad()
     def sample(self, labels: torch.Tensor | Sequence[int], sampler: str = "ddim", steps: int = 50,

@@ -124,6 +124,23 @@ class NoiseSchedule(nn.Module):
                 + _gather(self.posterior_mean_coef2, t, x_t.ndim) * x_t)
         return mean, _gather(self.posterior_variance, t, x_t.ndim)
 
+    def sigmas(self) -> torch.Tensor:
+        """(T,) the noise level of each step on the variance-exploding scale of Karras et al. 2022:
+        x_t / sqrt(alpha_bar_t) = x_0 + sigma_t eps, sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t);
+        increasing in t."""
+        return self.sqrt_one_minus_alphas_cumprod / self.sqrt_alphas_cumprod
+
+    def nearest_timesteps(self, sigma: torch.Tensor) -> torch.Tensor:
+        """(N,) long: for each noise level in sigma (N,), the step whose sigma_t is nearest in log
+        (levels beyond the ends go to step 0 or T - 1)."""
+        log_sigmas = self.sigmas().log()
+        upper = torch.searchsorted(log_sigmas, sigma.log().to(log_sigmas.dtype).contiguous())
+        upper = upper.clamp(1, self.num_timesteps - 1) if self.num_timesteps > 1 else upper.clamp(0, 0)
+        lower = (upper - 1).clamp(min=0)
+        log_sigma = sigma.log().to(log_sigmas.dtype)
+        closer_lower = (log_sigma - log_sigmas[lower]).abs() <= (log_sigmas[upper] - log_sigma).abs()
+        return torch.where(closer_lower, lower, upper)
+
     def alpha_bar_at(self, t: torch.Tensor, ndim: int) -> torch.Tensor:
         """alpha_bar_t for t in {-1, ..., T-1}, where t = -1 (before the first step) gives 1."""
         padded = torch.cat([self.alphas_cumprod.new_ones(1), self.alphas_cumprod])

@@ -75,6 +75,21 @@ def test_dry_run_prints_the_resolved_config_and_writes_nothing(shards, tmp_path)
     assert not (tmp_path / "run").exists()
 
 
+def test_noise_distribution_flags_reach_the_diffusion_config(shards, tmp_path):
+    result = train_ok("--shards", shards, "--out", tmp_path / "run", "--dry-run", "--noise-distribution", "lognormal",
+                      "--lognormal-mean", "-1.0", "--lognormal-std", "1.5")
+    document = json.loads(result.output[: result.output.rindex("}") + 1])
+    diffusion = document["model"]["diffusion"]
+    assert (diffusion["noise_distribution"], diffusion["lognormal_mean"], diffusion["lognormal_std"]) == (
+        "lognormal", -1.0, 1.5)
+    assert document["run"]["model"]["overrides"] == {"noise_distribution": "lognormal", "lognormal_mean": -1.0,
+                                                     "lognormal_std": 1.5}
+    result = invoke(cli.train_app, "--shards", shards, "--out", tmp_path / "bad", "--noise-distribution",
+                    "lognormal", "--lognormal-std", "0")
+    assert result.exit_code == 2 and "lognormal_std 0.0: finite, std > 0" in result.output
+    assert not (tmp_path / "bad").exists()
+
+
 def test_short_run_writes_the_run_folder_and_resumes_exactly(shards, tmp_path):
     straight = tmp_path / "straight"
     result = train_ok("--shards", shards, "--out", straight, "--max-steps", "6", *FAST)

@@ -84,6 +84,23 @@ def test_misconfiguration_is_named(overrides, message):
         tiny(**overrides)
 
 
+@pytest.mark.parametrize("fields,message", [
+    (dict(noise_distribution="beta"), r"noise_distribution: 'beta' is not one of 'uniform', 'lognormal'"),
+    (dict(noise_distribution="lognormal", lognormal_std=0.0), r"lognormal_std 0.0: finite, std > 0"),
+    (dict(lognormal_mean=float("nan")), r"lognormal_mean nan"),
+])
+def test_bad_noise_distribution_is_named(fields, message):
+    with pytest.raises(ValueError, match=message):
+        DiffusionConfig(**fields)
+
+
+def with_diffusion(model: DDPM, **fields) -> DDPM:
+    """`model`'s network and weights under another DiffusionConfig."""
+    other = DDPM(model.unet_config, DiffusionConfig(**fields))
+    other.load_state_dict(model.state_dict())
+    return other
+
+
 def test_config_round_trips_through_json():
     model = tiny(use_attention=(0, 1), aug_dim=3, prediction="v", upsample="nearest")
     saved = json.loads(json.dumps(model.to_dict()))
@@ -100,7 +117,8 @@ def test_diffusion_config_stores_enums_and_plain_data():
     config = DiffusionConfig(beta_schedule="linear", prediction="v")
     assert config.beta_schedule is BetaSchedule.LINEAR and config.to_dict() == {
         "num_timesteps": 1000, "beta_schedule": "linear", "prediction": "v", "class_dropout": 0.1,
-        "data_mean": [], "data_std": []}
+        "data_mean": [], "data_std": [], "noise_distribution": "uniform", "lognormal_mean": -1.2,
+        "lognormal_std": 1.2}
     assert DiffusionConfig(**config.to_dict()) == config
 
 
@@ -161,6 +179,31 @@ def test_loss_is_a_deterministic_scalar_for_a_generator():
     assert first.shape == () and first.requires_grad
     assert torch.equal(first, model.loss(images, labels, generator=seeded(0)))
     assert not torch.equal(first, model.loss(images, labels, generator=seeded(1)))
+
+
+def test_lognormal_noise_levels_follow_edm_s_distribution():
+    """ln sigma_t of the drawn steps has EDM's mean and std (the cosine schedule's steps are
+    dense enough that rounding to the nearest moves neither by more than a few hundredths)."""
+    model = with_diffusion(tiny(), noise_distribution="lognormal", lognormal_mean=-1.2, lognormal_std=1.2)
+    t = model.draw_timesteps(200_000, seeded(0), torch.device("cpu"))
+    assert t.dtype == torch.long and t.min() >= 0 and t.max() < 1000
+    log_sigma = model.schedule.sigmas()[t].double().log()
+    assert log_sigma.mean().item() == pytest.approx(-1.2, abs=0.03)
+    assert log_sigma.std().item() == pytest.approx(1.2, abs=0.03)
+    uniform = with_diffusion(tiny()).draw_timesteps(200_000, seeded(0), torch.device("cpu"))
+    assert model.schedule.sigmas()[uniform].log().mean() > 0  # uniform t: centred far higher
+    assert torch.equal(t, model.draw_timesteps(200_000, seeded(0), torch.device("cpu")))
+
+
+def test_loss_draws_its_steps_from_the_noise_distribution():
+    model = with_diffusion(tiny(), num_timesteps=20, noise_distribution="lognormal").eval()
+    images, labels = torch.rand(4, 3, 8, 8) * 2 - 1, torch.tensor([0, 1, 0, 1])
+    noise = torch.randn(4, 3, 8, 8)
+    generator = seeded(3)
+    t = model.draw_timesteps(4, generator, torch.device("cpu"))
+    fixed = model.loss(images, labels, t=t, noise=noise)
+    generator = seeded(3)
+    assert torch.equal(model.loss(images, labels, noise=noise, generator=generator), fixed)
 
 
 def test_loss_with_fixed_t_and_noise_is_the_eps_mse():

@@ -103,6 +103,24 @@ def test_alpha_bar_before_first_step_is_one():
     assert values[2].item() == pytest.approx(schedule.alphas_cumprod[9].item())
 
 
+def test_sigmas_are_the_variance_exploding_noise_levels():
+    schedule = NoiseSchedule(1000, "cosine")
+    a = torch.cumprod(1 - cosine_betas(1000), dim=0)  # float64: 1 - a keeps its digits near t = 0
+    assert torch.allclose(schedule.sigmas().double(), ((1 - a) / a).sqrt(), rtol=1e-5)
+    assert (schedule.sigmas().diff() > 0).all()
+
+
+def test_nearest_timesteps_picks_the_step_nearest_in_log_sigma():
+    schedule = NoiseSchedule(1000, "cosine")
+    sigmas = schedule.sigmas()
+    steps = torch.tensor([0, 1, 17, 500, 998, 999])
+    assert torch.equal(schedule.nearest_timesteps(sigmas[steps]), steps)
+    # geometric midpoints a little towards either side; far beyond both ends
+    mid = (sigmas[500] * sigmas[501]).sqrt()
+    towards = torch.stack([mid * 0.999, mid * 1.001, sigmas[0] / 100, sigmas[-1] * 100])
+    assert schedule.nearest_timesteps(towards).tolist() == [500, 501, 0, 999]
+
+
 def test_schedule_buffers_follow_the_module_but_stay_out_of_checkpoints():
     schedule = NoiseSchedule(10, "cosine")
     assert schedule.state_dict() == {}
