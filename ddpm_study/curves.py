@@ -87,6 +87,7 @@ def curves_figure(curves: dict[str, list[dict]], path: Path, real: dict | None =
     figure = Figure(figsize=(15, 6.5), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.subplots(2, 4).ravel()
+    stages = sorted({point["images"] for points in curves.values() for point in points})
     for axis, key in zip(axes, PANELS):
         for name, points in curves.items():
             known = [p for p in points if (p["values"].get(key) or {}).get("mean") is not None]
@@ -99,6 +100,8 @@ def curves_figure(curves: dict[str, list[dict]], path: Path, real: dict | None =
         if real and real.get(key) is not None:
             axis.axhline(real[key], color="grey", linestyle="--", linewidth=1, label="real val")
         axis.set_xscale("log")
+        axis.minorticks_off()  # the log axis' own 2x10^3, 3x10^3 ... labels overlap; label the stages instead
+        axis.set_xticks(stages, [_short_count(images) for images in stages])
         axis.set_title(labels[key], fontsize=10)
         axis.set_xlabel("images seen", fontsize=8)
         axis.tick_params(labelsize=8)
@@ -106,3 +109,11 @@ def curves_figure(curves: dict[str, list[dict]], path: Path, real: dict | None =
     figure.tight_layout()
     figure.savefig(path)
     return path
+
+
+def _short_count(images: int) -> str:
+    """4000 -> '4k', 1500 -> '1.5k', 2000000 -> '2M', 800 -> '800': an axis label."""
+    for scale, suffix in ((1_000_000, "M"), (1_000, "k")):
+        if images >= scale:
+            return f"{images / scale:g}{suffix}"
+    return str(images)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from ddpm_study.curves import curve_rows, format_curves, losses_at
+from ddpm_study.curves import _short_count, curve_rows, curves_figure, format_curves, losses_at
 
 
 def test_losses_at_reads_the_last_lines_up_to_the_stage(tmp_path):
@@ -33,3 +33,13 @@ def test_curve_rows_average_the_seeds_per_stage():
     assert points[1]["values"]["train_loss"]["noise"] == pytest.approx(0.1)
     table = format_curves(rows)
     assert "| 40px | 8,000 | 2 | +3.5 ± 0.5 |" in table and "0.3000 ± 0.1000" in table
+
+
+def test_the_figure_labels_its_stages_plainly(tmp_path):
+    assert [_short_count(n) for n in (800, 1500, 4000, 40000, 2_000_000)] == ["800", "1.5k", "4k", "40k", "2M"]
+    pytest.importorskip("matplotlib")
+    point = {"images": 4000, "seeds": 1, "values": {"jaggedness": {"mean": 3.0, "noise": None}}}
+    later = {**point, "images": 40000}
+    path = curves_figure({"40px": [point, later]}, tmp_path / "curves.png", real={"jaggedness": -1.0})
+    assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
