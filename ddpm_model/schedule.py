@@ -134,10 +134,9 @@ class NoiseSchedule(nn.Module):
         """(N,) long: for each noise level in sigma (N,), the step whose sigma_t is nearest in log
         (levels beyond the ends go to step 0 or T - 1)."""
         log_sigmas = self.sigmas().log()
-        upper = torch.searchsorted(log_sigmas, sigma.log().to(log_sigmas.dtype).contiguous())
-        upper = upper.clamp(1, self.num_timesteps - 1) if self.num_timesteps > 1 else upper.clamp(0, 0)
+        log_sigma = sigma.log().to(log_sigmas.dtype).contiguous()
+        upper = torch.searchsorted(log_sigmas, log_sigma).clamp(max=self.num_timesteps - 1)
         lower = (upper - 1).clamp(min=0)
-        log_sigma = sigma.log().to(log_sigmas.dtype)
         closer_lower = (log_sigma - log_sigmas[lower]).abs() <= (log_sigmas[upper] - log_sigma).abs()
         return torch.where(closer_lower, lower, upper)
 
