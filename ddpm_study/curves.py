@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ddpm_study.paired import format_paired
 from ddpm_study.table import METRICS, compare, seed_mean
 
 TRAIN_LOSS_LINES = 4  # metrics lines averaged for the train loss at a stage (a line is a mean over --log-every steps)
@@ -44,7 +45,7 @@ def curve_rows(documents_by_stage: dict[int, list[dict]]) -> dict[str, list[dict
             values = {**row["values"], **{key: _spread([(d.get("losses") or {}).get(key) for d in group])
                                           for key, _ in LOSSES}}
             curves.setdefault(row["configuration"], []).append({"images": images, "seeds": len(row["cells"]),
-                                                                "values": values})
+                                                                "values": values, "paired": row.get("paired")})
     return curves
 
 
@@ -71,6 +72,15 @@ def format_curves(curves: dict[str, list[dict]]) -> str:
                 cells.append(text + (f" ± {value['noise']:.{digits}f}" if value.get("noise") is not None else ""))
             lines.append(f"| {name} | {point['images']:,} | {point['seeds']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def format_curves_paired(curves: dict[str, list[dict]]) -> str:
+    """Markdown: each configuration's change against the first, paired by seed, at every stage ('' if none has
+    two seeds on both sides)."""
+    metrics = [metric for metric in METRICS if metric.key in CURVE_METRICS]
+    rows = [{"name": f"{name}, {point['images']:,} images", "paired": point.get("paired")}
+            for name, points in curves.items() for point in points]
+    return "\n".join(format_paired(rows, metrics, [metric.label for metric in metrics]))
 
 
 def curves_figure(curves: dict[str, list[dict]], path: Path, real: dict | None = None) -> Path | None:

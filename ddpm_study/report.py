@@ -89,7 +89,7 @@ def _all_curves(config: StudyConfig, curves: dict[int, list[dict]], final: list[
 def _curves_section(config: StudyConfig, curves: dict[int, list[dict]], rows: dict, final: list[dict],
                     out: Path) -> list[str]:
     """The metrics at every --measure-at stage and at the budget: a table and curves.png."""
-    from ddpm_study.curves import curves_figure, format_curves
+    from ddpm_study.curves import curves_figure, format_curves, format_curves_paired
 
     measured = {stage: len(documents) for stage, documents in curves.items()}
     section = ["## Along training", "",
@@ -98,6 +98,10 @@ def _curves_section(config: StudyConfig, curves: dict[int, list[dict]], rows: di
                "is measured at each cell's own size (1 = like real). Cells measured per stage: "
                + ", ".join(f"{stage:,}: {count}" for stage, count in measured.items()) + f", budget: {len(final)}.", "",
                format_curves(rows) if rows else "No stage has results yet.", ""]
+    paired = format_curves_paired(rows)
+    if paired:
+        section += ["Each configuration against the first at each stage, paired by seed (table above: mean % "
+                    "improvement, 95 % Student-t interval, ≈ = the interval holds 0):", "", paired, ""]
     documents = final or next((docs for docs in curves.values() if docs), [])
     real = dict((documents[0].get("real_val") or {}) if documents else {})
     real["checkerboard"] = 1.0  # the real train images against themselves, by definition

@@ -17,7 +17,8 @@ NN ratio: |ln value|; edge roughness: |value - real|). For jaggedness, which is 
 real images, +100% means the baseline's excess over real images is gone. A difference is marked
 within noise (≈) when |cell - baseline| <= 2 * sqrt(se_cell^2 + se_baseline^2). No percentage
 is given (–) when the baseline's own badness is within 2 standard errors of 0: a baseline that is
-already as good as real has nothing to take a percentage of.
+already as good as real has nothing to take a percentage of. Beside it, the same change paired by
+seed, with a Student-t interval (paired.py): sharper, because cells of one seed share their randomness.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from ddpm_study.paired import format_paired, paired_change
 
 WITHIN_NOISE_Z = 2.0  # standard errors of the difference within which a change is not told from chance
 
@@ -82,6 +85,10 @@ def compare(documents: list[dict], baseline: str | None) -> dict:
     for row in rows:
         row["vs_baseline"] = None if base is None else {
             metric.key: _change(metric, row["values"][metric.key], base["values"][metric.key], real_roughness)
+            for metric in METRICS}
+        row["paired"] = None if base is None or row is base else {
+            metric.key: None if row["vs_baseline"][metric.key]["improvement_pct"] is None  # no percentage: as above
+            else paired_change(metric, groups[row["configuration"]], groups[baseline], real_roughness)
             for metric in METRICS}
     first = documents[0]
     return {"baseline": baseline, "baseline_measured": base is not None, "configurations": rows,
@@ -209,4 +216,9 @@ def format_markdown(table: dict, display_size: int, real_dir: str) -> str:
             mark = " ?" if change["within_noise"] is None else " ≈" if change["within_noise"] else ""
             cells.append(f"{change['improvement_pct']:+.0f}%{mark}")
         lines.append(f"| {row['configuration']} | " + " | ".join(cells) + " |")
+    paired = format_paired([{**row, "name": row["configuration"]} for row in table["configurations"]], METRICS, labels)
+    if paired:
+        lines += ["", "The same change paired by seed (each seed against the baseline's cell of that seed, which shares "
+                      "its data order, noise draws and sampler seed): mean % improvement (95 % Student-t interval); "
+                      "≈ = the interval holds 0; – = fewer than two seeds on both sides:", ""] + paired
     return "\n".join(lines)
