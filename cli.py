@@ -701,6 +701,7 @@ def study(
     eval_bootstrap: Annotated[Optional[int], typer.Option(help="ddpm-eval runs on resampled samples per cell, for a noise level without seeds (0 = off).")] = None,
     cells: Annotated[Optional[str], typer.Option(help="Run only part k of n (every n-th cell from the k-th), e.g. 2/4 in a job array.")] = None,
     dry_run: Annotated[bool, typer.Option(help="List each cell's state and ddpm-train command; run and write nothing.")] = False,
+    report_only: Annotated[bool, typer.Option(help="Rebuild STUDY/report/ from the cells measured so far (a stopped study, a job array's finished tasks); train, sample and measure nothing.")] = False,
 ) -> None:
     from ddpm_study.cells import parse_split
     from ddpm_study.config import StudyError, load_study
@@ -715,7 +716,8 @@ def study(
     try:
         config, fresh = load_study(study_dir, flags)
         split = parse_split(cells) if cells else None
-        outcome = run_study(config, split, dry_run=dry_run, log=log, save_settings=fresh)
+        outcome = run_study(config, split, dry_run=dry_run, log=log, save_settings=fresh and not report_only,
+                            report_only=report_only)
     except (StudyError, ValueError, OSError) as error:
         fail(str(error))
     except KeyboardInterrupt:

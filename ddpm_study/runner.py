@@ -245,10 +245,12 @@ def stages(config: StudyConfig) -> list[int | None]:
 
 
 def run_study(config: StudyConfig, split: tuple[int, int] | None = None, dry_run: bool = False,
-              tools: Tools | None = None, log: Callable[[str], None] | None = None, save_settings: bool = False) -> Outcome:
+              tools: Tools | None = None, log: Callable[[str], None] | None = None, save_settings: bool = False,
+              report_only: bool = False) -> Outcome:
     """Everything the study still lacks for the cells of `split` (k, n), then the report over all cells.
 
     `save_settings`: write STUDY/study.toml once the settings have passed every check.
+    `report_only`: rebuild the report from the cells measured so far; train, sample and measure nothing.
     """
     from ddpm_study.config import write_toml
     from ddpm_study.report import write_report
@@ -259,6 +261,15 @@ def run_study(config: StudyConfig, split: tuple[int, int] | None = None, dry_run
     cells = grid_cells(config.grid)
     if config.baseline is not None:
         find_configuration(cells, config.baseline)
+    if report_only:
+        if dry_run or split:
+            raise StudyError("--report-only: a report covers every cell and writes only report/; drop "
+                             + ("--dry-run" if dry_run else "--cells"))
+        if not config.root.is_dir():
+            raise StudyError(f"{config.root}: no such study; --report-only reports on a study that has run")
+        outcome = Outcome(cells)
+        outcome.report = write_report(config, cells, {}, log)
+        return outcome
     mine = split_cells(cells, *split) if split else cells
     states = {cell: training_state(config, cell) for cell in mine}
     sizes = sorted({cell.size for cell in mine if states[cell] != "done"} | {config.display})

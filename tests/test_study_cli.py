@@ -30,6 +30,7 @@ def one_line_error(result, status: int = 2) -> str:
     (["--sizes", "40", "--budget-images", "10", "--cells", "5/4"], "--cells '5/4': expected k/n with 1 <= k <= n"),
     (["--sizes", "40", "--budget-images", "10", "--baseline", "96px"], "--baseline 96px: no such cell or configuration"),
     (["--sizes", "40", "--budget-images", "10", "--train-args", "--epochs 3"], "train_args: --epochs is set by the study"),
+    (["--sizes", "40", "--budget-images", "10", "--report-only"], "no such study; --report-only reports on a study that has run"),
 ])
 def test_a_wrong_grid_fails_with_one_line_naming_the_fix(tmp_path, args, message):
     assert message in one_line_error(invoke(tmp_path / "study", *args))

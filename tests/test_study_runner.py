@@ -182,6 +182,25 @@ def test_a_dry_run_lists_the_cells_and_writes_nothing(study):
     assert staged[0].startswith("stages: every cell is trained to 16, 32 images in turn") and staged[1:] == lines
 
 
+def test_report_only_rebuilds_the_report_from_what_is_measured_and_runs_nothing(study):
+    config = study()
+    run_study(config, split=(1, 2), tools=FakeTools())  # seed 0 measured, seed 1 not
+    shutil.rmtree(config.root / "report")
+    wider = dataclasses.replace(config, grid=Grid(sizes=(16,), seeds=(0, 1, 2)))
+    tools, lines = FakeTools(), []
+    outcome = run_study(wider, tools=tools, log=lines.append, report_only=True)
+    assert tools.calls == [] and outcome.report == config.root / "report" / "study.md"
+    report = outcome.report.read_text()
+    assert "| 16px-bilinear-aug-auto | 1 | 128 | 64 |" in report  # one seed: 128 samples, 64 images
+    assert "pending (no results yet): 16px-bilinear-aug-auto-s1, 16px-bilinear-aug-auto-s2" in report
+    assert not (config.root / "cells" / "16px-bilinear-aug-auto-s1").exists()
+    for flags, fix in (({"dry_run": True}, "drop --dry-run"), ({"split": (1, 2)}, "drop --cells")):
+        with pytest.raises(StudyError, match=fix):
+            run_study(config, tools=FakeTools(), report_only=True, **flags)
+    with pytest.raises(StudyError, match="no such study"):
+        run_study(study(root=config.root.parent / "never-run"), tools=FakeTools(), report_only=True)
+
+
 def test_an_interrupted_launch_still_counts_its_wall_time(study):
     config = study(grid=Grid(sizes=(16,)), budget=Budget(minutes=2.0))
     first = FakeTools()
