@@ -71,7 +71,7 @@ def paired_change(metric, cells: list[dict], base_cells: list[dict], real_roughn
 
 
 def format_paired(rows: list[dict], metrics, labels: list[str]) -> list[str]:
-    """Markdown rows '| name | +6% (−1 to +13) ≈ | ...' of rows that carry a `paired` dict; [] if none does."""
+    """Markdown rows '| name | +6% (-1 to +13) ≈ | ...' of rows that carry a `paired` dict; [] if none does."""
     lines = []
     for row in rows:
         paired = row.get("paired") or {}
