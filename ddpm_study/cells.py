@@ -34,6 +34,11 @@ class Cell:
     def name(self) -> str:
         return f"{self.configuration}-s{self.seed}"
 
+    @staticmethod
+    def seed_in(name: str, configuration: str) -> str:
+        """The seed part of a cell `name` of `configuration` (the inverse of `name`), e.g. '0'."""
+        return name[len(configuration) + len("-s"):]
+
     def train_options(self) -> list[str]:
         """The ddpm-train options that make this cell what it is (besides --shards, --out, the budget)."""
         options = ["--upsample", self.upsample, "--augment", self.augment, "--seed", str(self.seed)]

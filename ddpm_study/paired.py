@@ -22,6 +22,8 @@ import math
 
 import numpy as np
 
+from ddpm_study.cells import Cell
+
 # Student's t 0.975 quantile for 1..30 degrees of freedom (standard tables, 4 significant digits)
 T975 = (12.71, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
@@ -39,8 +41,8 @@ def t975(dof: int) -> float:
 
 
 def seed_of(document: dict) -> str:
-    """The seed part of a cell's name (cells.py: '<configuration>-s<seed>')."""
-    return document["cell"][len(document["configuration"]) + 2:]
+    """The seed of a cell's metric document (measure.py), from its cell name."""
+    return Cell.seed_in(document["cell"], document["configuration"])
 
 
 def paired_change(metric, cells: list[dict], base_cells: list[dict], real_roughness: float | None) -> dict | None:
