@@ -76,16 +76,49 @@ class _Gate:
         self._slots.release()
 
 
+class _HeldInterrupt:
+    """Ctrl-C while a pool runs in the main thread: the first is held until the caller takes its
+    next result (or the pool closes) and raised there, so KeyboardInterrupt never lands between a
+    lock's acquire and its `with` block in the code the pool's threads share (a lock leaked there
+    hangs the shutdown for good). A second Ctrl-C raises at once. Only Python's default handler
+    is replaced; a handler the caller installed is left alone."""
+
+    def __init__(self) -> None:
+        self.pending = False
+        self._previous: Any = None
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._hold)
+
+    def _hold(self, signum: int, frame: Any) -> None:
+        if self.pending:
+            raise KeyboardInterrupt
+        self.pending = True
+
+    def raise_if_pending(self) -> None:
+        if self.pending:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
 class OrderedPool:
     """Ordered maps over a process pool (`workers` processes; 0 = in this process).
 
     `map` streams: inputs are handed out only `in_flight` ahead of what the caller has consumed,
-    so results never pile up in memory however large the folder is.
+    so results never pile up in memory however large the folder is. Used as a context manager,
+    a Ctrl-C is raised at the next result, where no lock is held (`_HeldInterrupt`).
     """
 
     def __init__(self, workers: int) -> None:
         self._pool = _Pool(workers, initializer=_ignore_sigint) if workers else None
         self._gates: list[_Gate] = []
+        self._interrupt = _HeldInterrupt()
 
     def map(self, function: Callable[[Any], Any], items: Iterable[Any], chunksize: int = 1,
             in_flight: int | None = None) -> Iterator[Any]:
@@ -93,21 +126,31 @@ class OrderedPool:
             yield from map(function, items)
             return
         if in_flight is None:
-            yield from self._pool.imap(function, items, chunksize=chunksize)
+            for result in self._pool.imap(function, items, chunksize=chunksize):
+                self._interrupt.raise_if_pending()
+                yield result
             return
         gate = _Gate(in_flight)
         self._gates.append(gate)
         for result in self._pool.imap(function, gate.feed(items), chunksize=chunksize):
+            self._interrupt.raise_if_pending()
             yield result
             gate.done_one()
 
     def __enter__(self) -> "OrderedPool":
+        if self._pool is not None:
+            self._interrupt.install()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
         if self._pool is None:
             return
-        for gate in self._gates:  # unblock the pool's feeder thread, or terminate() would wait on it
-            gate.stop()
-        self._pool.terminate()
-        self._pool.join()
+        try:
+            for gate in self._gates:  # unblock the pool's feeder thread, or terminate() would wait on it
+                gate.stop()
+            self._pool.terminate()
+            self._pool.join()
+        finally:
+            self._interrupt.restore()
+        if exc_type is None:
+            self._interrupt.raise_if_pending()  # a Ctrl-C after the last result still stops the caller

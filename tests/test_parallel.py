@@ -1,4 +1,4 @@
-"""ddpm_data.parallel: ordered results, bounded run-ahead, clean shutdown on an error."""
+"""ddpm_data.parallel: ordered results, bounded run-ahead, clean shutdown on an error or a Ctrl-C."""
 from __future__ import annotations
 
 import contextlib
@@ -82,3 +82,64 @@ def test_a_worker_whose_parent_is_killed_exits_quietly():
         with contextlib.suppress(ProcessLookupError):
             os.kill(worker, signal.SIGKILL)
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
+@pytest.fixture
+def default_ctrl_c():
+    """Python's own Ctrl-C handler (KeyboardInterrupt), whatever the test runner installed."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def _ctrl_c() -> None:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.05)  # the handler runs in this thread at the next bytecode
+
+
+def test_ctrl_c_is_raised_at_the_next_result_and_the_handler_restored(default_ctrl_c):
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with OrderedPool(2) as pool:
+            stream = pool.map(_square, range(1000), in_flight=4)
+            assert next(stream) == 0
+            _ctrl_c()  # held: no exception where the pool's threads share a lock
+            steps.append("held")
+            next(stream)
+            steps.append("not raised")
+    assert steps == ["held"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_second_ctrl_c_raises_at_once(default_ctrl_c):
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with OrderedPool(2):
+            _ctrl_c()
+            steps.append("first held")
+            _ctrl_c()
+            steps.append("second held")
+    assert steps == ["first held"]
+
+
+def test_a_ctrl_c_after_the_last_result_stops_the_caller_at_the_pool_exit(default_ctrl_c):
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with OrderedPool(2) as pool:
+            assert list(pool.map(_square, range(5))) == [x * x for x in range(5)]
+            _ctrl_c()
+            steps.append("held")
+    assert steps == ["held"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_handler_the_caller_installed_is_left_alone():
+    seen = []
+    previous = signal.signal(signal.SIGINT, lambda *args: seen.append(args[0]))
+    try:
+        with OrderedPool(2) as pool:
+            assert list(pool.map(_square, range(5), in_flight=2)) == [x * x for x in range(5)]
+            _ctrl_c()
+        assert seen == [signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGINT, previous)
