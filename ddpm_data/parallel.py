@@ -13,6 +13,8 @@ import threading
 from multiprocessing.context import ForkProcess, ForkServerProcess, SpawnProcess
 from typing import Any, Callable, Iterable, Iterator
 
+from ddpm_data.signals import HeldSignals
+
 
 def _ignore_sigint() -> None:
     # Ctrl-C is handled by the main process, which terminates the pool and removes temp folders.
@@ -76,70 +78,37 @@ class _Gate:
         self._slots.release()
 
 
-class _HeldInterrupt:
-    """Ctrl-C while a pool runs in the main thread: the first is held until the caller takes its
-    next result (or the pool closes) and raised there, so KeyboardInterrupt never lands between a
-    lock's acquire and its `with` block in the code the pool's threads share (a lock leaked there
-    hangs the shutdown for good). A second Ctrl-C raises at once. Only Python's default handler
-    is replaced; a handler the caller installed is left alone."""
-
-    def __init__(self) -> None:
-        self.pending = False
-        self._previous: Any = None
-
-    def install(self) -> None:
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self._previous = signal.signal(signal.SIGINT, self._hold)
-
-    def _hold(self, signum: int, frame: Any) -> None:
-        if self.pending:
-            raise KeyboardInterrupt
-        self.pending = True
-
-    def raise_if_pending(self) -> None:
-        if self.pending:
-            raise KeyboardInterrupt
-
-    def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
-
-
 class OrderedPool:
     """Ordered maps over a process pool (`workers` processes; 0 = in this process).
 
     `map` streams: inputs are handed out only `in_flight` ahead of what the caller has consumed,
     so results never pile up in memory however large the folder is. Used as a context manager,
-    a Ctrl-C is raised at the next result, where no lock is held (`_HeldInterrupt`).
+    a Ctrl-C is raised at the next result, where no lock the pool's threads share is held (a lock
+    leaked there hangs the shutdown for good; `signals.HeldSignals`).
     """
 
     def __init__(self, workers: int) -> None:
         self._pool = _Pool(workers, initializer=_ignore_sigint) if workers else None
         self._gates: list[_Gate] = []
-        self._interrupt = _HeldInterrupt()
+        self._interrupt = HeldSignals(over_default_only=True)
 
     def map(self, function: Callable[[Any], Any], items: Iterable[Any], chunksize: int = 1,
             in_flight: int | None = None) -> Iterator[Any]:
         if self._pool is None:
             yield from map(function, items)
             return
-        if in_flight is None:
-            for result in self._pool.imap(function, items, chunksize=chunksize):
-                self._interrupt.raise_if_pending()
-                yield result
-            return
-        gate = _Gate(in_flight)
-        self._gates.append(gate)
-        for result in self._pool.imap(function, gate.feed(items), chunksize=chunksize):
-            self._interrupt.raise_if_pending()
+        gate = _Gate(in_flight) if in_flight is not None else None
+        if gate is not None:
+            self._gates.append(gate)
+        for result in self._pool.imap(function, gate.feed(items) if gate else items, chunksize=chunksize):
+            self._interrupt.raise_if_requested()
             yield result
-            gate.done_one()
+            if gate is not None:
+                gate.done_one()
 
     def __enter__(self) -> "OrderedPool":
         if self._pool is not None:
-            self._interrupt.install()
+            self._interrupt.__enter__()
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
@@ -151,6 +120,6 @@ class OrderedPool:
             self._pool.terminate()
             self._pool.join()
         finally:
-            self._interrupt.restore()
+            self._interrupt.__exit__()
         if exc_type is None:
-            self._interrupt.raise_if_pending()  # a Ctrl-C after the last result still stops the caller
+            self._interrupt.raise_if_requested()  # a Ctrl-C after the last result still stops the caller

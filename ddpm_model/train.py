@@ -19,6 +19,8 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import nn
 
+from ddpm_data.signals import HeldSignals
+
 from . import checkpoint as ckpt
 from .config import Precision, TrainConfig
 from .metrics import MetricsLog, ProgressDisplay, plot_loss_curve
@@ -152,31 +154,11 @@ class TrainingDiverged(RuntimeError):
     exit_code = 1                         # the run failed, the input was fine (2 = bad input)
 
 
-class StopRequest:
+class StopRequest(HeldSignals):
     """Turns SIGINT/SIGTERM into a flag the loop checks after each step; a second SIGINT aborts."""
 
     def __init__(self) -> None:
-        self.signal_name: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "StopRequest":
-        with contextlib.suppress(ValueError):  # not the main thread: no handlers, no clean stop
-            for number in (signal.SIGINT, signal.SIGTERM):
-                self._previous[number] = signal.signal(number, self._handle)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
-
-    def _handle(self, number: int, frame: object) -> None:
-        if self.signal_name is not None and number == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal_name = signal.Signals(number).name
-
-    @property
-    def requested(self) -> bool:
-        return self.signal_name is not None
+        super().__init__((signal.SIGINT, signal.SIGTERM))
 
 
 class StepTally:
