@@ -467,6 +467,7 @@ def train(
     use_attention: Annotated[Optional[str], typer.Option(help="Self-attention per stage as 0/1, e.g. 0,0,1,1. [default: preset's]", show_default=False)] = None,
     upsample: Annotated[Optional[UpsampleMode], typer.Option(help="Up-path resampling (interpolation + conv avoids checkerboard artefacts). [default: bilinear]", show_default=False)] = None,
     dropout: Annotated[Optional[float], typer.Option(help="Dropout in residual blocks. [default: 0.1]", show_default=False)] = None,
+    zero_init: Annotated[Optional[bool], typer.Option("--zero-init/--no-zero-init", help="Zero the last layer of each residual block, of each attention and of the output, so each residual branch starts as the identity and the untrained U-Net outputs zero (ADM); --no-zero-init keeps PyTorch's initialisation, as diffusers' UNet2DModel. [default: zero]", show_default=False)] = None,
     class_dropout: Annotated[Optional[float], typer.Option(help="Label dropout for classifier-free guidance (0 disables). [default: 0.1]", show_default=False)] = None,
     num_timesteps: Annotated[Optional[int], typer.Option(help="Diffusion steps T. [default: 1000]", show_default=False)] = None,
     beta_schedule: Annotated[Optional[BetaSchedule], typer.Option(help="Noise schedule. [default: cosine]", show_default=False)] = None,
@@ -537,7 +538,7 @@ def train(
 
     use_transfer(retries, stall_timeout)
     params = ctx.params
-    model_fields = ("model_channels", "num_res_blocks", "upsample", "dropout", "class_dropout",
+    model_fields = ("model_channels", "num_res_blocks", "upsample", "dropout", "zero_init", "class_dropout",
                     "num_timesteps", "beta_schedule", "prediction", "noise_distribution", "lognormal_mean",
                     "lognormal_std")
     overrides = {name: params[name] for name in model_fields if params[name] is not None}

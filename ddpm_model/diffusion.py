@@ -389,7 +389,7 @@ def create_ddpm(image_size: int, model_channels: int, channel_multipliers: Seque
                 num_timesteps: int = 1000, beta_schedule: str = "cosine", in_channels: int = 3,
                 dropout: float = 0.1, upsample: str = "bilinear", aug_dim: int = 0,
                 class_dropout: float = 0.1, prediction: str = "eps", norm_groups: int = 32,
-                attention_head_channels: int = 64) -> DDPM:
+                attention_head_channels: int = 64, zero_init: bool = True) -> DDPM:
     """`DDPM(UNetConfig(...), DiffusionConfig(...))` from keywords (see the two configs for
     their meaning). Raises ValueError naming the argument when the settings cannot work.
 
@@ -401,7 +401,7 @@ def create_ddpm(image_size: int, model_channels: int, channel_multipliers: Seque
         channel_multipliers=tuple(channel_multipliers), num_res_blocks=num_res_blocks,
         use_attention=tuple(use_attention), num_classes=num_classes, in_channels=in_channels,
         dropout=dropout, upsample=upsample, aug_dim=aug_dim, norm_groups=norm_groups,
-        attention_head_channels=attention_head_channels)
+        attention_head_channels=attention_head_channels, zero_init=zero_init)
     diffusion = DiffusionConfig(num_timesteps=num_timesteps, beta_schedule=beta_schedule,
                                 prediction=prediction, class_dropout=class_dropout)
     return DDPM(unet, diffusion)

@@ -40,6 +40,7 @@ class UNetConfig:
     aug_dim: int = 0                     # augmentation parameters fed to the embedding; 0 = none
     norm_groups: int = 32                # GroupNorm groups; must divide every stage's channels
     attention_head_channels: int = 64    # channels per head; heads = channels / this
+    zero_init: bool = True               # each residual branch starts as the identity (ADM); False: PyTorch's init
 
     def __post_init__(self) -> None:
         # Accept lists (from JSON), 0/1 flags (from the CLI) and strings; store tuples and the Enum.
@@ -120,9 +121,9 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return F.pad(embedding, (0, dim % 2))
 
 
-def _zero(module: nn.Module) -> nn.Module:
-    """Zero a layer's parameters, so a residual branch starts as the identity."""
-    for p in module.parameters():
+def _zero(module: nn.Module, enabled: bool = True) -> nn.Module:
+    """Zero a layer's parameters (when `enabled`), so a residual branch starts as the identity."""
+    for p in module.parameters() if enabled else ():
         nn.init.zeros_(p)
     return module
 
@@ -131,14 +132,15 @@ class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv, scale-shift by the embedding, GroupNorm-SiLU-dropout-conv, + skip.
     (N, in_ch, H, W) -> (N, out_ch, H, W)."""
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, groups: int):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, groups: int,
+                 zero_init: bool):
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, 2 * out_ch)
         self.norm2 = nn.GroupNorm(groups, out_ch)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = _zero(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.conv2 = _zero(nn.Conv2d(out_ch, out_ch, 3, padding=1), zero_init)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -156,12 +158,12 @@ class SelfAttention(nn.Module):
     Works on (N, H*W, C) tokens, which is a free view of a channels_last tensor, and uses the
     fused F.scaled_dot_product_attention kernel."""
 
-    def __init__(self, channels: int, head_channels: int, groups: int):
+    def __init__(self, channels: int, head_channels: int, groups: int, zero_init: bool):
         super().__init__()
         self.heads = max(1, channels // head_channels)
         self.norm = nn.GroupNorm(groups, channels)
         self.qkv = nn.Linear(channels, 3 * channels)
-        self.proj = _zero(nn.Linear(channels, channels))
+        self.proj = _zero(nn.Linear(channels, channels), zero_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
@@ -269,10 +271,10 @@ class Middle(Checkpointed):
 
     def __init__(self, channels: int, config: UNetConfig):
         super().__init__()
-        args = (config.embedding_dim, config.dropout, config.norm_groups)
+        args = (config.embedding_dim, config.dropout, config.norm_groups, config.zero_init)
         self.block1 = ResBlock(channels, channels, *args)
         self.attention = SelfAttention(channels, config.attention_head_channels,
-                                       config.norm_groups)
+                                       config.norm_groups, config.zero_init)
         self.block2 = ResBlock(channels, channels, *args)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -295,10 +297,10 @@ class UNet(nn.Module):
         c = config
         emb_dim = c.embedding_dim
         mode = c.upsample
-        block_args = (emb_dim, c.dropout, c.norm_groups)
+        block_args = (emb_dim, c.dropout, c.norm_groups, c.zero_init)
 
         def attention(channels: int) -> SelfAttention:
-            return SelfAttention(channels, c.attention_head_channels, c.norm_groups)
+            return SelfAttention(channels, c.attention_head_channels, c.norm_groups, c.zero_init)
 
         self.time_embed = nn.Sequential(
             nn.Linear(c.model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -338,7 +340,7 @@ class UNet(nn.Module):
             self.up.append(UpStage(blocks, attentions, upsample))
 
         self.norm_out = nn.GroupNorm(c.norm_groups, channels)
-        self.conv_out = _zero(nn.Conv2d(channels, c.in_channels, 3, padding=1))
+        self.conv_out = _zero(nn.Conv2d(channels, c.in_channels, 3, padding=1), c.zero_init)
 
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute the residual and attention blocks' activations in backward instead of

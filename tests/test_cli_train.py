@@ -75,6 +75,14 @@ def test_dry_run_prints_the_resolved_config_and_writes_nothing(shards, tmp_path)
     assert not (tmp_path / "run").exists()
 
 
+def test_zero_init_flag_reaches_the_unet_config(shards, tmp_path):
+    def unet(*flags: str) -> dict:
+        result = train_ok("--shards", shards, "--out", tmp_path / "run", "--dry-run", *flags)
+        return json.loads(result.output[: result.output.rindex("}") + 1])["model"]["unet"]
+    assert unet()["zero_init"] is True
+    assert unet("--no-zero-init")["zero_init"] is False
+
+
 def test_noise_distribution_flags_reach_the_diffusion_config(shards, tmp_path):
     result = train_ok("--shards", shards, "--out", tmp_path / "run", "--dry-run", "--noise-distribution", "lognormal",
                       "--lognormal-mean", "-1.0", "--lognormal-std", "1.5")

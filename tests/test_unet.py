@@ -113,6 +113,32 @@ def test_augmentation_input_starts_at_zero_and_zeros_mean_identity():
     assert torch.equal(forward(unet, 2, aug_params=torch.zeros(2, 4)), without)
 
 
+def zeroed_layers(unet: UNet) -> list[str]:
+    return [name for name, module in unet.named_modules()
+            if isinstance(module, (nn.Conv2d, nn.Linear)) and not module.weight.any()]
+
+
+def test_zero_init_zeros_each_residual_branch_end_and_the_output():
+    torch.manual_seed(0)
+    unet = UNet(small_config(aug_dim=4))
+    zeroed = zeroed_layers(unet)
+    blocks = [m for m in unet.modules() if isinstance(m, ResBlock)]
+    attentions = [m for m in unet.modules() if isinstance(m, SelfAttention)]
+    assert len(zeroed) == len(blocks) + len(attentions) + 2  # + conv_out + aug_embed
+    assert all(not b.conv2.weight.any() and not b.conv2.bias.any() for b in blocks)
+    assert all(not a.proj.weight.any() for a in attentions)
+    assert torch.equal(forward(unet.eval(), 2), torch.zeros(2, 3, 16, 16))
+
+
+def test_no_zero_init_keeps_pytorch_init_but_not_for_the_augmentation_input():
+    torch.manual_seed(0)
+    unet = UNet(small_config(aug_dim=4, zero_init=False)).eval()
+    assert zeroed_layers(unet) == ["aug_embed"]  # a fresh model still ignores the augmentation
+    out = forward(unet, 2)
+    assert out.abs().mean() > 0.01
+    assert torch.equal(forward(unet, 2, aug_params=torch.randn(2, 4)), out)
+
+
 def test_augmentation_input_errors():
     with pytest.raises(ValueError, match="aug_dim=0; pass aug_dim=4"):
         forward(UNet(small_config()), 2, aug_params=torch.zeros(2, 4))
