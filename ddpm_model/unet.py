@@ -123,8 +123,9 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 def _zero(module: nn.Module, enabled: bool = True) -> nn.Module:
     """Zero a layer's parameters (when `enabled`), so a residual branch starts as the identity."""
-    for p in module.parameters() if enabled else ():
-        nn.init.zeros_(p)
+    if enabled:
+        for p in module.parameters():
+            nn.init.zeros_(p)
     return module
 
 

@@ -7,7 +7,10 @@ Tests that damage files must copy the folder first (`copy_shards`).
 """
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -63,3 +66,17 @@ def copy_shards(tiny_shards: Path, tmp_path: Path):
         return target
 
     return copy
+
+
+def send_signal(number: int = signal.SIGINT) -> None:
+    """Send `number` to this process; its handler runs in the main thread at the next bytecode."""
+    os.kill(os.getpid(), number)
+    time.sleep(0.05)
+
+
+@pytest.fixture
+def default_ctrl_c():
+    """Python's own Ctrl-C handler (KeyboardInterrupt), whatever the test runner installed."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

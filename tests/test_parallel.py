@@ -15,6 +15,8 @@ import pytest
 
 from ddpm_data.parallel import OrderedPool
 
+from conftest import send_signal
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -84,26 +86,13 @@ def test_a_worker_whose_parent_is_killed_exits_quietly():
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
 
 
-@pytest.fixture
-def default_ctrl_c():
-    """Python's own Ctrl-C handler (KeyboardInterrupt), whatever the test runner installed."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
-
-
-def _ctrl_c() -> None:
-    os.kill(os.getpid(), signal.SIGINT)
-    time.sleep(0.05)  # the handler runs in this thread at the next bytecode
-
-
 def test_ctrl_c_is_raised_at_the_next_result_and_the_handler_restored(default_ctrl_c):
     steps = []
     with pytest.raises(KeyboardInterrupt):
         with OrderedPool(2) as pool:
             stream = pool.map(_square, range(1000), in_flight=4)
             assert next(stream) == 0
-            _ctrl_c()  # held: no exception where the pool's threads share a lock
+            send_signal()  # held: no exception where the pool's threads share a lock
             steps.append("held")
             next(stream)
             steps.append("not raised")
@@ -115,9 +104,9 @@ def test_a_second_ctrl_c_raises_at_once(default_ctrl_c):
     steps = []
     with pytest.raises(KeyboardInterrupt):
         with OrderedPool(2):
-            _ctrl_c()
+            send_signal()
             steps.append("first held")
-            _ctrl_c()
+            send_signal()
             steps.append("second held")
     assert steps == ["first held"]
 
@@ -127,7 +116,7 @@ def test_a_ctrl_c_after_the_last_result_stops_the_caller_at_the_pool_exit(defaul
     with pytest.raises(KeyboardInterrupt):
         with OrderedPool(2) as pool:
             assert list(pool.map(_square, range(5))) == [x * x for x in range(5)]
-            _ctrl_c()
+            send_signal()
             steps.append("held")
     assert steps == ["held"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -139,7 +128,7 @@ def test_a_handler_the_caller_installed_is_left_alone():
     try:
         with OrderedPool(2) as pool:
             assert list(pool.map(_square, range(5), in_flight=2)) == [x * x for x in range(5)]
-            _ctrl_c()
+            send_signal()
         assert seen == [signal.SIGINT]
     finally:
         signal.signal(signal.SIGINT, previous)

@@ -1,32 +1,20 @@
 """ddpm_data.signals: a held signal is recorded, not raised; a second Ctrl-C raises; handlers come back."""
 from __future__ import annotations
 
-import os
 import signal
 import threading
-import time
 
 import pytest
 
 from ddpm_data.signals import HeldSignals
 
-
-@pytest.fixture
-def default_ctrl_c():
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
-
-
-def _send(number: int) -> None:
-    os.kill(os.getpid(), number)
-    time.sleep(0.05)  # the handler runs in this thread at the next bytecode
+from conftest import send_signal
 
 
 def test_a_held_signal_is_recorded_and_the_handlers_restored(default_ctrl_c):
     before = signal.getsignal(signal.SIGTERM)
     with HeldSignals((signal.SIGINT, signal.SIGTERM)) as held:
-        _send(signal.SIGTERM)
+        send_signal(signal.SIGTERM)
         assert held.requested and held.signal_name == "SIGTERM"
         with pytest.raises(KeyboardInterrupt):
             held.raise_if_requested()
